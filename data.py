@@ -1,0 +1,989 @@
+"""The toy world: a seeded, procedural world of talking subjects whose ground truth is known exactly.
+
+Every paper in ../shared/papers trains on curated real clips (OpenHumanVid, OpenS2V, Emilia). None of
+those can be downloaded here, and a reader should watch the method work in minutes on a laptop CPU.
+So this file *generates* that data pipeline in miniature; each mechanism of the papers has something
+real to bind to:
+
+  identity (face)   a 32x32 cartoon person: skin, hair and shirt colour (continuous), hair style,
+                    face shape, glasses. Every identity is a fresh draw, so test identities are unseen.
+  identity (voice)  a source-filter voice: pitch, vocal-tract scale (formant shift), brightness
+                    (spectral tilt), prosody (pitch wobble). 16 kHz mono.
+  speech            17 phonemes written as letters (vowels with formant patterns, nasals, liquids,
+                    fricatives, bursts). Language A speaks {a e i o u m n l s t k}, language B
+                    {a o y r f p h z n}. Paired clips are mostly A, the audio-only corpus mostly B.
+  lip sync          a speaker's mouth opening per frame = its own speech energy x vowel openness;
+                    silent subjects keep their mouths shut; off-screen speakers are heard, not seen.
+  scenes            1-3 subjects that may drift (boxes and trajectories kept per frame), dialogue
+                    turns, a room with a colour, a texture and its own faint hum.
+  captions          the structured form of Omni-Customizer Eq. 2 / DreamID-Omni: one descriptor per
+                    subject "label <subk>: looks, voice.", the scene and actions, then each line as
+                    "<subk> says <S> ... <E>". Every letter of the caption is pronounceable (b->p,
+                    d->t, ...), so a model that wrongly speaks the caption ("caption vocalization")
+                    can be heard doing it by the benchmark's phoneme recogniser.
+  references        per subject, in the order <sub1>, <sub2>...: a 16x16 head-and-shoulders
+                    portrait and a 1 s voice clip. In-pair: cropped from a frame / cut from the
+                    clip's own audio. Cross-pair: re-rendered in another pose, scale, position,
+                    mouth state and background; the same voice saying other words.
+  tasks             RV2AV source video (subject boxes masked out) and RA2V driving audio (DreamID-Omni).
+
+Sizes (WorldConfig): 32x32 RGB, 8 fps, 2 s clips (16 frames); 16 kHz audio; log-mel with
+n_fft=512, hop=250 (64 mel frames per second = exactly 8 per video frame), 40 mel bins 0-8 kHz,
+normalised as (ln(mel + 1e-5) - MEL_MEAN) / MEL_STD so values sit roughly in [-1.5, 2].
+`mel_to_wav` inverts it (torchaudio InverseMelScale + Griffin-Lim) so generated mel can be heard.
+
+Loading: `ToyBatches` is an infinite IterableDataset of collated batches. Sample i of rank r is
+generated from the seed sequence (seed, stream, r, i) alone, so the stream is identical for any
+number of DataLoader workers, distinct per rank, and resumable from a batch index.
+
+Real data: `LatentShards` streams precomputed latents from .pt shards (format in SHARD_FIELDS);
+`python data.py --out_dir preview/` writes pictures and sounds of the world for a person.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import dataclasses
+import glob
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorldConfig:
+    image_size: int = 32          # frames are image_size x image_size RGB
+    fps: int = 8
+    clip_seconds: float = 2.0
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop: int = 250                # 16000 / 250 = 64 mel frames/s, 8 per video frame at 8 fps
+    n_mels: int = 40
+    ref_image_size: int = 16      # reference portraits: head and shoulders, 16x16
+    ref_audio_seconds: float = 1.0
+    # --- what scenes look like (the curriculum in train.py switches these per stage) ---
+    scene: str = "mixed"          # mixed | single | dialogue | complex (complex = OC-Bench subset 3)
+    min_subjects: int = 1
+    max_subjects: int = 3
+    cross_pair: float = 0.0       # probability that a sample's references are cross-pair
+    lang_b: float = 0.1           # share of language-B lines in paired clips
+    lang_b_audio_only: float = 0.8  # share of language B in the audio-only corpus
+    silent_prob: float = 0.2      # a subject of a multi-subject scene stays silent
+    offscreen_prob: float = 0.1   # a speaking subject of a multi-subject scene is off screen
+    move_prob: float = 0.5        # a subject drifts across the frame
+
+    @property
+    def frames(self) -> int:
+        return round(self.clip_seconds * self.fps)
+
+    @property
+    def samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def mel_frames(self) -> int:
+        return self.samples // self.hop
+
+    @property
+    def ref_mel_frames(self) -> int:
+        return round(self.ref_audio_seconds * self.sample_rate) // self.hop
+
+
+MAX_SUBJECTS = 4  # the tokenizer knows <sub1>..<sub4>
+
+# ------------------------------------------------------------------------------------------------
+# Phonemes and the two toy languages
+# ------------------------------------------------------------------------------------------------
+# kind, formants (Hz, for a reference vocal tract) or noise band, amplitude, mouth openness, seconds
+PHONEMES = {
+    "a": ("vowel", (750, 1250, 2600), 1.0, 1.0, 0.11),
+    "e": ("vowel", (450, 1900, 2600), 0.9, 0.6, 0.10),
+    "i": ("vowel", (300, 2300, 3000), 0.8, 0.3, 0.10),
+    "o": ("vowel", (500, 900, 2500), 0.9, 0.7, 0.11),
+    "u": ("vowel", (320, 800, 2300), 0.8, 0.35, 0.10),
+    "y": ("vowel", (300, 1700, 2200), 0.8, 0.3, 0.10),
+    "m": ("nasal", (250, 1100, 2300), 0.45, 0.0, 0.07),
+    "n": ("nasal", (250, 1500, 2500), 0.45, 0.15, 0.07),
+    "l": ("liquid", (350, 1200, 2800), 0.6, 0.3, 0.07),
+    "r": ("liquid", (450, 1300, 1700), 0.6, 0.35, 0.07),
+    "s": ("fricative", (4000, 7500), 0.30, 0.1, 0.09),
+    "f": ("fricative", (1200, 7500), 0.14, 0.05, 0.09),
+    "h": ("aspirate", (750, 1250, 2600), 0.25, 0.5, 0.07),
+    "z": ("voiced_fricative", (3500, 7000), 0.25, 0.1, 0.08),
+    "t": ("burst", (3000, 6000), 0.45, 0.1, 0.06),
+    "k": ("burst", (1500, 3000), 0.45, 0.1, 0.07),
+    "p": ("burst", (300, 1500), 0.45, 0.0, 0.06),
+}
+PHONEME_SYMBOLS = list(PHONEMES)          # phoneme id = index + 2; 0 = padding, 1 = word gap
+PAD_PHONEME, GAP_PHONEME = 0, 1
+N_PHONEME_IDS = len(PHONEME_SYMBOLS) + 2
+LANGUAGES = {  # (vowels, consonants)
+    "A": ("aeiou", "mnlstk"),
+    "B": ("aoy", "rfphzn"),
+}
+# Caption words use all 26 letters; each letter is pronounced as one toy phoneme.
+LETTER_SOUND = {c: c for c in PHONEME_SYMBOLS}
+LETTER_SOUND.update({"b": "p", "c": "k", "d": "t", "g": "k", "j": "i", "q": "k", "v": "f",
+                     "w": "u", "x": "s"})
+
+
+def phoneme_ids(text: str) -> list[int]:
+    """Letters -> phoneme ids (what the TTS/phoneme encoder of ocf.py consumes); spaces -> word gap."""
+    ids = []
+    for ch in text.lower():
+        if ch in LETTER_SOUND:
+            ids.append(PHONEME_SYMBOLS.index(LETTER_SOUND[ch]) + 2)
+        elif ids and ids[-1] != GAP_PHONEME:
+            ids.append(GAP_PHONEME)  # any run of spaces/punctuation is one gap
+    return ids[:-1] if ids and ids[-1] == GAP_PHONEME else ids
+
+
+def make_words(rng: np.random.Generator, language: str, seconds: float) -> str:
+    """Pseudo-words of CV / CVC syllables in one language, filling roughly `seconds` of speech."""
+    vowels, consonants = LANGUAGES[language]
+    words, used = [], 0.0
+    while not words or used < seconds:
+        syllables = []
+        for _ in range(rng.integers(1, 3)):
+            syllables.append(rng.choice(list(consonants)) + rng.choice(list(vowels)))
+        word = "".join(syllables)
+        if rng.random() < 0.3:
+            word += rng.choice(list(consonants))
+        cost = sum(PHONEMES[c][4] for c in word) + 0.06
+        if words and used + cost > seconds:
+            break
+        words.append(word)
+        used += cost
+    return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------------------
+# Identities: a continuous space of faces and voices
+# ------------------------------------------------------------------------------------------------
+HAIR_STYLES = ["short", "long", "tall"]
+FACE_SHAPES = ["round", "square", "long"]
+COLOUR_NAMES = {  # the named colours captions use; a colour is called by its nearest name
+    "red": (0.85, 0.15, 0.15), "orange": (0.95, 0.55, 0.1), "yellow": (0.95, 0.9, 0.2),
+    "green": (0.2, 0.7, 0.25), "teal": (0.1, 0.65, 0.65), "blue": (0.15, 0.3, 0.9),
+    "purple": (0.55, 0.2, 0.75), "pink": (0.95, 0.5, 0.7), "brown": (0.45, 0.28, 0.12),
+    "black": (0.08, 0.08, 0.08), "grey": (0.55, 0.55, 0.55), "white": (0.92, 0.92, 0.92),
+}
+SKIN_LIGHT, SKIN_DARK = np.array([0.98, 0.83, 0.7]), np.array([0.42, 0.26, 0.16])
+
+
+def colour_name(rgb) -> str:
+    names = list(COLOUR_NAMES)
+    table = np.array([COLOUR_NAMES[n] for n in names])
+    return names[int(np.argmin(((table - np.asarray(rgb)) ** 2).sum(1)))]
+
+
+@dataclass
+class Identity:
+    skin: np.ndarray            # RGB in [0, 1]
+    hair: np.ndarray
+    shirt: np.ndarray
+    hair_style: int             # index into HAIR_STYLES
+    face_shape: int             # index into FACE_SHAPES
+    glasses: bool
+    pitch_hz: float             # mean f0
+    tract_scale: float          # >1 = longer vocal tract = lower formants
+    tilt_db: float              # spectral tilt per octave (brightness); -3 bright, -10 soft
+    prosody: float              # depth of the slow pitch wobble
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> "Identity":
+        def hsv(h, s, v):
+            return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
+        return Identity(
+            skin=(SKIN_LIGHT + rng.random() * (SKIN_DARK - SKIN_LIGHT)).astype(np.float32),
+            hair=hsv(rng.random(), rng.uniform(0.3, 0.95), rng.uniform(0.15, 0.85)),
+            shirt=hsv(rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.5, 0.95)),
+            hair_style=int(rng.integers(len(HAIR_STYLES))),
+            face_shape=int(rng.integers(len(FACE_SHAPES))),
+            glasses=bool(rng.random() < 0.35),
+            pitch_hz=float(np.exp(rng.uniform(np.log(90), np.log(260)))),
+            tract_scale=float(rng.uniform(0.82, 1.2)),
+            tilt_db=float(rng.uniform(-10.0, -3.0)),
+            prosody=float(rng.uniform(0.02, 0.08)),
+        )
+
+    def describe(self) -> str:
+        """Looks and voice in caption words (the descriptor of Omni-Customizer Eq. 2)."""
+        skin = "light" if np.mean(self.skin) > 0.72 else ("tan" if np.mean(self.skin) > 0.5 else "dark")
+        pitch = "low" if self.pitch_hz < 140 else ("mid" if self.pitch_hz < 190 else "high")
+        tone = "bright" if self.tilt_db > -6.5 else "soft"
+        looks = (f"{colour_name(self.hair)} {HAIR_STYLES[self.hair_style]} hair, "
+                 f"{colour_name(self.shirt)} shirt, {skin} skin, {FACE_SHAPES[self.face_shape]} face")
+        return looks + (", glasses" if self.glasses else "") + f", {pitch} {tone} voice"
+
+    def traits(self) -> np.ndarray:
+        """The identity as numbers (what the benchmark compares): colours, discrete traits, voice."""
+        return np.concatenate([self.skin, self.hair, self.shirt,
+                               [self.hair_style, self.face_shape, float(self.glasses),
+                                np.log(self.pitch_hz), self.tract_scale, self.tilt_db]]).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio: source-filter synthesis, log-mel and its inverse
+# ------------------------------------------------------------------------------------------------
+SYNTH_HOP = 125                   # control frames of 7.8 ms: exactly 2 per mel frame
+MEL_FLOOR = 1e-5
+MEL_MEAN, MEL_STD = -7.2, 3.3     # measured on the world (tests/test_data.py checks): ~zero mean, unit std
+_TRANSFORMS: dict = {}            # built once per process: mel filterbanks, Griffin-Lim
+
+
+def _mel_transform(cfg: WorldConfig):
+    key = ("mel", cfg.sample_rate, cfg.n_fft, cfg.hop, cfg.n_mels)
+    if key not in _TRANSFORMS:
+        import torchaudio  # imported lazily: the model and the trainer never need it
+        _TRANSFORMS[key] = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels,
+            f_min=0.0, f_max=cfg.sample_rate / 2, power=2.0, center=True)
+    return _TRANSFORMS[key]
+
+
+def wav_to_mel(wav: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
+    """(..., samples) waveform -> (..., frames, n_mels) normalised log-mel, frames = samples // hop."""
+    mel = _mel_transform(cfg)(wav)                           # (..., n_mels, frames + 1) with center=True
+    mel = mel[..., : wav.shape[-1] // cfg.hop].transpose(-1, -2)
+    return (torch.log(mel + MEL_FLOOR) - MEL_MEAN) / MEL_STD
+
+
+def mel_to_wav(mel: torch.Tensor, cfg: WorldConfig, iters: int = 32) -> torch.Tensor:
+    """(frames, n_mels) normalised log-mel -> waveform, by inverse mel filterbank + Griffin-Lim."""
+    import torchaudio
+    key = ("inv", cfg.sample_rate, cfg.n_fft, cfg.hop, cfg.n_mels, iters)
+    if key not in _TRANSFORMS:
+        _TRANSFORMS[key] = (
+            torchaudio.transforms.InverseMelScale(n_stft=cfg.n_fft // 2 + 1, n_mels=cfg.n_mels,
+                                                  sample_rate=cfg.sample_rate, f_min=0.0,
+                                                  f_max=cfg.sample_rate / 2),
+            torchaudio.transforms.GriffinLim(n_fft=cfg.n_fft, hop_length=cfg.hop, power=2.0, n_iter=iters))
+    inverse_mel, griffin_lim = _TRANSFORMS[key]
+    power = (torch.exp(mel.float() * MEL_STD + MEL_MEAN) - MEL_FLOOR).clamp_min(0)  # undo the log
+    with torch.random.fork_rng():  # Griffin-Lim starts from random phases: keep callers' RNG intact
+        torch.manual_seed(0)
+        wav = griffin_lim(inverse_mel(power.T))
+    return wav.clamp(-1, 1)
+
+
+def _spectral_envelope(kind, params, amp, ident: Identity, freqs: np.ndarray):
+    """Magnitude response (voiced, noise) of one phoneme for one speaker at the STFT bin freqs."""
+    tilt = 10 ** (ident.tilt_db / 20 * np.log2(np.maximum(freqs, 100.0) / 500.0))  # brightness
+    zeros = np.zeros_like(freqs)
+
+    def formants(fs, gains=(1.0, 0.6, 0.35)):
+        env = np.full_like(freqs, 0.02)
+        for f, g in zip(fs, gains):
+            f = f / ident.tract_scale                          # longer tract -> lower formants
+            env += g * np.exp(-0.5 * ((freqs - f) / (60 + 0.06 * f)) ** 2)
+        return env
+
+    def band(lo, hi):
+        return ((freqs > lo) & (freqs < hi)).astype(np.float64) * 0.5 + 0.01
+
+    if kind in ("vowel", "liquid", "nasal"):
+        return amp * formants(params) * tilt, zeros
+    if kind == "aspirate":
+        return zeros, amp * formants(params)
+    if kind == "voiced_fricative":
+        return amp * formants((250, 1500, 2500)) * tilt, amp * band(*params)
+    return zeros, amp * band(*params)                         # fricative, burst
+
+
+def synthesize(segments, speakers: list[Identity], n_samples: int, cfg: WorldConfig,
+               rng: np.random.Generator, ambient=None):
+    """Render phoneme segments [(speaker, symbol, start_s, dur_s)] into one waveform.
+
+    Source-filter: a pulse train at each speaker's pitch and a white-noise source, both shaped per
+    7.8 ms control frame in the STFT domain by the current phoneme's envelope, then inverted.
+    Returns (wav (n_samples,), mouth_energy (n_speakers, control_frames)) where mouth_energy is
+    the speaker's loudness x vowel openness: the ground truth the lip sync follows.
+    """
+    n_frames = n_samples // SYNTH_HOP + 1
+    freqs = np.fft.rfftfreq(cfg.n_fft, 1 / cfg.sample_rate)
+    voiced_env = np.zeros((n_frames, freqs.size))
+    noise_env = np.zeros((n_frames, freqs.size))
+    f0 = np.full(n_frames, 120.0)
+    mouth = np.zeros((len(speakers), n_frames))
+    cache = {}
+    for who, sym, start, dur in segments:
+        ident = speakers[who]
+        kind, params, amp, openness, _ = PHONEMES[sym]
+        if (who, sym) not in cache:
+            cache[who, sym] = _spectral_envelope(kind, params, amp, ident, freqs)
+        v_env, n_env = cache[who, sym]
+        a, b = int(start * cfg.sample_rate / SYNTH_HOP), int((start + dur) * cfg.sample_rate / SYNTH_HOP)
+        b = min(max(b, a + 1), n_frames)
+        ramp = np.minimum(1.0, np.minimum(np.arange(1, b - a + 1), np.arange(b - a, 0, -1)) / 2.0)
+        if kind == "burst":  # closure (silence), then the release burst
+            ramp = ramp * (np.arange(b - a) >= 0.55 * (b - a))
+        voiced_env[a:b] += ramp[:, None] * v_env
+        noise_env[a:b] += ramp[:, None] * n_env
+        t = np.arange(a, b) * SYNTH_HOP / cfg.sample_rate
+        f0[a:b] = ident.pitch_hz * (1 + ident.prosody * np.sin(2 * np.pi * 2.5 * t + 3 * who))
+        mouth[who, a:b] = np.maximum(mouth[who, a:b], ramp * amp * openness)
+    if ambient is not None:  # the room's own faint noise colour
+        noise_env += ambient["level"] * np.exp(-freqs / ambient["cutoff_hz"])[None]
+    # sources: an impulse train following f0 (energy kept independent of pitch) and white noise
+    f0_samples = np.repeat(f0, SYNTH_HOP)[:n_samples]
+    phase = np.cumsum(f0_samples / cfg.sample_rate)
+    pulses = np.diff(np.floor(phase), prepend=0.0) * np.sqrt(cfg.sample_rate / f0_samples)
+    sources = torch.from_numpy(np.stack([pulses, rng.standard_normal(n_samples)])).float()
+    window = torch.hann_window(cfg.n_fft)
+    spec = torch.stft(sources, cfg.n_fft, SYNTH_HOP, window=window, return_complex=True)  # (2, bins, frames)
+    shaped = (spec[0] * torch.from_numpy(voiced_env.T).float() * 0.08
+              + spec[1] * torch.from_numpy(noise_env.T).float() * 0.35)
+    wav = torch.istft(shaped, cfg.n_fft, SYNTH_HOP, window=window, length=n_samples)
+    if ambient is not None:  # plus its hum
+        t = torch.arange(n_samples) / cfg.sample_rate
+        wav = wav + ambient["hum_level"] * torch.sin(2 * math.pi * ambient["hum_hz"] * t)
+    return wav.clamp(-1, 1), mouth
+
+
+def schedule_line(text: str, speaker: int, start: float, rate: float):
+    """A line's phoneme segments [(speaker, symbol, start_s, dur_s)] and its end time."""
+    segments, t = [], start
+    for ch in text:
+        if ch == " ":
+            t += 0.06 * rate
+            continue
+        dur = PHONEMES[LETTER_SOUND[ch]][4] * rate
+        segments.append((speaker, LETTER_SOUND[ch], t, dur))
+        t += dur
+    return segments, t
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures: rooms and cartoon people
+# ------------------------------------------------------------------------------------------------
+TEXTURES = ["stripes", "bars", "checks", "dots"]
+
+
+def render_room(size: int, room: dict) -> np.ndarray:
+    """(size, size, 3) background: a colour with a faint periodic texture."""
+    y, x = np.mgrid[:size, :size]
+    p = room["period"]
+    pattern = {"stripes": (y // p) % 2, "bars": (x // p) % 2, "checks": ((x // p) + (y // p)) % 2,
+               "dots": ((x % p == 0) & (y % p == 0))}[room["texture"]]
+    return (room["colour"][None, None] * (1 - 0.18 * pattern[..., None])).astype(np.float32)
+
+
+def render_person(ident: Identity, radius: float, head_shift: float = 0.0, gaze: float = 0.0):
+    """A person sprite: (rgba (h, w, 4), mouth geometry). Head of `radius` px; shoulders below.
+
+    `head_shift` (px) turns the head relative to the body and `gaze` moves the eyes: the toy's pose.
+    The mouth is drawn per frame by `draw_mouth`, so the sprite is rendered once per clip.
+    """
+    r = radius
+    sx, sy = {0: (1.0, 1.0), 1: (1.0, 1.0), 2: (0.8, 1.2)}[ident.face_shape]
+    a, b = r * sx, r * sy                                   # head half-width / half-height
+    h, w = int(math.ceil(b * 2 + 0.9 * r + 2.2 * r)), int(math.ceil(2.9 * r))
+    cy, cx = b + 0.9 * r, w / 2 - 0.5 + head_shift          # head centre (room for tall hair above)
+    y, x = np.mgrid[:h, :w].astype(np.float32)
+    dy, dx = (y - cy) / b, (x - cx) / a
+    power = 4 if ident.face_shape == 1 else 2               # square faces are superellipses
+    head = (np.abs(dx) ** power + np.abs(dy) ** power) <= 1
+    rgba = np.zeros((h, w, 4), np.float32)
+
+    def paint(mask, colour):
+        rgba[mask, :3] = colour
+        rgba[mask, 3] = 1
+
+    shoulders = (y >= cy + b * 0.85) & (np.abs(x - w / 2 + 0.5) <= 1.35 * r)
+    paint(shoulders, ident.shirt)
+    paint(head, ident.skin)
+    hair = head & (dy < -0.35)
+    if ident.hair_style == 1:   # long: falls past the ears
+        hair |= (np.abs(dx) <= 1.3) & (np.abs(dx) >= 0.75) & (dy < 0.7) & (dy > -1.0)
+    if ident.hair_style == 2:   # tall: a block above the head
+        hair |= (np.abs(dx) <= 0.7) & (dy < -0.5) & (dy > -1.75)
+    paint(hair, ident.hair)
+    eye_y, eye_dx = int(round(cy - 0.1 * b)), 0.42 * a
+    if ident.glasses:
+        band = (np.abs(y - eye_y) < 0.6) & (np.abs(x - cx) <= 0.85 * a)
+        paint(band, np.array([0.1, 0.1, 0.15]))
+    for side in (-1, 1):
+        ex = int(round(cx + side * eye_dx + gaze))
+        paint((y == eye_y) & (x == ex), np.array([0.75, 0.85, 0.95]) if ident.glasses else np.zeros(3) + 0.05)
+    mouth = dict(y=int(round(cy + 0.5 * b)), x0=int(round(cx - 0.4 * a)),
+                 x1=max(int(round(cx + 0.4 * a)), int(round(cx - 0.4 * a)) + 1), max_h=max(1.0, 0.4 * b))
+    return rgba, mouth
+
+
+def draw_mouth(rgba: np.ndarray, mouth: dict, opening: float, skin) -> np.ndarray:
+    """Copy of the sprite with the mouth drawn `opening` (0 = shut line, 1 = wide open)."""
+    out = rgba.copy()
+    y, x0, x1 = mouth["y"], mouth["x0"], mouth["x1"]
+    out[y, x0:x1, :3] = np.asarray(skin) * 0.55               # the lips' line: a shut mouth
+    height = opening * mouth["max_h"]
+    for row in range(int(math.ceil(height))):                 # open rows, the last one partly
+        alpha = min(1.0, height - row)
+        yy = min(y + row, out.shape[0] - 1)
+        out[yy, x0:x1, :3] = (1 - alpha) * out[yy, x0:x1, :3] + alpha * np.array([0.35, 0.03, 0.06])
+    return out
+
+
+def paste(canvas: np.ndarray, rgba: np.ndarray, top: int, left: int):
+    """Alpha-paste a sprite at (top, left), clipped; returns the visible box (x0, y0, x1, y1)."""
+    H, W = canvas.shape[:2]
+    h, w = rgba.shape[:2]
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, H), min(left + w, W)
+    if y0 >= y1 or x0 >= x1:
+        return (0, 0, 0, 0)
+    sprite = rgba[y0 - top: y1 - top, x0 - left: x1 - left]
+    alpha = sprite[..., 3:]
+    canvas[y0:y1, x0:x1] = (1 - alpha) * canvas[y0:y1, x0:x1] + alpha * sprite[..., :3]
+    return (x0, y0, x1, y1)
+
+
+def render_portrait(ident: Identity, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+    """A cross-pair reference: the identity re-rendered in a new pose, scale, place, mouth, backdrop."""
+    size = cfg.ref_image_size
+    room = sample_room(rng)
+    canvas = render_room(size, room)
+    radius = rng.uniform(0.26, 0.36) * size
+    rgba, mouth = render_person(ident, radius, head_shift=rng.uniform(-1, 1), gaze=rng.choice([-1, 0, 1]))
+    rgba = draw_mouth(rgba, mouth, rng.uniform(0, 0.8), ident.skin)
+    head_y = int(round(radius * (1.35 if ident.face_shape == 2 else 1.2) + 0.9 * radius))
+    top = int(round(size * 0.45 - head_y + rng.uniform(-1.5, 1.5)))
+    left = int(round(size / 2 - rgba.shape[1] / 2 + rng.uniform(-2, 2)))
+    paste(canvas, rgba, top, left)
+    return canvas
+
+
+def crop_portrait(frame: np.ndarray, head_xy, radius: float, out_size: int) -> np.ndarray:
+    """An in-pair reference: a head-and-shoulders square crop of a clip frame, resized."""
+    side = 3.2 * radius
+    x0, y0 = head_xy[0] - side / 2, head_xy[1] - side * 0.45
+    pad = int(side) + 2  # edge-pad so a subject near the border still gets a full crop
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    ys = np.clip((y0 + pad + (np.arange(out_size) + 0.5) * side / out_size).astype(int), 0, padded.shape[0] - 1)
+    xs = np.clip((x0 + pad + (np.arange(out_size) + 0.5) * side / out_size).astype(int), 0, padded.shape[1] - 1)
+    return padded[ys][:, xs]
+
+
+def sample_room(rng: np.random.Generator) -> dict:
+    hue = rng.random()
+    return dict(colour=np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.1, 0.5), rng.uniform(0.45, 0.9)), np.float32),
+                texture=TEXTURES[rng.integers(len(TEXTURES))], period=int(rng.integers(2, 5)),
+                cutoff_hz=float(rng.uniform(300, 3000)), level=float(rng.uniform(0.002, 0.006)),
+                hum_hz=float(rng.uniform(60, 220)), hum_level=float(rng.uniform(0.002, 0.006)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Captions and the tokenizer
+# ------------------------------------------------------------------------------------------------
+SPECIALS = ["<pad>"] + [f"<sub{k}>" for k in range(1, MAX_SUBJECTS + 1)] + ["<S>", "<E>"]
+CHARS = list("abcdefghijklmnopqrstuvwxyz .,:;'-")
+VOCAB = SPECIALS + CHARS
+TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
+PAD_ID, S_ID, E_ID = TOKEN_ID["<pad>"], TOKEN_ID["<S>"], TOKEN_ID["<E>"]
+_SPECIAL_RE = re.compile(r"(<sub\d+>|<S>|<E>)")
+
+
+class CaptionError(ValueError):
+    """A caption that cannot be tokenized; the message is one line for the user."""
+
+
+def tokenize(caption: str) -> list[int]:
+    """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
+    ids = []
+    for piece in _SPECIAL_RE.split(caption):
+        if _SPECIAL_RE.fullmatch(piece):
+            if piece not in TOKEN_ID:
+                raise CaptionError(f"caption uses {piece} but at most {MAX_SUBJECTS} subjects are supported")
+            ids.append(TOKEN_ID[piece])
+            continue
+        for ch in piece.lower():
+            if ch not in TOKEN_ID:
+                raise CaptionError(f"caption has the character {ch!r}, which the tokenizer does not know "
+                                   f"(allowed: letters, space and {''.join(CHARS[26:]).strip()})")
+            ids.append(TOKEN_ID[ch])
+    return ids
+
+
+def detokenize(ids) -> str:
+    return "".join(VOCAB[i] for i in ids if i != PAD_ID)
+
+
+def parse_caption(caption: str) -> dict:
+    """Structure of a caption: token ids, per-subject descriptor spans, and every spoken line.
+
+    Descriptor of subject k: from the start of the clause that holds the *first* `<subk>` to the
+    end of that clause (up to '.'), i.e. "label <subk>: looks, voice." Lines: each `<S> ... <E>`
+    with the subject whose anchor most recently precedes it. Spans are [start, end) token indices.
+    """
+    ids = tokenize(caption)
+    subject_spans, lines = {}, []
+    clause_start, open_line, last_subject = 0, None, None
+    period = TOKEN_ID["."]
+    for i, tok in enumerate(ids):
+        name = VOCAB[tok]
+        if name.startswith("<sub") and open_line is None:
+            last_subject = int(name[4:-1]) - 1
+            if last_subject not in subject_spans:
+                end = next((j + 1 for j in range(i, len(ids)) if ids[j] == period), len(ids))
+                subject_spans[last_subject] = (clause_start, end)
+        elif tok == S_ID:
+            if open_line is not None:
+                raise CaptionError("caption opens <S> twice without <E> in between")
+            if last_subject is None:
+                raise CaptionError("caption has a line <S> ... <E> before any <subk> says who speaks it")
+            open_line = i
+        elif tok == E_ID:
+            if open_line is None:
+                raise CaptionError("caption has <E> without an opening <S>")
+            text = detokenize(ids[open_line + 1: i]).strip()
+            if not any(c.isalpha() for c in text):
+                raise CaptionError(f"caption has an empty line <S> {text} <E>: give each line some words")
+            lines.append(dict(span=(open_line, i + 1), speaker=last_subject, text=text,
+                              phonemes=phoneme_ids(text)))
+            open_line = None
+        if open_line is None and tok == period:
+            clause_start = i + 1
+    if open_line is not None:
+        raise CaptionError("caption opens <S> without closing it with <E>")
+    n = max(subject_spans) + 1 if subject_spans else 0
+    missing = [k + 1 for k in range(n) if k not in subject_spans]
+    if missing:
+        raise CaptionError(f"caption uses <sub{n}> but never <sub{missing[0]}>: number subjects from 1")
+    return dict(ids=ids, subject_spans=[subject_spans[k] for k in range(n)], lines=lines)
+
+
+def make_caption(idents, roles, lines, room) -> str:
+    """The structured caption (Omni-Customizer Eq. 2): descriptors, scene + actions, then the lines."""
+    shirt_names = [colour_name(p.shirt) for p in idents]
+    parts = []
+    for k, (ident, role) in enumerate(zip(idents, roles)):
+        label = f"the one in {shirt_names[k]}"
+        if shirt_names.count(shirt_names[k]) > 1:  # keep labels distinct: add the hair
+            label += f" with {colour_name(ident.hair)} hair"
+        parts.append(f"{label} <sub{k + 1}>: {ident.describe()}.")
+    parts.append(f"a {colour_name(room['colour'])} room with {room['texture']}.")
+    for k, role in enumerate(roles):
+        parts.append({"speaker": f"<sub{k + 1}> talks.", "silent": f"<sub{k + 1}> listens quietly.",
+                      "offscreen": f"<sub{k + 1}> speaks off screen."}[role])
+    parts += [f"<sub{who + 1}> says <S> {text} <E>" for who, text, _, _ in lines]
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenes: one sample of the world
+# ------------------------------------------------------------------------------------------------
+
+
+def sample_roles(rng, cfg: WorldConfig) -> list[str]:
+    """Who is in the scene and what they do: speaker / silent / offscreen per subject."""
+    if cfg.scene == "single":
+        return ["speaker"]
+    if cfg.scene == "dialogue":
+        return ["speaker", "speaker"]
+    if cfg.scene == "complex":  # OC-Bench subset 3: a silent identity or an off-screen speaker
+        n = int(rng.integers(2, min(3, cfg.max_subjects) + 1))
+        roles = ["speaker"] * n
+        roles[int(rng.integers(1, n))] = "silent" if rng.random() < 0.5 else "offscreen"
+        return list(rng.permutation(roles)) if "speaker" in roles else roles
+    n = int(rng.integers(cfg.min_subjects, cfg.max_subjects + 1))
+    roles = []
+    for _ in range(n):
+        r = rng.random()
+        roles.append("silent" if n > 1 and r < cfg.silent_prob
+                     else "offscreen" if n > 1 and r < cfg.silent_prob + cfg.offscreen_prob else "speaker")
+    if "speaker" not in roles and "offscreen" not in roles:
+        roles[0] = "speaker"
+    return roles
+
+
+def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
+    """One paired audio-video sample with captions, references, task inputs and ground truth."""
+    roles = sample_roles(rng, cfg)
+    idents = [Identity.sample(rng) for _ in roles]
+    n = len(roles)
+    room = sample_room(rng)
+    language = "B" if (cfg.scene == "complex" and rng.random() < 0.5) or rng.random() < cfg.lang_b else "A"
+    # --- the script: dialogue turns among the voiced subjects, in time order, no overlap ---
+    voiced = [k for k, r in enumerate(roles) if r != "silent"]
+    n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))
+    order = [voiced[i % len(voiced)] for i in range(n_lines)]
+    rates = [rng.uniform(0.85, 1.15) for _ in range(n)]      # each subject's speaking rate
+    budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12
+    segments, lines, t = [], [], rng.uniform(0.05, 0.2)
+    for who in order:
+        text = make_words(rng, language, budget / rates[who])
+        seg, end = schedule_line(text, who, t, rates[who])
+        if end > cfg.clip_seconds - 0.05:
+            break
+        segments += seg
+        lines.append((who, text, t, end))
+        t = end + rng.uniform(0.08, 0.2)
+    wav, mouth_energy = synthesize(segments, idents, cfg.samples, cfg, rng, ambient=room)
+    # --- lip sync ground truth: mouth opening per video frame from the speaker's own energy ---
+    per_frame = cfg.sample_rate // (cfg.fps * SYNTH_HOP)       # control frames per video frame (16)
+    energy = mouth_energy[:, : cfg.frames * per_frame].reshape(n, cfg.frames, per_frame)
+    mouth_open = np.clip(energy.mean(-1) / 0.45, 0, 1).astype(np.float32)           # (K, T)
+    activity = mouth_energy[:, : cfg.mel_frames * 2].reshape(n, cfg.mel_frames, 2).mean(-1)  # (K, T_mel)
+    # --- layout: on-screen subjects side by side, maybe drifting ---
+    on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
+    size = cfg.image_size
+    radius = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(len(on_screen), 1)] * rng.uniform(0.9, 1.1)
+    frames = np.repeat(render_room(size, room)[None], cfg.frames, axis=0)          # (T, H, W, 3)
+    boxes = np.zeros((n, cfg.frames, 4), np.float32)
+    heads = np.zeros((n, cfg.frames, 2), np.float32)
+    sprites = {k: render_person(idents[k], radius, gaze=rng.choice([-1, 0, 1]) * 0.5) for k in on_screen}
+    for slot, k in enumerate(on_screen):
+        rgba, mouth = sprites[k]
+        cx = size * (slot + 0.5) / len(on_screen) + rng.uniform(-1.5, 1.5)
+        top = size - rgba.shape[0] + rng.uniform(1, 4)          # standing at the bottom edge
+        vx, vy = (rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.1)) if rng.random() < cfg.move_prob else (0, 0)
+        head_dy = mouth["y"] - 0.5 * radius * (1.2 if idents[k].face_shape == 2 else 1.0)
+        for f in range(cfg.frames):
+            left, y = int(round(cx + vx * f - rgba.shape[1] / 2)), int(round(top + vy * f))
+            boxes[k, f] = paste(frames[f], draw_mouth(rgba, mouth, mouth_open[k, f], idents[k].skin), y, left)
+            heads[k, f] = (left + rgba.shape[1] / 2, y + head_dy)
+    # --- references, in <sub1>, <sub2>... order ---
+    cross = rng.random() < cfg.cross_pair
+    ref_images, ref_audio_wavs = [], []
+    ref_len = round(cfg.ref_audio_seconds * cfg.sample_rate)
+    for k in range(n):
+        if cross or roles[k] == "offscreen":   # no frame shows this subject, or cross-pair
+            ref_images.append(render_portrait(idents[k], cfg, rng))
+        else:
+            f = int(rng.integers(cfg.frames))
+            ref_images.append(crop_portrait(frames[f], heads[k, f], radius, cfg.ref_image_size))
+        own = [ln for ln in lines if ln[0] == k]
+        if cross or not own:                   # the same voice saying other words
+            text = make_words(rng, language, cfg.ref_audio_seconds - 0.3)
+            seg, _ = schedule_line(text, 0, 0.1, rates[k])
+            ref_wav, _ = synthesize(seg, [idents[k]], ref_len, cfg, rng)
+        else:                                  # a stretch of this clip around the subject's line
+            mid = (own[0][2] + own[0][3]) / 2
+            start = int(np.clip(mid * cfg.sample_rate - ref_len / 2, 0, cfg.samples - ref_len))
+            ref_wav = wav[start: start + ref_len]
+        ref_audio_wavs.append(ref_wav)
+    caption = make_caption(idents, roles, lines, room)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1                    # (T, 3, H, W) in [-1, 1]
+    mel = wav_to_mel(torch.stack([wav] + ref_audio_wavs[:0]), cfg)[0]            # (T_mel, n_mels)
+    ref_mel = wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
+    # --- DreamID-Omni task inputs: RV2AV masks every subject's box out of the source video ---
+    source_mask = torch.zeros(cfg.frames, 1, size, size)
+    for k in on_screen:
+        for f in range(cfg.frames):
+            x0, y0, x1, y1 = boxes[k, f].astype(int)
+            source_mask[f, :, y0:y1, x0:x1] = 1
+    sample = dict(
+        video=video.float(), audio=mel, wav=wav,
+        ref_images=torch.from_numpy(np.stack(ref_images)).permute(0, 3, 1, 2) * 2 - 1,  # (K, 3, r, r)
+        ref_audio=ref_mel, source_mask=source_mask,   # RA2V's driving audio is `audio` itself
+        mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
+        boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
+        caption=caption, roles=roles, language=language, cross_pair=bool(cross),
+        line_times=[(who, start, end) for who, _, start, end in lines], identities=idents,
+    )
+    sample.update(caption_fields(caption))
+    return sample
+
+
+def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
+    """One sample of the audio-only corpus (speaker + utterance, no video; Omni-Customizer 4.3)."""
+    ident = Identity.sample(rng)
+    language = "B" if rng.random() < cfg.lang_b_audio_only else "A"
+    rate = rng.uniform(0.85, 1.15)
+    start = rng.uniform(0.05, 0.25)
+    text = make_words(rng, language, (cfg.clip_seconds - start - 0.2) / rate)
+    seg, _ = schedule_line(text, 0, start, rate)
+    wav, energy = synthesize(seg, [ident], cfg.samples, cfg, rng)
+    ref_text = make_words(rng, language, cfg.ref_audio_seconds - 0.3)
+    ref_seg, _ = schedule_line(ref_text, 0, 0.1, rate)
+    ref_wav, _ = synthesize(ref_seg, [ident], round(cfg.ref_audio_seconds * cfg.sample_rate), cfg, rng)
+    pitch = "low" if ident.pitch_hz < 140 else ("mid" if ident.pitch_hz < 190 else "high")
+    caption = (f"a voice <sub1>: {pitch} {'bright' if ident.tilt_db > -6.5 else 'soft'} voice. "
+               f"<sub1> says <S> {text} <E>")
+    sample = dict(audio=wav_to_mel(wav[None], cfg)[0], wav=wav, ref_audio=wav_to_mel(ref_wav[None], cfg),
+                  caption=caption, language=language, identities=[ident], roles=["offscreen"],
+                  speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
+    sample.update(caption_fields(caption))
+    return sample
+
+
+def caption_fields(caption: str) -> dict:
+    """Tensors of a caption: token ids, descriptor spans, speech spans, line speakers, phonemes."""
+    parsed = parse_caption(caption)
+    lines = parsed["lines"]
+    longest = max([len(ln["phonemes"]) for ln in lines] + [1])
+    phonemes = torch.zeros(len(lines), longest, dtype=torch.long)
+    for m, ln in enumerate(lines):
+        phonemes[m, : len(ln["phonemes"])] = torch.tensor(ln["phonemes"])
+    return dict(
+        text_ids=torch.tensor(parsed["ids"]),
+        subject_spans=torch.tensor(parsed["subject_spans"], dtype=torch.long).reshape(-1, 2),
+        speech_spans=torch.tensor([ln["span"] for ln in lines], dtype=torch.long).reshape(-1, 2),
+        line_speaker=torch.tensor([ln["speaker"] for ln in lines], dtype=torch.long),
+        line_phonemes=phonemes,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching and the infinite, seeded stream
+# ------------------------------------------------------------------------------------------------
+# name -> (padding value, which leading dims vary between samples: 1 = first, 2 = first two)
+_PADDED = {"text_ids": (PAD_ID, 1), "subject_spans": (0, 1), "ref_images": (0.0, 1), "ref_audio": (0.0, 1),
+           "speech_spans": (0, 1), "line_speaker": (0, 1), "line_phonemes": (PAD_PHONEME, 2),
+           "mouth_open": (0.0, 1), "speech_activity": (0.0, 1), "boxes": (0.0, 1), "on_screen": (False, 1)}
+
+
+def pad_stack(tensors: list[torch.Tensor], value, dims: int = 1) -> torch.Tensor:
+    """Stack tensors whose first `dims` dims differ, padding each up to the longest with `value`."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(dims)] + list(tensors[0].shape[dims:])
+    out = torch.full([len(tensors)] + shape, value, dtype=tensors[0].dtype)
+    for i, t in enumerate(tensors):
+        out[(i,) + tuple(slice(0, s) for s in t.shape[:dims])] = t
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """List of samples -> batch dict. Padded fields come with masks (True = real):
+    text_mask (B, L), subject_mask (B, K), line_mask (B, M), phoneme_mask (B, M, P)."""
+    batch = {}
+    for key, value in samples[0].items():
+        values = [s[key] for s in samples]
+        if key in _PADDED:
+            batch[key] = pad_stack(values, *_PADDED[key])
+        elif isinstance(value, torch.Tensor) and key != "wav":
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values  # strings, identities, waveforms: kept as lists
+    batch["text_mask"] = batch["text_ids"] != PAD_ID
+    batch["subject_mask"] = pad_stack([torch.ones(len(s["subject_spans"]), dtype=torch.bool) for s in samples], False)
+    batch["line_mask"] = pad_stack([torch.ones(len(s["speech_spans"]), dtype=torch.bool) for s in samples], False)
+    batch["phoneme_mask"] = batch["line_phonemes"] != PAD_PHONEME
+    return batch
+
+
+def sample_rng(seed: int, stream: int, rank: int, index: int) -> np.random.Generator:
+    """The generator of one sample: a pure function of its coordinates (no hidden state)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, rank, index]))
+
+
+class ToyBatches(torch.utils.data.IterableDataset):
+    """Infinite stream of collated toy batches (use DataLoader(batch_size=None)).
+
+    Batch b of rank r holds samples b*B ... b*B+B-1, each made by `sample_rng(seed, stream, r, i)`.
+    DataLoader worker w of W makes batches b = w, w+W, ... and the loader's round-robin returns them
+    in order, so the stream is the same for any number of workers; `start_batch` resumes it.
+    stream 0 = paired clips, 1 = the audio-only corpus.
+    """
+
+    def __init__(self, cfg: WorldConfig, batch_size: int, seed: int = 0, rank: int = 0,
+                 start_batch: int = 0, audio_only: bool = False):
+        super().__init__()
+        self.cfg, self.batch_size, self.seed, self.rank = cfg, batch_size, seed, rank
+        self.start_batch, self.audio_only = start_batch, audio_only
+
+    def make_batch(self, b: int) -> dict:
+        make = make_audio_only if self.audio_only else make_clip
+        stream = 1 if self.audio_only else 0
+        return collate([make(sample_rng(self.seed, stream, self.rank, b * self.batch_size + i), self.cfg)
+                        for i in range(self.batch_size)])
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self.start_batch + worker
+        while True:
+            yield self.make_batch(b)
+            b += workers
+
+
+# ------------------------------------------------------------------------------------------------
+# Real data: precomputed latent shards
+# ------------------------------------------------------------------------------------------------
+# A shard is one `torch.save`d dict of tensors for N samples (load: weights_only=True). Produce it
+# by encoding video with the Wan2.2 VAE (48 ch, stride 4x16x16), audio with the MMAudio 16 kHz VAE
+# (20 ch, ~31.25 latents/s), the whole prompt with umT5-XXL (4096-d), and references the same way
+# (one latent frame per reference image, the voice clip's audio latents). Spans index the umT5 tokens.
+# Field -> shape, with N samples, C_v/C_a/D_text from ShardSpec, other letters free but equal in a shard.
+SHARD_FIELDS = {
+    "video": ("N", "T", "C_v", "H", "W"),           # video latents
+    "audio": ("N", "T_a", "C_a"),                   # audio latents
+    "text_emb": ("N", "L", "D_text"),               # text encoder output
+    "text_mask": ("N", "L"),                        # True = real token
+    "ref_images": ("N", "K", "C_v", "H_r", "W_r"),  # one latent frame per reference image
+    "ref_audio": ("N", "K", "T_r", "C_a"),          # reference voice latents
+    "subject_mask": ("N", "K"),
+    "subject_spans": ("N", "K", 2),                 # descriptor token span [start, end) per subject
+    "speech_spans": ("N", "M", 2),                  # token span of each <S> ... <E>
+    "line_speaker": ("N", "M"),
+    "line_mask": ("N", "M"),
+    "line_phonemes": ("N", "M", "P"),               # phoneme/character ids of each line (0 = pad)
+}
+
+
+@dataclass
+class ShardSpec:
+    C_v: int = 48
+    C_a: int = 20
+    D_text: int = 4096
+
+
+class ShardError(ValueError):
+    """A shard that cannot be used; the message names the file and the field."""
+
+
+def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
+    """Validate a loaded shard against SHARD_FIELDS; returns N. Raises ShardError (one line)."""
+    sizes = dataclasses.asdict(spec)
+    for name, dims in SHARD_FIELDS.items():
+        if name not in shard:
+            raise ShardError(f"{path}: missing field '{name}' (expected shape {dims}); re-export the shard")
+        t = shard[name]
+        if not isinstance(t, torch.Tensor) or t.dim() != len(dims):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ShardError(f"{path}: field '{name}' has shape {got}, expected {dims}")
+        for size, dim in zip(t.shape, dims):
+            expect = sizes.get(dim, dim)  # fixed sizes come from the spec, letters must agree
+            if isinstance(expect, int) and size != expect:
+                raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
+            if isinstance(expect, str):
+                sizes[dim] = size
+    return sizes["N"]
+
+
+def write_shard(path: str, shard: dict, spec: ShardSpec = ShardSpec()):
+    """Validate and write a shard atomically (temp file, then rename)."""
+    check_shard(shard, path, spec)
+    tmp = path + ".tmp"
+    torch.save({k: shard[k] for k in SHARD_FIELDS}, tmp)
+    os.replace(tmp, path)
+
+
+class LatentShards(torch.utils.data.IterableDataset):
+    """Streams batches from precomputed shards, forever, shuffled per epoch with a seed.
+
+    Each rank reads shards i = rank, rank + world, ...; within a shard, samples are batched in a
+    seeded order. `start_batch` skips ahead (resume).
+    """
+
+    def __init__(self, pattern: str, batch_size: int, spec: ShardSpec = ShardSpec(), seed: int = 0,
+                 rank: int = 0, world: int = 1, start_batch: int = 0):
+        super().__init__()
+        self.paths = sorted(glob.glob(pattern))
+        if not self.paths:
+            raise ShardError(f"no shard files match {pattern!r}")
+        self.paths = self.paths[rank::world] or self.paths
+        self.batch_size, self.spec, self.seed, self.start_batch = batch_size, spec, seed, start_batch
+
+    @staticmethod
+    def load(path: str, spec: ShardSpec) -> dict:
+        try:
+            shard = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated/corrupt file: say which one, not a pickle traceback
+            raise ShardError(f"{path}: cannot be read as a shard ({type(e).__name__}); re-export it") from None
+        if not isinstance(shard, dict):
+            raise ShardError(f"{path}: holds a {type(shard).__name__}, expected a dict of tensors")
+        check_shard(shard, path, spec)
+        return shard
+
+    def __iter__(self):
+        b, epoch = 0, 0
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+            for p in order:
+                shard = self.load(self.paths[p], self.spec)
+                n = shard["video"].shape[0]
+                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, int(p)]).permutation(n))
+                for i in range(0, n - self.batch_size + 1, self.batch_size):
+                    if b >= self.start_batch:
+                        idx = perm[i: i + self.batch_size]
+                        yield {k: v[idx] for k, v in shard.items()}
+                    b += 1
+            epoch += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Preview: look at and listen to the world
+# ------------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).numpy()
+
+
+def save_wav(path: str, wav: torch.Tensor, sample_rate: int):
+    """16-bit PCM mono .wav with the standard library (no codec backend needed)."""
+    import wave
+    pcm = (wav.clamp(-1, 1).numpy() * 32767).astype("<i2")
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())
+
+
+def contact_sheet(frames: np.ndarray, scale: int = 4, columns: int = 8):
+    """(T, H, W, 3) uint8 -> a PIL image of the frames in a grid, enlarged for eyes."""
+    from PIL import Image
+    t, h, w, _ = frames.shape
+    rows = math.ceil(t / columns)
+    sheet = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, 3), 255, np.uint8)
+    for i, fr in enumerate(frames):
+        r, c = divmod(i, columns)
+        sheet[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = fr
+    return Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
+
+
+def save_gif(path: str, frames: np.ndarray, fps: int, scale: int = 6):
+    from PIL import Image
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def mel_image(mel: torch.Tensor, scale: int = 3):
+    """(T_mel, n_mels) -> PIL image, low frequencies at the bottom."""
+    from PIL import Image
+    img = ((mel.T.flip(0) * MEL_STD + MEL_MEAN + 12) / 12).clamp(0, 1)
+    arr = (img.numpy() * 255).astype(np.uint8)
+    return Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+
+
+def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
+    os.makedirs(out_dir, exist_ok=True)
+    for i in range(clips):
+        s = make_clip(sample_rng(seed, 0, 0, i), cfg)
+        stem = os.path.join(out_dir, f"clip{i}")
+        frames = to_uint8(s["video"])
+        contact_sheet(frames).save(stem + "_frames.png")
+        save_gif(stem + ".gif", frames, cfg.fps)
+        save_wav(stem + ".wav", s["wav"], cfg.sample_rate)
+        mel_image(s["audio"]).save(stem + "_mel.png")
+        contact_sheet(to_uint8(s["ref_images"]), scale=6).save(stem + "_refs.png")
+        for k in range(len(s["ref_audio"])):
+            save_wav(f"{stem}_ref{k + 1}.wav", mel_to_wav(s["ref_audio"][k], cfg), cfg.sample_rate)
+        with open(stem + "_caption.txt", "w") as f:
+            f.write(s["caption"] + "\n")
+        print(f"{stem}: {s['caption']}")
+    print(f"wrote {clips} clips to {out_dir}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Preview the toy world as files a person can open.")
+    parser.add_argument("--out_dir", default="preview", help="where to write the files")
+    parser.add_argument("--clips", type=int, default=4, help="how many clips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene", default="mixed", choices=["mixed", "single", "dialogue", "complex"])
+    args = parser.parse_args()
+    preview(args.out_dir, args.clips, args.seed, WorldConfig(scene=args.scene))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The toy world (data.py): determinism, streams, lip sync, captions, references, audio, shards.
+
+Run: .venv/bin/python -m pytest tests/test_data.py -q
+"""
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import WorldConfig, make_clip, sample_rng
+
+CFG = WorldConfig()
+
+
+def clip(i, seed=0, **overrides):
+    return make_clip(sample_rng(seed, 0, 0, i), WorldConfig(**overrides))
+
+
+def test_same_seed_same_sample_and_different_seed_differs():
+    a, b, c = clip(3), clip(3), clip(3, seed=1)
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+    assert a["caption"] == b["caption"]
+    assert not torch.equal(a["video"], c["video"])
+
+
+def test_worker_and_rank_streams_are_distinct_and_worker_count_invariant():
+    ds = data.ToyBatches(CFG, batch_size=2, seed=0)
+    one_worker = [b["caption"] for b, _ in zip(torch.utils.data.DataLoader(ds, batch_size=None), range(4))]
+    two_workers = [b["caption"] for b, _ in zip(
+        torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2), range(4))]
+    assert one_worker == two_workers                      # workers split batches, never duplicate them
+    assert len({c for batch in one_worker for c in batch}) == 8
+    other_rank = data.ToyBatches(CFG, batch_size=2, seed=0, rank=1).make_batch(0)["caption"]
+    assert not set(other_rank) & set(one_worker[0])
+    resumed = next(iter(data.ToyBatches(CFG, batch_size=2, seed=0, start_batch=2)))["caption"]
+    assert resumed == one_worker[2]
+
+
+def test_mouth_follows_own_speech_energy_and_silent_mouths_stay_shut():
+    correlations, checked_silent = [], 0
+    for i in range(30):
+        s = clip(i)
+        energy = s["speech_activity"].reshape(len(s["roles"]), CFG.frames, 8).mean(-1)  # per video frame
+        for k, role in enumerate(s["roles"]):
+            if role == "silent":
+                assert s["mouth_open"][k].abs().max() == 0
+                checked_silent += 1
+            elif role == "speaker" and energy[k].std() > 0:
+                correlations.append(np.corrcoef(energy[k], s["mouth_open"][k])[0, 1])
+    assert checked_silent > 0 and np.mean(correlations) > 0.8
+
+
+def test_mouth_pixels_move_only_for_speakers():
+    s = clip(0, scene="dialogue", move_prob=0.0)
+    frames = s["video"]
+    # with nobody moving, pixels change over time only where a mouth opens and closes
+    changed = (frames - frames[0]).abs().sum(1).amax(0) > 0        # (H, W)
+    for k in range(2):
+        x0, y0, x1, y1 = s["boxes"][k, 0].int().tolist()
+        assert changed[y0:y1, x0:x1].any() == bool(s["mouth_open"][k].max() > 0)
+
+
+def test_caption_spans_and_phonemes_round_trip():
+    s = clip(1)
+    ids = s["text_ids"].tolist()
+    assert data.detokenize(ids) == s["caption"]
+    for k, (a, b) in enumerate(s["subject_spans"].tolist()):
+        descriptor = data.detokenize(ids[a:b])
+        assert f"<sub{k + 1}>" in descriptor and descriptor.endswith(".")
+    lines = [(who, text) for (who, _, _), text in zip(s["line_times"], [None] * 9)]
+    for m, (a, b) in enumerate(s["speech_spans"].tolist()):
+        assert ids[a] == data.S_ID and ids[b - 1] == data.E_ID
+        text = data.detokenize(ids[a + 1: b - 1]).strip()
+        phonemes = s["line_phonemes"][m][s["line_phonemes"][m] > 0].tolist()
+        assert phonemes == data.phoneme_ids(text)
+        assert s["line_speaker"][m].item() == lines[m][0]
+
+
+@pytest.mark.parametrize("caption, message", [
+    ("a <sub1>: x. <sub1> says <S> <E>", "empty line"),
+    ("a <sub1>: x. <sub1> says <S> ta", "without closing"),
+    ("<S> ta <E>", "before any <subk>"),
+    ("a <sub2>: x.", "never <sub1>"),
+    ("a <sub1>: x! ", "character"),
+])
+def test_bad_captions_stop_with_one_clear_line(caption, message):
+    with pytest.raises(data.CaptionError, match=message) as err:
+        data.parse_caption(caption)
+    assert "\n" not in str(err.value)
+
+
+def test_cross_pair_references_carry_identity_but_copy_no_frame():
+    s = clip(2, cross_pair=1.0, scene="single")
+    ref = s["ref_images"][0]
+    # not a copy of any frame crop: compare with every in-pair crop the clip could give
+    frames = data.to_uint8(s["video"]).astype(np.float32) / 127.5 - 1
+    head = s["boxes"][0]
+    crops = [torch.from_numpy(data.crop_portrait(frames[f], (float(head[f, 0] + head[f, 2]) / 2, float(head[f, 1]) + dy),
+                                                  radius, 16)).permute(2, 0, 1)
+             for f in range(CFG.frames) for dy in (4, 6, 8) for radius in (5.8, 6.4, 7.0)]
+    assert min((ref - c).abs().mean() for c in crops) > 0.05
+    # ...yet the shirt and skin colours are there (closest pixels to the trait colours)
+    ident = s["identities"][0]
+    pixels = (ref.permute(1, 2, 0).reshape(-1, 3) + 1) / 2
+    for colour in (ident.shirt, ident.skin, ident.hair):
+        assert (pixels - torch.from_numpy(colour)).abs().sum(-1).min() < 0.05
+
+
+def test_cross_pair_voice_is_the_same_voice_saying_other_words():
+    a = clip(4, cross_pair=1.0, scene="single")
+    ident = a["identities"][0]
+    seg, _ = data.schedule_line("mamamama", 0, 0.1, 1.0)
+    wav, _ = data.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
+    assert abs(data_pitch(wav) - ident.pitch_hz) / ident.pitch_hz < 0.1
+
+
+def data_pitch(wav: torch.Tensor, sr=16000) -> float:
+    """Autocorrelation pitch of the loudest half second (a simple reference estimator)."""
+    x = wav.numpy()
+    x = x - x.mean()
+    ac = np.correlate(x[2000:10000], x[2000:10000], "full")[7999:]
+    lo, hi = sr // 300, sr // 80
+    return sr / (lo + int(np.argmax(ac[lo:hi])))
+
+
+def test_mel_inverse_keeps_the_pitch():
+    seg, _ = data.schedule_line("aaaaaaaaaa", 0, 0.0, 1.0)
+    ident = data.Identity.sample(np.random.default_rng(5))
+    wav, _ = data.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
+    back = data.mel_to_wav(data.wav_to_mel(wav, CFG), CFG)
+    assert abs(data_pitch(back) - data_pitch(wav)) / data_pitch(wav) < 0.08
+
+
+def test_mel_normalisation_is_roughly_standard():
+    mel = torch.cat([clip(i)["audio"] for i in range(12)])
+    assert abs(mel.mean()) < 0.3 and 0.7 < mel.std() < 1.3
+
+
+def test_collate_pads_with_masks():
+    batch = data.collate([clip(0, scene="single"), clip(1, scene="dialogue")])
+    assert batch["subject_mask"].tolist() == [[True, False], [True, True]]
+    assert batch["text_mask"].sum(1).tolist() == [len(s) for s in (clip(0, scene="single")["text_ids"],
+                                                                     clip(1, scene="dialogue")["text_ids"])]
+    assert batch["ref_images"].shape[:2] == (2, 2) and batch["ref_images"][0, 1].abs().sum() == 0
+
+
+def tiny_shard(n=3, k=2, m=1):
+    return dict(video=torch.randn(n, 2, 48, 4, 4), audio=torch.randn(n, 10, 20), text_emb=torch.randn(n, 7, 4096),
+                text_mask=torch.ones(n, 7, dtype=torch.bool), ref_images=torch.randn(n, k, 48, 4, 4),
+                ref_audio=torch.randn(n, k, 5, 20), subject_mask=torch.ones(n, k, dtype=torch.bool),
+                subject_spans=torch.zeros(n, k, 2, dtype=torch.long), speech_spans=torch.zeros(n, m, 2, dtype=torch.long),
+                line_speaker=torch.zeros(n, m, dtype=torch.long), line_mask=torch.ones(n, m, dtype=torch.bool),
+                line_phonemes=torch.ones(n, m, 6, dtype=torch.long))
+
+
+def test_shards_round_trip(tmp_path):
+    shards = [tiny_shard(), tiny_shard()]
+    for i, s in enumerate(shards):
+        data.write_shard(str(tmp_path / f"s{i}.pt"), s)
+    stream = iter(data.LatentShards(str(tmp_path / "*.pt"), batch_size=3))
+    got = [next(stream) for _ in range(2)]
+    seen = torch.cat([g["video"] for g in got])
+    expected = torch.cat([s["video"] for s in shards])
+    assert sorted(seen.sum((1, 2, 3, 4)).tolist()) == pytest.approx(sorted(expected.sum((1, 2, 3, 4)).tolist()))
+
+
+def test_bad_shards_are_named_in_one_line(tmp_path):
+    missing = tiny_shard()
+    del missing["text_emb"]
+    torch.save(missing, tmp_path / "missing.pt")
+    wrong = tiny_shard()
+    wrong["audio"] = torch.randn(3, 10, 16)
+    torch.save(wrong, tmp_path / "wrong.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a shard")
+    for name, field in [("missing", "text_emb"), ("wrong", "audio"), ("corrupt", "cannot be read")]:
+        with pytest.raises(data.ShardError) as err:
+            next(iter(data.LatentShards(str(tmp_path / f"{name}.pt"), batch_size=1)))
+        assert f"{name}.pt" in str(err.value) and field in str(err.value) and "\n" not in str(err.value)
