@@ -1,0 +1,288 @@
+"""Sampling: integrate the learned flow from noise to a clip with sound, and write what a person opens.
+
+Flow sampler: start at pure noise (t = 1) and step the ODE dx/dt = v(x, t) down to t = 0 over a
+shifted schedule sigma' = s sigma / (1 + (s-1) sigma) (Ovi: s = 5), with Euler steps or Heun's
+second-order correction. Classifier-free guidance per modality (Ovi): the conditional and the
+unconditional (empty caption, references kept) predictions run as one batch, then
+    v_video = v_uncond + cfg_video (v_cond - v_uncond),  v_audio likewise with cfg_audio.
+`guide()` is the seam where the multi-condition form (DreamID-Omni, its own issue) plugs in.
+
+    python sample.py --ckpt out/toy/ckpt.pt --demo --out_dir out/sample
+    python sample.py --ckpt out/toy/ckpt.pt --caption "the one in red <sub1>: ... <sub1> says <S> tamu <E>" \
+        --ref_image face.png --ref_audio voice.wav --out_dir out/mine
+
+Writes: video.gif, audio.wav, video.mp4 (with sound, when PyAV is installed), references, and
+index.html showing references, caption and result (and the toy world's own clip for --demo).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import os
+import shutil
+
+import numpy as np
+import torch
+
+import data
+import train
+
+
+class InputError(ValueError):
+    """Bad user input; the message is one line naming the problem and the fix."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The sampler
+# ------------------------------------------------------------------------------------------------
+
+
+def schedule(steps: int, shift: float) -> torch.Tensor:
+    """(steps + 1,) noise levels from 1 to 0, shifted toward noise: s*sigma / (1 + (s-1)*sigma)."""
+    sigma = torch.linspace(1, 0, steps + 1)
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def guide(v_cond, v_uncond, scale: float):
+    """Classifier-free guidance: scale 1 = conditional only."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+@torch.no_grad()
+def sample(net, cond: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0, cfg_video: float = 1.0,
+           cfg_audio: float = 1.0, seed: int = 0, solver: str = "euler", device="cpu"):
+    """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
+
+    cond: text, text_mask, ref_images, ref_audio, subject_mask (as train.model_inputs gives).
+    Deterministic per seed: the noise comes from its own generator.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x_v = torch.randn(video_shape, generator=gen).to(device)
+    x_a = torch.randn(audio_shape, generator=gen).to(device)
+    B = video_shape[0]
+    guided = cfg_video != 1.0 or cfg_audio != 1.0
+    if guided:  # one forward for both passes: [conditional | unconditional (empty caption)]
+        empty_ids, empty_mask = train.empty_caption(B, device)
+        if cond["text"].dim() == 2:  # caption ids: keep the length, only the first token (a space) is valid
+            text_u = torch.full_like(cond["text"], data.PAD_ID)
+            text_u[:, :1] = empty_ids
+            mask_u = torch.zeros_like(cond["text_mask"])
+            mask_u[:, :1] = True
+        else:
+            text_u, mask_u = torch.zeros_like(cond["text"]), cond["text_mask"]
+        both = {k: torch.cat([v, v]) for k, v in cond.items()}
+        both["text"], both["text_mask"] = torch.cat([cond["text"], text_u]), torch.cat([cond["text_mask"], mask_u])
+
+    def velocity(x_v, x_a, sigma):
+        t = torch.full((B,), float(sigma), device=device)
+        if not guided:
+            return net(x_v, x_a, t, **cond)
+        v, a = net(torch.cat([x_v, x_v]), torch.cat([x_a, x_a]), torch.cat([t, t]), **both)
+        return guide(v[:B], v[B:], cfg_video), guide(a[:B], a[B:], cfg_audio)
+
+    sigmas = schedule(steps, shift)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d_v, d_a = velocity(x_v, x_a, s)
+        if solver == "heun" and s_next > 0:  # average the slope at both ends (second order)
+            e_v, e_a = velocity(x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a, s_next)
+            d_v, d_a = (d_v + e_v) / 2, (d_a + e_a) / 2
+        x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a
+    return x_v.clamp(-1, 1), x_a
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs: caption, reference images and voices, with clear errors
+# ------------------------------------------------------------------------------------------------
+
+
+def load_image(path: str, size: int) -> torch.Tensor:
+    """Any image file -> (3, size, size) in [-1, 1]; resized (a note is printed) and made RGB."""
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.exists(path):
+        raise InputError(f"--ref_image {path}: no such file")
+    try:
+        img = Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"--ref_image {path}: not a readable image (use PNG or JPEG)") from None
+    if img.size != (size, size):
+        print(f"note: --ref_image {path} is {img.size[0]}x{img.size[1]}; resized to {size}x{size}")
+        img = img.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+
+def load_wav(path: str, sample_rate: int) -> torch.Tensor:
+    """A PCM .wav (8/16/24/32-bit, any rate, any channels) -> mono float waveform at `sample_rate`."""
+    import wave
+    if not os.path.exists(path):
+        raise InputError(f"--ref_audio {path}: no such file")
+    try:
+        with wave.open(path, "rb") as f:
+            channels, width, rate, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
+            raw = f.readframes(n)
+    except (wave.Error, EOFError):
+        raise InputError(f"--ref_audio {path}: not a readable PCM .wav file (convert it, e.g. with sox or ffmpeg)") from None
+    if width == 3:  # 24-bit: widen to 32
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        pcm = (np.pad(b, ((0, 0), (1, 0))).view("<i4")[:, 0] / 2 ** 31).astype(np.float32)
+    else:
+        dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
+        pcm = np.frombuffer(raw, dtype).astype(np.float32)
+        pcm = (pcm - 128) / 128 if width == 1 else pcm / 2 ** (8 * width - 1)
+    wav = torch.from_numpy(pcm.reshape(-1, channels).mean(1))       # downmix
+    if channels > 1:
+        print(f"note: --ref_audio {path} has {channels} channels; mixed down to mono")
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+        print(f"note: --ref_audio {path} is {rate} Hz; resampled to {sample_rate} Hz")
+        wav = AF.resample(wav, rate, sample_rate)
+    if wav.numel() == 0:
+        raise InputError(f"--ref_audio {path}: the file holds no audio")
+    return wav
+
+
+def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str], world: data.WorldConfig) -> dict:
+    """Caption + reference files -> a batch of one (the same keys as a training batch)."""
+    try:
+        fields = data.caption_fields(caption)
+    except data.CaptionError as e:
+        raise InputError(f"--caption: {e}") from None
+    n = len(fields["subject_spans"])
+    if n == 0:
+        raise InputError("--caption names no subject: describe each one as 'label <sub1>: looks, voice.'")
+    for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
+        if len(paths) != n:
+            raise InputError(f"the caption names {n} subject(s) (<sub1>..<sub{n}>) but {len(paths)} {flag} "
+                             f"were given: give one per subject, in <sub1>, <sub2> order")
+    ref_len = world.ref_mel_frames * world.hop
+    voices = []
+    for p in audio_paths:
+        wav = load_wav(p, world.sample_rate)[:ref_len]
+        voices.append(torch.nn.functional.pad(wav, (0, ref_len - wav.numel())))  # cut / pad to the ref length
+    sample = dict(fields, ref_images=torch.stack([load_image(p, world.ref_image_size) for p in image_paths]),
+                  ref_audio=data.wav_to_mel(torch.stack(voices), world))
+    return data.collate([sample])
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------
+
+
+def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: data.WorldConfig, caption: str,
+                  ref_images: torch.Tensor, ref_audio: torch.Tensor, truth: dict | None = None):
+    """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html."""
+    os.makedirs(out_dir, exist_ok=True)
+    frames = data.to_uint8(video)
+    data.save_gif(os.path.join(out_dir, "video.gif"), frames, world.fps)
+    data.contact_sheet(frames).save(os.path.join(out_dir, "frames.png"))
+    wav = data.mel_to_wav(mel, world)
+    data.save_wav(os.path.join(out_dir, "audio.wav"), wav, world.sample_rate)
+    data.mel_image(mel).save(os.path.join(out_dir, "mel.png"))
+    mp4 = write_mp4(os.path.join(out_dir, "video.mp4"), frames, wav, world)
+    refs = []
+    for k in range(len(ref_images)):
+        data.contact_sheet(data.to_uint8(ref_images[k:k + 1]), scale=8, columns=1).save(os.path.join(out_dir, f"ref{k + 1}.png"))
+        data.save_wav(os.path.join(out_dir, f"ref{k + 1}.wav"), data.mel_to_wav(ref_audio[k], world), world.sample_rate)
+        refs.append(k + 1)
+    if truth is not None:
+        data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
+        data.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
+    media = (f'<video src="video.mp4" controls loop width="256"></video>' if mp4 else
+             '<img src="video.gif" width="256"><br><audio src="audio.wav" controls></audio>')
+    ref_html = "".join(f'<div class="card"><img src="ref{k}.png" width="128"><br>&lt;sub{k}&gt;<br>'
+                       f'<audio src="ref{k}.wav" controls></audio></div>' for k in refs)
+    truth_html = ('<div class="card"><h3>the toy world\'s own clip</h3><img src="truth.gif" width="256"><br>'
+                  '<audio src="truth.wav" controls></audio></div>') if truth is not None else ""
+    page = f"""<!doctype html><meta charset="utf-8"><title>omni sample</title>
+<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} .card{{display:inline-block;
+vertical-align:top;margin:0 1.5em 1em 0}} code{{white-space:pre-wrap}}</style>
+<h2>references</h2>{ref_html}
+<h2>caption</h2><code>{html.escape(caption)}</code>
+<h2>result</h2><div class="card"><h3>generated</h3>{media}<br><img src="mel.png"></div>{truth_html}
+<p><img src="frames.png"></p>"""
+    with open(os.path.join(out_dir, "index.html"), "w") as f:
+        f.write(page)
+
+
+def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.WorldConfig) -> bool:
+    """An .mp4 with sound through PyAV (optional: `pip install av`); False when it is not installed."""
+    try:
+        import av
+    except ImportError:
+        return False
+    scale = 8  # tiny frames: enlarge so players show them
+    with av.open(path, "w") as container:
+        vstream = container.add_stream("libx264", rate=world.fps)
+        vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2] * scale, frames.shape[1] * scale, "yuv420p"
+        astream = container.add_stream("aac", rate=world.sample_rate)
+        for fr in frames:
+            big = np.repeat(np.repeat(fr, scale, 0), scale, 1)
+            for packet in vstream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        pcm = (wav.numpy()[None] * 32767).astype(np.int16)
+        audio_frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        audio_frame.sample_rate = world.sample_rate
+        for packet in astream.encode(audio_frame):
+            container.mux(packet)
+        for packet in astream.encode():
+            container.mux(packet)
+    return True
+
+
+def demo_case(world: data.WorldConfig, seed: int) -> dict:
+    """A built-in toy case from a held-out stream (2 = never used by training): caption, refs, truth."""
+    return data.make_clip(data.sample_rng(seed, 2, 0, 0), world)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Generate a clip with sound from a caption and references.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--caption", help="structured caption with <subk> anchors and <S> ... <E> lines")
+    parser.add_argument("--ref_image", action="append", default=[], help="reference image, once per subject")
+    parser.add_argument("--ref_audio", action="append", default=[], help="reference voice .wav, once per subject")
+    parser.add_argument("--demo", action="store_true", help="use a built-in toy case (held-out identities)")
+    parser.add_argument("--scene", default="single", choices=["single", "dialogue", "complex", "mixed"],
+                        help="--demo: which kind of scene")
+    parser.add_argument("--out_dir", default="out/sample")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--shift", type=float, default=3.0, help="schedule shift (Ovi: 5 at 720p)")
+    parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
+    parser.add_argument("--cfg_video", type=float, default=2.0, help="video guidance scale (Ovi: 4.0)")
+    parser.add_argument("--cfg_audio", type=float, default=2.0, help="audio guidance scale (Ovi: 3.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
+    args = parser.parse_args()
+    try:
+        ckpt = train.load_checkpoint(args.ckpt)
+        world = data.WorldConfig(**ckpt["world_config"])
+        truth = None
+        if args.demo:
+            truth = demo_case(dataclasses.replace(world, scene=args.scene), args.seed)
+            caption = truth["caption"]
+            batch = data.collate([{k: truth[k] for k in ("text_ids", "subject_spans", "speech_spans", "line_speaker",
+                                                          "line_phonemes", "ref_images", "ref_audio")}])
+        else:
+            if not args.caption:
+                raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
+            caption = args.caption
+            batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
+    except (InputError, train.CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
+    net = train.model_from_checkpoint(ckpt, use_ema=not args.no_ema)
+    cond = train.model_inputs(batch, "cpu")
+    video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
+                          (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift,
+                          cfg_video=args.cfg_video, cfg_audio=args.cfg_audio, seed=args.seed, solver=args.solver)
+    if os.path.isdir(args.out_dir):
+        shutil.rmtree(args.out_dir)
+    write_outputs(args.out_dir, video[0], audio[0], world, caption, batch["ref_images"][0], batch["ref_audio"][0], truth)
+    print(f"caption: {caption}")
+    print(f"wrote {args.out_dir}/index.html (video.gif, audio.wav{', video.mp4' if os.path.exists(os.path.join(args.out_dir, 'video.mp4')) else ''})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The twin tower (model.py): gradients, zero-init identities, masks, parameter and FLOP accounting."""
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import model
+import train
+from tiny import TINY, tiny_batch
+
+
+def forward(net, batch, t=None, **kw):
+    t = torch.full((batch["audio"].shape[0],), 0.5) if t is None else t
+    cond = train.model_inputs(batch, "cpu")
+    cond.update(kw)
+    return net(batch["video"], batch["audio"], t, **cond)
+
+
+def randomize(net):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    randomize(net)  # leave the zero-inits, which block gradients by design at step 0
+    batch = tiny_batch()
+    source = torch.cat([batch["video"], batch["source_mask"]], 2)
+    v, a = forward(net, batch, source_video=source, driving_audio=batch["audio"])
+    (v.square().mean() + a.square().mean()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_zero_init_is_identity_where_it_says_so():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    batch = tiny_batch()
+    v, a = forward(net, batch)
+    assert v.abs().max() == 0 and a.abs().max() == 0                 # zero output heads
+    block = net.layers[0].video
+    x = torch.randn(2, 7, TINY.dim)
+    e = torch.randn(2, 2, 6, TINY.dim)
+    e[:, :, [2, 5]] = 0  # time_proj is zero at init: gates come only from the (zero) gate bias
+    e_init = net.video_tower.timestep(torch.rand(2))[1]
+    assert e_init[:, :, [2, 5]].abs().max() == 0
+    assert torch.equal(block.ffn_part(x, e_init, 4), x)             # gated FFN adds exactly nothing
+    randomize(net.video_tower.head)  # now a non-zero output: task inputs must still be no-ops
+    source = torch.cat([batch["video"], batch["source_mask"]], 2)
+    v1, _ = forward(net, batch)
+    v2, _ = forward(net, batch, source_video=source, driving_audio=batch["audio"])
+    assert torch.equal(v1, v2)
+
+
+def test_padded_subjects_change_nothing():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    randomize(net)
+    batch = tiny_batch(batch_size=1, scene="single")
+    v1, a1 = forward(net, batch)
+    padded = dict(batch)
+    padded["ref_images"] = torch.cat([batch["ref_images"], torch.randn_like(batch["ref_images"])], 1)
+    padded["ref_audio"] = torch.cat([batch["ref_audio"], torch.randn_like(batch["ref_audio"])], 1)
+    padded["subject_mask"] = torch.tensor([[True, False]])
+    v2, a2 = forward(net, padded)
+    assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+
+
+def test_references_reach_the_output():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    randomize(net)
+    batch = tiny_batch(batch_size=1, scene="single")
+    v1, a1 = forward(net, batch)
+    other = dict(batch, ref_images=-batch["ref_images"], ref_audio=-batch["ref_audio"])
+    v2, a2 = forward(net, other)
+    assert not torch.allclose(v1, v2) and not torch.allclose(a1, a2)
+
+
+def test_audio_only_forward_runs_without_video():
+    net = model.TwinTower(TINY)
+    batch = tiny_batch()
+    cond = train.model_inputs(batch, "cpu")
+    v, a = net(None, batch["audio"], torch.rand(2), **cond)
+    assert v is None and a.shape == batch["audio"].shape
+
+
+def test_full_preset_counts_within_one_percent_of_ovi():
+    with torch.device("meta"):
+        counts = model.TwinTower(model.PRESETS["full"]).count_parameters()
+    assert abs(counts["backbone"] / model.OVI_PARAMETERS - 1) < 0.01
+
+
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_flop_formula_matches_flop_counter(stem):
+    cfg = dataclasses.replace(TINY, audio_stem=stem, audio_patch=1 if stem == "conv" else 2, audio_stem_hidden=48)
+    net = model.TwinTower(cfg)
+    randomize(net)
+    batch = tiny_batch(batch_size=1, scene="dialogue")
+    # the math backend spells attention as matmuls the counter sees (it has no formula for CPU flash)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        v, a = forward(net, batch)
+        (v.square().mean() + a.square().mean()).backward()
+    K = 2
+    tokens = dict(video_tokens=batch["video"][0].numel() // cfg.video_patch_dim * cfg.video_channels // 3,
+                  audio_tokens=batch["audio"].shape[1] // cfg.audio_patch, text_tokens=batch["text_ids"].shape[1],
+                  ref_video_tokens=K * 16, ref_audio_tokens=K * batch["ref_audio"].shape[2] // cfg.audio_patch)
+    estimate = model.estimate_flops(cfg, **tokens)
+    assert abs(estimate / counter.get_total_flops() - 1) < 0.05

@@ -1,0 +1,100 @@
+"""Sampling (sample.py): determinism, guidance, the schedule, clear errors, written outputs."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import model
+import sample
+import train
+from tiny import TINY, TINY_WORLD, tiny_batch
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval()
+
+
+def run(net, seed, **kw):
+    batch = tiny_batch(batch_size=1, scene="single")
+    cond = train.model_inputs(batch, "cpu")
+    return sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=3, seed=seed, **kw)
+
+
+def test_sampler_is_deterministic_per_seed():
+    net = tiny_net()
+    a, b, c = run(net, 0), run(net, 0), run(net, 1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
+
+
+def test_guidance_scale_one_is_the_conditional_prediction():
+    net = tiny_net()
+    plain = run(net, 0)
+    guided_off = run(net, 0, cfg_video=1.0, cfg_audio=1.0)
+    assert torch.equal(plain[1], guided_off[1])
+    v = torch.randn(3)
+    assert torch.allclose(sample.guide(v, torch.randn(3), 1.0), v, atol=1e-6)
+    assert not torch.allclose(run(net, 0, cfg_video=3.0, cfg_audio=3.0)[1], plain[1])
+
+
+def test_schedule_runs_from_noise_to_data_and_shift_favours_noise():
+    s = sample.schedule(10, 3.0)
+    assert s[0] == 1 and s[-1] == 0 and (s[1:] < s[:-1]).all() and s[5] > 0.5
+
+
+def write_png(path, size=20):
+    from PIL import Image
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
+
+
+def test_inputs_are_resized_resampled_and_downmixed(tmp_path):
+    write_png(tmp_path / "face.png", size=40)
+    import wave
+    with wave.open(str(tmp_path / "voice.wav"), "wb") as f:  # stereo, 22.05 kHz
+        f.setnchannels(2)
+        f.setsampwidth(2)
+        f.setframerate(22050)
+        f.writeframes((np.random.default_rng(0).standard_normal(44100) * 3000).astype("<i2").tobytes())
+    batch = sample.prepare_inputs("a <sub1>: red shirt. <sub1> says <S> tamu <E>", [str(tmp_path / "face.png")],
+                                  [str(tmp_path / "voice.wav")], TINY_WORLD)
+    assert batch["ref_images"].shape == (1, 1, 3, 16, 16)
+    assert batch["ref_audio"].shape == (1, 1, TINY_WORLD.ref_mel_frames, TINY_WORLD.n_mels)
+
+
+@pytest.mark.parametrize("caption, images, audios, message", [
+    ("a <sub1>: x. b <sub2>: y. c <sub3>: z. <sub1> says <S> ta <E>", 2, 2, "3 subject"),
+    ("a <sub1>: x. <sub1> says <S> <E>", 1, 1, "empty line"),
+    ("a <sub1>: x. <sub1> says <S> t@ <E>", 1, 1, "character"),
+    ("a <sub1>: x. <sub1> says <S> ta <E>", "missing", 1, "no such file"),
+    ("a <sub1>: x. <sub1> says <S> ta <E>", "garbage", 1, "not a readable image"),
+    ("a <sub1>: x. <sub1> says <S> ta <E>", 1, "garbage", "not a readable PCM"),
+])
+def test_bad_inputs_stop_with_one_clear_line(tmp_path, caption, images, audios, message):
+    write_png(tmp_path / "ok.png")
+    (tmp_path / "garbage").write_bytes(b"nonsense")
+    import wave
+    with wave.open(str(tmp_path / "ok.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(np.zeros(1600, "<i2").tobytes())
+    paths = lambda spec, ok: [str(tmp_path / ok)] * spec if isinstance(spec, int) else [str(tmp_path / spec)]  # noqa: E731
+    with pytest.raises(sample.InputError) as err:
+        sample.prepare_inputs(caption, paths(images, "ok.png"), paths(audios, "ok.wav"), TINY_WORLD)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_outputs_a_person_can_open(tmp_path):
+    clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
+    sample.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+                         clip["ref_images"], clip["ref_audio"], truth=clip)
+    for name in ("video.gif", "audio.wav", "index.html", "ref1.png", "ref1.wav", "truth.gif"):
+        assert os.path.getsize(tmp_path / name) > 0
+    page = open(tmp_path / "index.html").read()
+    assert "&lt;sub1&gt;" in page and "video.gif" in page or "video.mp4" in page

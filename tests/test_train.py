@@ -1,0 +1,103 @@
+"""Training (train.py): the flow objective, overfitting, exact resume, DDP and FSDP2 on gloo."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import model
+import train
+from tiny import TINY, TINY_OVERRIDES, tiny_batch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def tiny_config(out_dir, **kw):
+    base = dict(out_dir=str(out_dir), batch_size=2, max_steps=6, log_every=1, ckpt_every=3, warmup_steps=2, lr=3e-3)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    tc = train.TrainConfig(lr=1.0, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1)
+    assert train.lr_at(0, tc) == pytest.approx(0.1) and train.lr_at(9, tc) == pytest.approx(1.0)
+    assert train.lr_at(60, tc) == pytest.approx(0.55) and train.lr_at(500, tc) == pytest.approx(0.1)
+
+
+def test_shifted_t_moves_toward_noise():
+    gen = torch.Generator().manual_seed(0)
+    plain = train.sample_t(4000, train.TrainConfig(), gen)
+    shifted = train.sample_t(4000, train.TrainConfig(t_shift=3.0), torch.Generator().manual_seed(0))
+    assert 0.45 < plain.mean() < 0.55 and shifted.mean() > plain.mean() + 0.1
+
+
+def test_a_fixed_batch_is_overfit():
+    torch.manual_seed(0)
+    net = model.TwinTower(dataclasses.replace(TINY, dim=64, heads=4, ffn=128))  # a little room to memorise
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    batch = tiny_batch(batch_size=2, scene="single")
+    tc = train.TrainConfig(cond_drop=0.0)
+    losses = []
+    for _ in range(200):
+        loss, _ = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(0), "cpu")  # same t and noise
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path):
+    straight = train.train(tiny_config(tmp_path / "a"), TINY_OVERRIDES, dict(clip_seconds=1.0))["losses"]
+
+    def crash(step):
+        if step == 5:  # dies after step 5, whose checkpoint was never written (last one: step 3)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, dict(clip_seconds=1.0), on_step=crash)
+    resumed = train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, dict(clip_seconds=1.0))
+    assert resumed["losses"] == straight[3:]          # steps 4, 5, 6 exactly as in the straight run
+    records = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert {"step", "loss", "loss_video", "loss_audio", "samples_per_s"} <= set(records[0])
+    assert os.path.exists(tmp_path / "a" / "loss.png")
+
+
+def test_corrupt_checkpoint_stops_with_one_line(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"\x00" * 100)
+    with pytest.raises(train.CheckpointError) as err:
+        train.load_checkpoint(str(path))
+    assert "ckpt.pt" in str(err.value) and "\n" not in str(err.value)
+
+
+def torchrun(*args, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_rank_run_matches_one_rank_at_the_same_global_batch(tmp_path, mode):
+    script = os.path.join(HERE, "dist_check.py")
+    torchrun(script, str(tmp_path / "one.pt"), mode, nproc=1)
+    torchrun(script, str(tmp_path / "two.pt"), mode, nproc=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=2e-5), name
+
+
+def test_fsdp_training_saves_and_resumes(tmp_path):
+    flags = ["train.py", "--fsdp", "true", "--out_dir", str(tmp_path), "--batch_size", "1", "--ckpt_every", "2",
+             "--clip_seconds", "1.0", "--log_every", "1"] + [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    torchrun(*flags, "--max_steps", "2")
+    torchrun(*flags, "--max_steps", "3")
+    ckpt = train.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["step"] == 3 and ckpt["model_config"]["dim"] == 32
+    net = train.model_from_checkpoint(ckpt)
+    assert sum(p.numel() for p in net.parameters()) > 0

@@ -1,0 +1,14 @@
+"""A tiny model and world shared by the tests (seconds on a CPU)."""
+import dataclasses
+
+import data
+import model
+
+TINY = dataclasses.replace(model.PRESETS["toy"], dim=32, layers=2, heads=2, ffn=64, text_dim=32, text_layers=1,
+                           text_heads=2)
+TINY_WORLD = data.WorldConfig(clip_seconds=1.0)
+TINY_OVERRIDES = dict(dim=32, layers=2, heads=2, ffn=64, text_dim=32, text_layers=1, text_heads=2)
+
+
+def tiny_batch(batch_size=2, seed=0, **world):
+    return data.ToyBatches(dataclasses.replace(TINY_WORLD, **world), batch_size, seed=seed).make_batch(0)
