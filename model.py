@@ -66,6 +66,15 @@ class ModelConfig:
     text_layers: int = 2           # 0 = text arrives as precomputed embeddings
     text_heads: int = 4
     text_vocab: int = len(data.VOCAB)
+    # identity binding on the prompt side (Omni-Customizer Sec. 4.2; defaults as in the paper)
+    ocf: bool = True               # Omni-Context Fusion of [text, ref images, ref voices, phonemes]
+    ocf_rope: str = "sa_mrope"     # sa_mrope | 1d: positions of the OCF sequence
+    mtp_ca: bool = True            # masked TTS-to-prompt cross-attention
+    ocf_dim: int = 0               # width of OCF / MTP-CA / phoneme encoder (0 = text_dim)
+    ocf_layers: int = 2
+    ocf_heads: int = 4
+    phoneme_layers: int = 2        # ConvNeXt-V2 blocks of the phoneme encoder (F5-TTS: 4)
+    sa_mrope_phoneme_w: float = -1.0  # the distinct last coordinate of phoneme tokens (Eq. 4)
     # references and task inputs
     ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni)
     syn_margin: float = 150.0
@@ -74,6 +83,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    @property
+    def fusion_dim(self) -> int:
+        return self.ocf_dim or self.text_dim
 
     @property
     def video_patch_dim(self) -> int:
@@ -92,10 +105,12 @@ PRESETS = {
     # Ovi size (REFERENCE.md): 3072 x 30 layers x 24 heads, FFN 14336, over VAE latents and umT5
     "full": ModelConfig(dim=3072, layers=30, heads=24, ffn=14336, video_channels=48, patch_t=1, patch_h=2,
                         patch_w=2, audio_channels=20, audio_patch=1, audio_stem="conv", audio_stem_hidden=8192,
-                        audio_scale=31 / 157.55, text_dim=4096, text_layers=0, task_inputs=False),
+                        audio_scale=31 / 157.55, text_dim=4096, text_layers=0, task_inputs=False,
+                        ocf_dim=1024, ocf_heads=16, phoneme_layers=4),
 }
 OVI_PARAMETERS = 11_660_753_108
-ADDITION_PREFIXES = ("text_encoder.", "source_embed.", "driving_embed.")  # ours, not Ovi's backbone
+# ours, not Ovi's backbone: the toy text encoder, task inputs, OCF, MTP-CA and the phoneme encoder
+ADDITION_PREFIXES = ("text_encoder.", "source_embed.", "driving_embed.", "ocf.", "mtp_ca.", "phoneme_encoder.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,6 +292,13 @@ class TwinTower(nn.Module):
         d = cfg.dim
         if cfg.text_layers > 0:
             self.text_encoder = ocf.CharTextEncoder(cfg.text_vocab, cfg.text_dim, cfg.text_layers, cfg.text_heads)
+        if cfg.ocf or cfg.mtp_ca:
+            self.phoneme_encoder = ocf.PhonemeEncoder(data.N_PHONEME_IDS, cfg.fusion_dim, cfg.phoneme_layers)
+        if cfg.ocf:
+            self.ocf = ocf.OmniContextFusion(cfg.text_dim, cfg.fusion_dim, cfg.ocf_layers, cfg.ocf_heads,
+                                             cfg.patch_h * cfg.patch_w * cfg.video_channels, cfg.audio_token_dim)
+        if cfg.mtp_ca:
+            self.mtp_ca = ocf.MaskedPhonemeCrossAttention(cfg.text_dim, cfg.fusion_dim, cfg.ocf_heads)
         self.video_stem = nn.Linear(cfg.video_patch_dim, d)
         if cfg.audio_stem == "conv":
             self.audio_stem = ConvAudioStem(cfg.audio_channels, d, cfg.audio_stem_hidden)
@@ -300,6 +322,8 @@ class TwinTower(nn.Module):
         | Tower.time_proj (the 6*dim modulation MLP)  | 0, so gates start at exactly 0      |
         | Tower.head (output projection)              | 0: the model first predicts v = 0   |
         | source_embed, driving_embed                 | 0: task inputs start as no-ops      |
+        | ocf.back[i] (OCF residuals), mtp_ca.o       | 0: the prompt passes unchanged      |
+        | phoneme / text embeddings                   | N(0, 0.02)                          |
         | norms                                       | weight 1, bias 0                    |
         """
         for m in self.modules():
@@ -318,10 +342,12 @@ class TwinTower(nn.Module):
             for lin in (tower.time_proj[1], tower.head):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        if self.cfg.task_inputs:
-            for lin in (self.source_embed, self.driving_embed):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
+        zero_init = [self.source_embed, self.driving_embed] if self.cfg.task_inputs else []
+        zero_init += list(self.ocf.back) if self.cfg.ocf else []       # OCF starts as the identity
+        zero_init += [self.mtp_ca.o] if self.cfg.mtp_ca else []        # so does MTP-CA
+        for lin in zero_init:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     # --- patchify: pixels / latents <-> tokens -----------------------------------------------------
     def patchify_video(self, x):
@@ -349,12 +375,40 @@ class TwinTower(nn.Module):
         return shape[-4] // c.patch_t, shape[-2] // c.patch_h, shape[-1] // c.patch_w  # (B, T, C, H, W)
 
     # --- the forward pass ----------------------------------------------------------------------------
-    def encode_text(self, text):
-        """Token ids (B, L) through the toy encoder, or precomputed embeddings (B, L, text_dim) as they are."""
-        return self.text_encoder(*text) if self.cfg.text_layers > 0 else text[0]
+    def encode_text(self, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None, subject_spans=None,
+                    speech_spans=None, line_mask=None, line_phonemes=None, phoneme_mask=None):
+        """The prompt both towers read: text features, enriched by OCF and MTP-CA when they are on.
+
+        Token ids (B, L) go through the toy encoder, precomputed embeddings (B, L, text_dim) as they are.
+        """
+        cfg = self.cfg
+        text = self.text_encoder(text, text_mask) if cfg.text_layers > 0 else text
+        if not (cfg.ocf or cfg.mtp_ca) or line_phonemes is None:
+            return text
+        phonemes = self.phoneme_encoder(line_phonemes, phoneme_mask)                  # (B, M, P, fusion_dim)
+        B, M, P, _ = phonemes.shape
+        if cfg.ocf:
+            K = ref_images.shape[1]
+            # OCF's own view of the references: image patches and voice frames, one token each
+            img = ref_images.unflatten(-2, (-1, cfg.patch_h)).unflatten(-1, (-1, cfg.patch_w))  # (B,K,C,h',ph,w',pw)
+            ref_hw = (img.shape[3], img.shape[5])
+            img = img.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, K * ref_hw[0] * ref_hw[1], -1)
+            voice = ref_audio.reshape(B, K, -1, cfg.audio_token_dim)                   # (B, K, T_r', p*C_a)
+            T_r = voice.shape[2]
+            if cfg.ocf_rope == "sa_mrope":
+                pos = rope.sa_mrope_positions(text.shape[1], subject_spans.cpu(), ref_hw, T_r, speech_spans.cpu(),
+                                              phoneme_mask.cpu(), cfg.sa_mrope_phoneme_w)
+            else:
+                pos = rope.sequential_positions(text.shape[1] + img.shape[1] + K * T_r + M * P, B)
+            text = self.ocf(text, text_mask, img, subject_mask.repeat_interleave(ref_hw[0] * ref_hw[1], 1),
+                            voice.flatten(1, 2), subject_mask.repeat_interleave(T_r, 1), phonemes.flatten(1, 2),
+                            phoneme_mask.flatten(1, 2), pos)
+        if cfg.mtp_ca and M * P > 0:
+            text = self.mtp_ca(text, phonemes, phoneme_mask, speech_spans, line_mask)
+        return text
 
     def forward(self, video, audio, t, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None,
-                source_video=None, driving_audio=None):
+                source_video=None, driving_audio=None, **caption):
         """Predict the flow velocity of both streams.
 
         Args:
@@ -366,11 +420,13 @@ class TwinTower(nn.Module):
                 subject_mask: (B, K), True for real subjects (padding subjects are masked out).
             source_video: (B, T, C+1, H, W) RV2AV source with subject regions zeroed + mask channel.
             driving_audio: (B, T_a, C_a) RA2V driving audio.
+            caption: the caption's structure for OCF / MTP-CA: subject_spans (B, K, 2), speech_spans (B, M, 2),
+                line_mask (B, M), line_phonemes (B, M, P), phoneme_mask (B, M, P).
         Returns: (video velocity like `video` or None, audio velocity like `audio`).
         """
         cfg = self.cfg
         B = audio.shape[0]
-        text_feats = self.encode_text((text, text_mask))                           # (B, L, text_dim)
+        text_feats = self.encode_text(text, text_mask, ref_images, ref_audio, subject_mask, **caption)  # (B, L, text_dim)
         emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
         emb_a, e_a = self.audio_tower.timestep(t)
         K = 0 if ref_images is None else ref_images.shape[1]
@@ -447,12 +503,15 @@ class TwinTower(nn.Module):
 
 
 def estimate_flops(cfg: ModelConfig, video_tokens: int, audio_tokens: int, text_tokens: int,
-                   ref_video_tokens: int = 0, ref_audio_tokens: int = 0, video: bool = True) -> float:
+                   ref_video_tokens: int = 0, ref_audio_tokens: int = 0, phoneme_tokens: int = 0,
+                   video: bool = True) -> float:
     """Training FLOPs (forward + backward) per sample, REFERENCE.md "FLOP accounting".
 
     6 x weights each token passes through (stems and heads, q/k/v/o, FFN, cross q/o, prompt
     projections over text tokens, fusion k/v over the *other* stream's tokens), plus attention
-    12 x layers x heads x head_dim x (keys seen) per query, plus the per-sample timestep MLPs.
+    12 x layers x heads x head_dim x (keys seen) per query, plus the per-sample timestep MLPs,
+    plus the prompt side: text encoder, phoneme encoder, OCF over [text, refs, phonemes], MTP-CA.
+    phoneme_tokens counts the padded (lines x phonemes) grid, as the encoders see it.
     """
     d, f, L = cfg.dim, cfg.ffn, cfg.layers
     s_v = (video_tokens + ref_video_tokens) if video else 0
@@ -475,9 +534,18 @@ def estimate_flops(cfg: ModelConfig, video_tokens: int, audio_tokens: int, text_
         macs += 2 * (cfg.freq_dim * d + d * d + 6 * d * d)  # timestep MLP for t and for 0
         attn_keys = s * (s + text_tokens + s_other)
         macs += L * 2 * d * attn_keys                     # QK^T and AV: 2 x d MACs per (query, key)
+    td, fd = cfg.text_dim, cfg.fusion_dim
     if cfg.text_layers:
-        td = cfg.text_dim
         macs += cfg.text_layers * (text_tokens * 12 * td * td + 2 * td * text_tokens ** 2)
+    if cfg.ocf or cfg.mtp_ca:   # phoneme encoder: pointwise MLP (d -> 2d -> d) + depthwise conv k7
+        macs += cfg.phoneme_layers * phoneme_tokens * (4 * fd * fd + 7 * fd)
+    if cfg.ocf:
+        s_ocf = text_tokens + ref_video_tokens + ref_audio_tokens + phoneme_tokens
+        image_in = cfg.patch_h * cfg.patch_w * cfg.video_channels
+        macs += text_tokens * td * fd + ref_video_tokens * image_in * fd + ref_audio_tokens * cfg.audio_token_dim * fd
+        macs += cfg.ocf_layers * (s_ocf * 12 * fd * fd + 2 * fd * s_ocf ** 2 + text_tokens * fd * td)
+    if cfg.mtp_ca:              # q and o over the prompt, k and v over the phonemes, attention to them all
+        macs += 2 * text_tokens * td * fd + 2 * phoneme_tokens * fd * fd + 2 * fd * text_tokens * phoneme_tokens
     return 6.0 * macs
 
 
@@ -487,13 +555,14 @@ def toy_token_counts(cfg: ModelConfig, world: data.WorldConfig, subjects: int = 
     a = world.mel_frames // cfg.audio_patch
     rv = subjects * (world.ref_image_size // cfg.patch_h) * (world.ref_image_size // cfg.patch_w)
     ra = subjects * world.ref_mel_frames // cfg.audio_patch
-    return dict(video_tokens=v, audio_tokens=a, text_tokens=text_tokens, ref_video_tokens=rv, ref_audio_tokens=ra)
+    return dict(video_tokens=v, audio_tokens=a, text_tokens=text_tokens, ref_video_tokens=rv, ref_audio_tokens=ra,
+                phoneme_tokens=subjects * 12)
 
 
 def full_token_counts(subjects: int = 2):
     """Token counts of one 5 s 720x720 Ovi sample: 31 latent frames of 45x45 latents, patch 2x2."""
     return dict(video_tokens=31 * 22 * 22, audio_tokens=157, text_tokens=512,
-                ref_video_tokens=subjects * 22 * 22, ref_audio_tokens=subjects * 157)
+                ref_video_tokens=subjects * 22 * 22, ref_audio_tokens=subjects * 157, phoneme_tokens=subjects * 40)
 
 
 def main():

@@ -1,12 +1,21 @@
-"""The prompt side: the toy's text encoder (and, with its own issue, Omni-Context Fusion and MTP-CA).
+"""The prompt side: text encoder, phoneme (TTS) encoder, Omni-Context Fusion and MTP-CA.
 
-Ovi encodes the whole prompt once with a frozen umT5-XXL (4096-d) and both towers read that
-encoding through their own projection MLP. Nothing can be downloaded here, so the toy trains a small
-character-level transformer instead (`CharTextEncoder`); the `full` preset takes precomputed 4096-d
-embeddings from the shards and skips it. Text positions follow M-RoPE's convention for text
-(Qwen2-VL, used by SA-MRoPE): token i sits at (i, i, i), so a 1D sequence rotates every section.
+Omni-Customizer Sec. 4.2 enriches the prompt *before* the DiT sees it:
+
+  T  = text embeddings of the structured caption (toy: `CharTextEncoder`; full: precomputed umT5)
+  P  = PhonemeEncoder(phoneme ids of every <S> ... <E> line)           F5-TTS style, ConvNeXt-V2 blocks
+  OCF:    h_0 = [T, R_v, R_a, P]  (text, reference-image tokens, reference-voice tokens, phonemes)
+          h_i = Block_i(h_{i-1})  with SA-MRoPE positions (rope.sa_mrope_positions) or plain 1D ones
+          T  <- T + sum_i Z_i(h_i[:, :L])   Z_i zero-initialised: at init T passes through unchanged
+  MTP-CA: T  <- T + M * CrossAttn(q = T, kv = P), M = 1 inside a line's <S> ... <E> span (attending
+          only to that line's phonemes), 0 everywhere else: exactly zero outside, in value and gradient.
+
+Both towers then read the enriched T through their own projections (model.py). Text positions follow
+M-RoPE's convention (Qwen2-VL, used by SA-MRoPE): text token i sits at (i, i, i).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -53,3 +62,142 @@ class CharTextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin, mask)
         return self.norm(x) * mask[..., None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Phoneme (TTS) encoder: F5-TTS's text embedding
+# ------------------------------------------------------------------------------------------------
+
+
+class GRN(nn.Module):
+    """Global response normalisation (ConvNeXt-V2): rescale channels by their share of the global L2."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.zeros(1, 1, dim)), nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, x):                                        # (N, P, d)
+        norm = x.norm(p=2, dim=1, keepdim=True)                  # over the sequence, per channel
+        return self.gamma * (x * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    """Depthwise conv k=7 -> LayerNorm -> Linear(d, 2d) -> GELU -> GRN -> Linear(2d, d), residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.up, self.grn, self.down = nn.Linear(dim, 2 * dim), GRN(2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):                                        # (N, P, d)
+        y = self.dwconv(x.transpose(1, 2)).transpose(1, 2)
+        return x + self.down(self.grn(F.gelu(self.up(self.norm(y)))))
+
+
+def sinusoidal(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed sinusoidal position table."""
+    pos = torch.arange(n, dtype=torch.float)[:, None]
+    freqs = torch.exp(-math.log(10000) * torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    return torch.cat([torch.sin(pos * freqs), torch.cos(pos * freqs)], dim=-1)
+
+
+class PhonemeEncoder(nn.Module):
+    """Phoneme ids of each line (B, M, P) -> embeddings (B, M, P, dim); padding rows exactly zero.
+
+    F5-TTS: ids (+1, 0 = filler), an embedding, sinusoidal positions, a few ConvNeXt-V2 blocks, with
+    the padding re-masked to zero after each block (so convolutions never smear it into real ids).
+    """
+
+    def __init__(self, vocab: int, dim: int, layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(ConvNeXtV2Block(dim) for _ in range(layers))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, M, P = ids.shape
+        keep = mask.reshape(B * M, P, 1).float()
+        x = (self.embed(ids.reshape(B * M, P)) + sinusoidal(P, self.embed.embedding_dim).to(ids.device)) * keep
+        for block in self.blocks:
+            x = block(x) * keep                                   # re-mask the padding after every block
+        return x.reshape(B, M, P, -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Omni-Context Fusion (Omni-Customizer Sec. 4.2)
+# ------------------------------------------------------------------------------------------------
+
+
+class OmniContextFusion(nn.Module):
+    """[T, R_v, R_a, P] through a few transformer blocks; each block's first L outputs return to T
+    through a zero-initialised projection (the residual of Sec. 4.2), so OCF starts as the identity."""
+
+    def __init__(self, text_dim: int, dim: int, layers: int, heads: int, image_token_dim: int, voice_token_dim: int):
+        super().__init__()
+        self.text_in = nn.Linear(text_dim, dim)
+        self.image_in = nn.Linear(image_token_dim, dim)
+        self.voice_in = nn.Linear(voice_token_dim, dim)
+        self.kind = nn.Parameter(torch.zeros(4, dim))             # which stream a token came from
+        self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
+        self.back = nn.ModuleList(nn.Linear(dim, text_dim) for _ in range(layers))
+        for lin in self.back:                                     # zero-init: T passes unchanged at start
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("freqs", rope.rope_frequencies(dim // heads), persistent=False)
+        self.head_dim = dim // heads
+
+    def forward(self, text, text_mask, image_tokens, image_mask, voice_tokens, voice_mask, phonemes,
+                phoneme_mask, positions):
+        """text (B, L, text_dim); image_tokens (B, K*h*w, c_img); voice_tokens (B, K*T_r, c_voice);
+        phonemes (B, M*P, dim); masks True = real; positions (B, S, 3) for the concatenation."""
+        L = text.shape[1]
+        seq = torch.cat([self.text_in(text) + self.kind[0], self.image_in(image_tokens) + self.kind[1],
+                         self.voice_in(voice_tokens) + self.kind[2], phonemes + self.kind[3]], dim=1)  # (B, S, dim)
+        mask = torch.cat([text_mask, image_mask, voice_mask, phoneme_mask], dim=1)
+        angles = rope.rope_angles(positions.to(text.device), self.freqs, self.head_dim)   # (B, S, pairs)
+        cos, sin = angles.cos(), angles.sin()
+        for block, back in zip(self.blocks, self.back):
+            seq = block(seq, cos, sin, mask)
+            text = text + back(seq[:, :L]) * text_mask[..., None]   # the first L tokens return to T
+        return text
+
+
+# ------------------------------------------------------------------------------------------------
+# MTP-CA: masked TTS-to-prompt cross-attention (Omni-Customizer Sec. 4.2)
+# ------------------------------------------------------------------------------------------------
+
+
+def speech_token_mask(text_len: int, speech_spans: torch.Tensor, line_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, M) True where prompt token i lies inside line m's <S> ... <E> span (tags included)."""
+    i = torch.arange(text_len, device=speech_spans.device)[None, :, None]
+    inside = (i >= speech_spans[:, None, :, 0]) & (i < speech_spans[:, None, :, 1])
+    return inside & line_mask[:, None, :]
+
+
+class MaskedPhonemeCrossAttention(nn.Module):
+    """Prompt tokens attend to phoneme embeddings under a hard binary mask: a token inside line m's
+    <S> ... <E> span sees only line m's phonemes; every other token gets exactly zero (and no gradient)."""
+
+    def __init__(self, text_dim: int, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(text_dim)
+        self.q, self.k, self.v = nn.Linear(text_dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, text_dim)
+        nn.init.zeros_(self.o.weight)                              # zero-init, like OCF's residuals
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, text, phonemes, phoneme_mask, speech_spans, line_mask):
+        """text (B, L, text_dim); phonemes (B, M, P, dim); phoneme_mask (B, M, P). Returns the new text."""
+        B, L, _ = text.shape
+        M, P = phonemes.shape[1:3]
+        in_line = speech_token_mask(L, speech_spans, line_mask)                         # (B, L, M)
+        allowed = (in_line[..., None] & phoneme_mask[:, None]).reshape(B, L, M * P)     # (B, L, M*P)
+        gate = allowed.any(-1, keepdim=True)                                             # (B, L, 1): in some span
+        safe = allowed | ~gate                # rows with no key would be NaN: give them all keys, then zero them
+        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731 (B, H, S, hd)
+        kv = phonemes.reshape(B, M * P, -1)
+        out = F.scaled_dot_product_attention(split(self.q(self.norm(text))), split(self.k(kv)), split(self.v(kv)),
+                                             attn_mask=safe[:, None])
+        out = self.o(out.transpose(1, 2).flatten(2))
+        return text + out * gate                                   # the hard gate: exact zeros outside spans

@@ -17,7 +17,11 @@ Reference layouts (where the clean reference tokens of `<sub1>`, `<sub2>`... sit
             temporal axis with the normal h/w grid; its voice tokens at floor(margin / s) * k + i
             (s = audio_scale), so face and voice of one identity share a temporal phase, `margin`
             frames away from the content (t = 0..T-1) and from every other identity.
-SA-MRoPE (Omni-Customizer Eq. 3-4) places tokens of the OCF sequence; it lives in ocf.py's issue.
+For the Omni-Context Fusion sequence [text | reference images | reference voices | phonemes]:
+  1d        every token of the concatenation at (i, i, i), in order (the "+OCF" row of Table 2)
+  sa_mrope  Semantic-Anchored Multimodal RoPE (Omni-Customizer Sec. 4.2, Eq. 3-4), see
+            `sa_mrope_positions`: references anchored to their subject's descriptor, phonemes
+            interpolated over their <S> ... <E> span.
 """
 from __future__ import annotations
 
@@ -93,3 +97,55 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
             raise ValueError(f"unknown reference layout {layout!r}: use plain or syn")
     empty = torch.zeros(0, 3)
     return (torch.cat(images) if images else empty), (torch.cat(voices) if voices else empty)
+
+
+def sequential_positions(lengths_total: int, batch: int) -> torch.Tensor:
+    """(B, S, 3): token i of a concatenated sequence at (i, i, i) (OCF with plain 1D RoPE)."""
+    return torch.arange(lengths_total, dtype=torch.float)[None, :, None].expand(batch, -1, 3)
+
+
+def sa_mrope_positions(text_len: int, subject_spans: torch.Tensor, ref_hw: tuple[int, int], ref_voice_len: int,
+                       speech_spans: torch.Tensor, phoneme_mask: torch.Tensor,
+                       phoneme_w: float = -1.0) -> torch.Tensor:
+    """SA-MRoPE (Omni-Customizer Eq. 3-4): 3D positions of the OCF sequence, batched, no Python loop per sample.
+
+    Sequence order: [text (L) | image refs (K*h*w) | voice refs (K*T_r) | phonemes (M*P)].
+    The paper fixes the idea, not every coordinate (its equations are not in our copy); our choices,
+    following Qwen2-VL's M-RoPE, where an inserted block takes grid ids offset by the running position
+    and what follows resumes at max id + 1:
+      text token i               (p, p, p), p = i + block * (number of descriptors that end at or before i)
+      image ref of subject k     (b_k, b_k + y, b_k + x): inserted right after subject k's descriptor,
+                                 b_k = (position of the descriptor's last token) + 1   [Eq. 3]
+      voice ref of subject k     (a, a, a), a = b_k + max(h, w) + tau: a 1D run after the image block  [Eq. 3]
+      phoneme j of line m        (q, q, phoneme_w), q interpolated strictly inside the <S> ... <E> span:
+                                 q = pos(<S>) + (pos(<E>) - pos(<S>)) (j + 1) / (n_m + 1)   [Eq. 4]
+    with block = max(h, w) + T_r. `phoneme_w` is the distinct last coordinate of Eq. 4 (our choice: -1,
+    a value no prompt token has). Padded subjects / phonemes get positions too; they are masked anyway.
+
+    Args: subject_spans (B, K, 2) descriptor [start, end) with end <= 0 for padding; speech_spans (B, M, 2);
+        phoneme_mask (B, M, P). Returns (B, L + K*h*w + K*T_r + M*P, 3) float positions.
+    """
+    B, K, _ = subject_spans.shape
+    h, w = ref_hw
+    block = max(h, w) + ref_voice_len
+    ends = subject_spans[..., 1].float()
+    ends = torch.where(ends > 0, ends, torch.full_like(ends, float("inf")))         # padding never shifts text
+    token = torch.arange(text_len, dtype=torch.float)
+    text_pos = token + block * (ends[:, None, :] <= token[None, :, None]).sum(-1)    # (B, L)
+    earlier = (ends[:, None, :] < ends[:, :, None]).sum(-1)                           # (B, K) descriptors before k
+    base = torch.where(ends.isfinite(), ends + block * earlier, torch.zeros_like(ends))  # b_k (B, K)
+    grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    image = torch.stack([base[..., None].expand(B, K, h * w), base[..., None] + grid_y.flatten(),
+                         base[..., None] + grid_x.flatten()], dim=-1).reshape(B, K * h * w, 3)
+    voice_t = base[..., None] + max(h, w) + torch.arange(ref_voice_len)              # (B, K, T_r)
+    voice = voice_t.reshape(B, -1, 1).expand(-1, -1, 3)
+    # phonemes: interpolate over the positions of their line's <S> and <E> tokens
+    s_tok = speech_spans[..., 0].clamp(0, text_len - 1)
+    e_tok = (speech_spans[..., 1] - 1).clamp(0, text_len - 1)
+    s_pos, e_pos = text_pos.gather(1, s_tok), text_pos.gather(1, e_tok)              # (B, M)
+    n = phoneme_mask.sum(-1, keepdim=True).clamp_min(1).float()                       # (B, M, 1)
+    j = torch.arange(phoneme_mask.shape[-1], dtype=torch.float)
+    q = s_pos[..., None] + (e_pos - s_pos)[..., None] * (j + 1) / (n + 1)            # (B, M, P)
+    phon = torch.stack([q, q, torch.full_like(q, phoneme_w)], dim=-1).reshape(B, -1, 3)
+    text = text_pos[..., None].expand(-1, -1, 3)
+    return torch.cat([text, image, voice, phon], dim=1)

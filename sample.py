@@ -50,29 +50,22 @@ def guide(v_cond, v_uncond, scale: float):
 
 
 @torch.no_grad()
-def sample(net, cond: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0, cfg_video: float = 1.0,
+def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0, cfg_video: float = 1.0,
            cfg_audio: float = 1.0, seed: int = 0, solver: str = "euler", device="cpu"):
-    """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
+    """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning in `batch`.
 
-    cond: text, text_mask, ref_images, ref_audio, subject_mask (as train.model_inputs gives).
+    batch: a collated batch (caption structure and references, as data.collate gives).
     Deterministic per seed: the noise comes from its own generator.
     """
     gen = torch.Generator().manual_seed(seed)
     x_v = torch.randn(video_shape, generator=gen).to(device)
     x_a = torch.randn(audio_shape, generator=gen).to(device)
     B = video_shape[0]
+    cond = train.model_inputs(batch, device)
     guided = cfg_video != 1.0 or cfg_audio != 1.0
-    if guided:  # one forward for both passes: [conditional | unconditional (empty caption)]
-        empty_ids, empty_mask = train.empty_caption(B, device)
-        if cond["text"].dim() == 2:  # caption ids: keep the length, only the first token (a space) is valid
-            text_u = torch.full_like(cond["text"], data.PAD_ID)
-            text_u[:, :1] = empty_ids
-            mask_u = torch.zeros_like(cond["text_mask"])
-            mask_u[:, :1] = True
-        else:
-            text_u, mask_u = torch.zeros_like(cond["text"]), cond["text_mask"]
-        both = {k: torch.cat([v, v]) for k, v in cond.items()}
-        both["text"], both["text_mask"] = torch.cat([cond["text"], text_u]), torch.cat([cond["text_mask"], mask_u])
+    if guided:  # one forward for both passes: [conditional | unconditional (empty caption, references kept)]
+        uncond = train.model_inputs(batch, device, drop_text=torch.ones(B, dtype=torch.bool))
+        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
 
     def velocity(x_v, x_a, sigma):
         t = torch.full((B,), float(sigma), device=device)
@@ -273,8 +266,7 @@ def main():
     except (InputError, train.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     net = train.model_from_checkpoint(ckpt, use_ema=not args.no_ema)
-    cond = train.model_inputs(batch, "cpu")
-    video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
+    video, audio = sample(net, batch, (1, world.frames, 3, world.image_size, world.image_size),
                           (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift,
                           cfg_video=args.cfg_video, cfg_audio=args.cfg_audio, seed=args.seed, solver=args.solver)
     if os.path.isdir(args.out_dir):

@@ -109,29 +109,34 @@ def sample_t(n: int, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     return tc.t_shift * t / (1 + (tc.t_shift - 1) * t)
 
 
-def empty_caption(batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unconditional prompt: one space token (attention needs at least one valid key)."""
-    ids = torch.full((batch_size, 1), data.TOKEN_ID[" "], device=device)
-    return ids, torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-
-
 def model_inputs(batch: dict, device, drop_text=None, drop_refs=None) -> dict:
-    """The model's conditioning from a batch; samples flagged in drop_* lose caption / references."""
+    """The model's conditioning from a batch; samples flagged in drop_* lose caption / references.
+
+    A dropped caption becomes the empty prompt (one space token) and takes its structure with it (no
+    descriptors, no lines, no phonemes), so the unconditional branch of CFG sees nothing of the text.
+    """
     text = batch["text_emb"] if "text_emb" in batch else batch["text_ids"]
-    text, text_mask = text.to(device), batch["text_mask"].to(device)
-    subject_mask = batch["subject_mask"].to(device)
-    if drop_text is not None and drop_text.any() and text.dim() == 2:
-        # swap dropped captions for the empty one: keep only a single space token
-        text = torch.where(drop_text[:, None], torch.full_like(text, data.PAD_ID), text)
-        text[drop_text, 0] = data.TOKEN_ID[" "]
-        text_mask = torch.where(drop_text[:, None], torch.zeros_like(text_mask), text_mask)
-        text_mask[drop_text, 0] = True
-    elif drop_text is not None and drop_text.any():  # precomputed embeddings: zero them
-        text = text * (~drop_text)[:, None, None]
+    cond = dict(text=text, text_mask=batch["text_mask"], subject_mask=batch["subject_mask"],
+                ref_images=batch["ref_images"], ref_audio=batch["ref_audio"],
+                subject_spans=batch["subject_spans"], speech_spans=batch["speech_spans"],
+                line_mask=batch["line_mask"], line_phonemes=batch["line_phonemes"],
+                phoneme_mask=batch.get("phoneme_mask", batch["line_phonemes"] > 0))
+    cond = {k: v.to(device) for k, v in cond.items()}
+    if drop_text is not None and drop_text.any():
+        keep = ~drop_text.to(device)
+        if cond["text"].dim() == 2:  # ids: only a single space token remains valid
+            cond["text"] = torch.where(keep[:, None], cond["text"], torch.full_like(cond["text"], data.PAD_ID))
+            cond["text"][~keep, 0] = data.TOKEN_ID[" "]
+            cond["text_mask"] = cond["text_mask"] & keep[:, None]
+            cond["text_mask"][~keep, 0] = True
+        else:                        # precomputed embeddings: zeroed
+            cond["text"] = cond["text"] * keep[:, None, None]
+        cond["subject_spans"] = cond["subject_spans"] * keep[:, None, None]
+        cond["line_mask"] = cond["line_mask"] & keep[:, None]
+        cond["phoneme_mask"] = cond["phoneme_mask"] & keep[:, None, None]
     if drop_refs is not None:
-        subject_mask = subject_mask & ~drop_refs[:, None]
-    return dict(text=text, text_mask=text_mask, subject_mask=subject_mask,
-                ref_images=batch["ref_images"].to(device), ref_audio=batch["ref_audio"].to(device))
+        cond["subject_mask"] = cond["subject_mask"] & ~drop_refs.to(device)[:, None]
+    return cond
 
 
 def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True):
@@ -316,7 +321,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         os.remove(log_path)  # a fresh run starts a fresh log
     losses, window, bins = [], [], {}
     start_time, window_start, samples_in_window = time.time(), time.time(), 0
-    progress = _progress_bar(tc.max_steps, step, rank)
+    progress = _progress_bar(None if tc.max_minutes > 0 else tc.max_steps, step, rank)  # time-limited: no fake ETA
     while step < tc.max_steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
@@ -391,7 +396,7 @@ def _mean(values) -> float:
     return sum(values) / max(1, len(values))
 
 
-def _progress_bar(total: int, initial: int, rank: int):
+def _progress_bar(total, initial: int, rank: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="train")
 

@@ -66,6 +66,7 @@ def test_padded_subjects_change_nothing():
     padded["ref_images"] = torch.cat([batch["ref_images"], torch.randn_like(batch["ref_images"])], 1)
     padded["ref_audio"] = torch.cat([batch["ref_audio"], torch.randn_like(batch["ref_audio"])], 1)
     padded["subject_mask"] = torch.tensor([[True, False]])
+    padded["subject_spans"] = torch.cat([batch["subject_spans"], torch.zeros(1, 1, 2, dtype=torch.long)], 1)
     v2, a2 = forward(net, padded)
     assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
 
@@ -108,6 +109,7 @@ def test_flop_formula_matches_flop_counter(stem):
     K = 2
     tokens = dict(video_tokens=batch["video"][0].numel() // cfg.video_patch_dim * cfg.video_channels // 3,
                   audio_tokens=batch["audio"].shape[1] // cfg.audio_patch, text_tokens=batch["text_ids"].shape[1],
-                  ref_video_tokens=K * 16, ref_audio_tokens=K * batch["ref_audio"].shape[2] // cfg.audio_patch)
+                  ref_video_tokens=K * 16, ref_audio_tokens=K * batch["ref_audio"].shape[2] // cfg.audio_patch,
+                  phoneme_tokens=batch["line_phonemes"][0].numel())
     estimate = model.estimate_flops(cfg, **tokens)
     assert abs(estimate / counter.get_total_flops() - 1) < 0.05

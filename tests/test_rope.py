@@ -1,6 +1,8 @@
 """Rotary positions (rope.py): relative-position scores, time alignment, reference layouts."""
 import math
 
+import pytest
+
 import torch
 
 import rope
@@ -61,3 +63,48 @@ def test_plain_layout_follows_the_content():
     images, voices = rope.reference_positions("plain", 2, 4, 2, 2, 64, 8, 1 / 16)
     assert images[:, 0].tolist() == [4.0] * 4 + [5.0] * 4
     assert torch.allclose(voices[:, 0] * 16, torch.arange(64, 80).float())
+
+
+def test_sa_mrope_coordinates_for_a_two_subject_caption():
+    import data
+    caption = "a <sub1>: red. b <sub2>: blue. <sub1> says <S> ta <E>"
+    f = data.caption_fields(caption)
+    ids = f["text_ids"]
+    (s1, e1), (s2, e2) = f["subject_spans"].tolist()
+    assert (s1, e1) == (0, 9) and (s2, e2) == (9, 20)    # "a <sub1>: red." and " b <sub2>: blue."
+    h = w = 2
+    T_r = 3
+    block = max(h, w) + T_r                               # 5 positions per subject's reference block
+    mask = f["line_phonemes"] > 0
+    pos = rope.sa_mrope_positions(len(ids), f["subject_spans"][None], (h, w), T_r, f["speech_spans"][None],
+                                  mask[None])[0]
+    L, K = len(ids), 2
+    text, image = pos[:L], pos[L:L + K * h * w]
+    voice, phon = pos[L + K * h * w: L + K * h * w + K * T_r], pos[L + K * h * w + K * T_r:]
+    # text before the first descriptor ends: (i, i, i); after it, shifted by one block; after both, by two
+    assert text[8].tolist() == [8.0] * 3 and text[9].tolist() == [9.0 + block] * 3
+    assert text[19].tolist() == [19.0 + block] * 3 and text[20].tolist() == [20.0 + 2 * block] * 3
+    # subject 1's image block right after its descriptor's last token (position 8): t = 9, h/w offset
+    assert image[:4].tolist() == [[9, 9, 9], [9, 9, 10], [9, 10, 9], [9, 10, 10]]
+    # subject 2's descriptor ends at token 19, at position 19 + block = 24: its block starts at 25
+    assert image[4].tolist() == [25, 25, 25]
+    # voices: a 1D run after each image block, max(h, w) = 2 further on
+    assert voice[:, 0].tolist() == [11, 12, 13, 27, 28, 29]
+    # phonemes t, a: strictly inside <S> ... <E> (positions of those tokens), distinct last coordinate
+    s_tok, e_tok = f["speech_spans"][0].tolist()
+    ps, pe = text[s_tok, 0].item(), text[e_tok - 1, 0].item()
+    assert phon[:, 0].tolist() == pytest.approx([ps + (pe - ps) / 3, ps + 2 * (pe - ps) / 3])
+    assert phon[:, 2].tolist() == [-1.0, -1.0]
+
+
+def test_sa_mrope_batch_path_equals_the_per_sample_path():
+    import data
+    batch = data.collate([data.make_clip(data.sample_rng(0, 0, 0, i), data.WorldConfig()) for i in range(3)])
+    args = lambda sl: (batch["text_ids"].shape[1], batch["subject_spans"][sl], (4, 4), 32,  # noqa: E731
+                       batch["speech_spans"][sl], batch["phoneme_mask"][sl])
+    together = rope.sa_mrope_positions(*args(slice(None)))
+    for i in range(3):
+        alone = rope.sa_mrope_positions(*args(slice(i, i + 1)))
+        valid = torch.cat([batch["text_mask"][i], batch["subject_mask"][i].repeat_interleave(16),
+                           batch["subject_mask"][i].repeat_interleave(32), batch["phoneme_mask"][i].flatten()])
+        assert torch.equal(together[i][valid], alone[0][valid])

@@ -23,8 +23,7 @@ def tiny_net():
 
 def run(net, seed, **kw):
     batch = tiny_batch(batch_size=1, scene="single")
-    cond = train.model_inputs(batch, "cpu")
-    return sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=3, seed=seed, **kw)
+    return sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=3, seed=seed, **kw)
 
 
 def test_sampler_is_deterministic_per_seed():

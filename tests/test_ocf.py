@@ -1,0 +1,87 @@
+"""Prompt-side identity binding (ocf.py): phoneme encoder, Omni-Context Fusion, MTP-CA, switches."""
+import dataclasses
+
+import pytest
+import torch
+
+import data
+import model
+import ocf
+import train
+from tiny import TINY, TINY_OVERRIDES, tiny_batch
+
+
+def test_phoneme_encoder_keeps_padding_exactly_zero():
+    enc = ocf.PhonemeEncoder(data.N_PHONEME_IDS, 16, layers=2)
+    ids = torch.tensor([[[3, 4, 5, 0, 0], [6, 0, 0, 0, 0]]])
+    out = enc(ids, ids > 0)
+    assert out[0, 0, 3:].abs().max() == 0 and out[0, 1, 1:].abs().max() == 0
+    assert out[0, 0, :3].abs().min() > 0
+    # real phonemes do not depend on what the padding slots held
+    assert torch.allclose(enc(ids.clamp(max=5) * (ids > 0), ids > 0), enc(ids.clamp(max=5) * (ids > 0) + 0, ids > 0))
+
+
+def test_ocf_at_init_is_exactly_the_identity_on_text():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    batch = tiny_batch(batch_size=2, scene="dialogue")
+    cond = train.model_inputs(batch, "cpu")
+    plain = net.text_encoder(cond["text"], cond["text_mask"])
+    enriched = net.encode_text(**cond)
+    assert torch.equal(plain, enriched)
+
+
+def mtp_inputs():
+    batch = tiny_batch(batch_size=2, scene="dialogue")
+    text = torch.randn(2, batch["text_ids"].shape[1], 32, requires_grad=True)
+    phon = torch.randn(*batch["line_phonemes"].shape, 16, requires_grad=True)
+    return batch, text, phon
+
+
+def test_mtp_ca_is_exactly_zero_outside_speech_spans_in_value_and_gradient():
+    torch.manual_seed(0)
+    mtp = ocf.MaskedPhonemeCrossAttention(32, 16, heads=2)
+    torch.nn.init.normal_(mtp.o.weight)                     # leave zero-init: a non-trivial module
+    torch.nn.init.normal_(mtp.o.bias)
+    batch, text, phon = mtp_inputs()
+    out = mtp(text, phon, batch["phoneme_mask"], batch["speech_spans"], batch["line_mask"])
+    added = out - text
+    inside = ocf.speech_token_mask(text.shape[1], batch["speech_spans"], batch["line_mask"]).any(-1)  # (B, L)
+    assert added[~inside].abs().max() == 0                  # exactly zero outside <S> ... <E>
+    assert added[inside].abs().min() > 0                    # and something inside
+    # gradient: a loss on the outside tokens' injected part reaches no phoneme
+    (added * (~inside)[..., None]).sum().backward(retain_graph=True)
+    assert phon.grad is None or phon.grad.abs().max() == 0
+    phon.grad = None
+    (added * inside[..., None]).sum().backward()
+    assert phon.grad.abs().max() > 0
+
+
+def test_mtp_ca_sends_each_line_only_its_own_phonemes():
+    torch.manual_seed(0)
+    mtp = ocf.MaskedPhonemeCrossAttention(32, 16, heads=2)
+    torch.nn.init.normal_(mtp.o.weight)
+    batch, text, phon = mtp_inputs()
+    out = mtp(text, phon, batch["phoneme_mask"], batch["speech_spans"], batch["line_mask"])
+    other = phon.detach().clone()
+    other[:, 1] += 5                                         # change line 2's phonemes only
+    out2 = mtp(text, other, batch["phoneme_mask"], batch["speech_spans"], batch["line_mask"])
+    a, b = batch["speech_spans"][0, 0].tolist()
+    assert torch.equal(out[0, a:b], out2[0, a:b])           # line 1's tokens do not see line 2
+    a, b = batch["speech_spans"][0, 1].tolist()
+    assert not torch.allclose(out[0, a:b], out2[0, a:b])
+
+
+@pytest.mark.parametrize("switches", [
+    dict(ocf=False, mtp_ca=False),                             # Table 2, row 1 (baseline)
+    dict(ocf=True, ocf_rope="1d", mtp_ca=False),               # + OCF
+    dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False),         # + SA-MRoPE
+    dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True),          # + MTP-CA (the default)
+    dict(ocf=False, mtp_ca=False, ref_rope="syn"),             # DreamID-Omni: Syn-RoPE
+])
+def test_each_switch_combination_trains(tmp_path, switches):
+    tc = train.TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, log_every=1, ckpt_every=100)
+    out = train.train(tc, dict(TINY_OVERRIDES, **switches), dict(clip_seconds=1.0))
+    assert len(out["losses"]) == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
+    net = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "ckpt.pt")))
+    assert hasattr(net, "ocf") == switches["ocf"] and hasattr(net, "mtp_ca") == switches["mtp_ca"]
