@@ -653,6 +653,8 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     # --- references, in <sub1>, <sub2>... order ---
     cross = rng.random() < cfg.cross_pair
     ref_images, ref_audio_wavs = [], []
+    ref_frame = torch.full((n,), -1, dtype=torch.long)        # in-pair: the frame a reference was cropped from
+    ref_audio_start = torch.full((n,), -1, dtype=torch.long)  # in-pair: first mel frame of the voice stretch
     ref_len = round(cfg.ref_audio_seconds * cfg.sample_rate)
     for k in range(n):
         if cross or roles[k] == "offscreen":   # no frame shows this subject, or cross-pair
@@ -660,6 +662,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         else:
             f = int(rng.integers(cfg.frames))
             ref_images.append(crop_portrait(frames[f], heads[k, f], radius, cfg.ref_image_size))
+            ref_frame[k] = f
         own = [ln for ln in lines if ln[0] == k]
         if cross or not own:                   # the same voice saying other words
             text = make_words(rng, language, cfg.ref_audio_seconds - 0.3)
@@ -667,8 +670,9 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
             ref_wav, _ = synthesize(seg, [idents[k]], ref_len, cfg, rng)
         else:                                  # a stretch of this clip around the subject's line
             mid = (own[0][2] + own[0][3]) / 2
-            start = int(np.clip(mid * cfg.sample_rate - ref_len / 2, 0, cfg.samples - ref_len))
+            start = int(np.clip(mid * cfg.sample_rate - ref_len / 2, 0, cfg.samples - ref_len)) // cfg.hop * cfg.hop
             ref_wav = wav[start: start + ref_len]
+            ref_audio_start[k] = start // cfg.hop
         ref_audio_wavs.append(ref_wav)
     caption = make_caption(idents, roles, lines, room)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1                    # (T, 3, H, W) in [-1, 1]
@@ -684,6 +688,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         video=video.float(), audio=mel, wav=wav,
         ref_images=torch.from_numpy(np.stack(ref_images)).permute(0, 3, 1, 2) * 2 - 1,  # (K, 3, r, r)
         ref_audio=ref_mel, source_mask=source_mask,   # RA2V's driving audio is `audio` itself
+        ref_frame=ref_frame, ref_audio_start=ref_audio_start,
         mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
         boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
         caption=caption, roles=roles, language=language, cross_pair=bool(cross),
@@ -709,6 +714,8 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     caption = (f"a voice <sub1>: {pitch} {'bright' if ident.tilt_db > -6.5 else 'soft'} voice. "
                f"<sub1> says <S> {text} <E>")
     sample = dict(audio=wav_to_mel(wav[None], cfg)[0], wav=wav, ref_audio=wav_to_mel(ref_wav[None], cfg),
+                  ref_images=torch.zeros(1, 3, cfg.ref_image_size, cfg.ref_image_size),  # no face: masked out
+                  ref_image_mask=torch.zeros(1, dtype=torch.bool),
                   caption=caption, language=language, identities=[ident], roles=["offscreen"],
                   speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
     sample.update(caption_fields(caption))
@@ -738,7 +745,8 @@ def caption_fields(caption: str) -> dict:
 # name -> (padding value, which leading dims vary between samples: 1 = first, 2 = first two)
 _PADDED = {"text_ids": (PAD_ID, 1), "subject_spans": (0, 1), "ref_images": (0.0, 1), "ref_audio": (0.0, 1),
            "speech_spans": (0, 1), "line_speaker": (0, 1), "line_phonemes": (PAD_PHONEME, 2),
-           "mouth_open": (0.0, 1), "speech_activity": (0.0, 1), "boxes": (0.0, 1), "on_screen": (False, 1)}
+           "mouth_open": (0.0, 1), "speech_activity": (0.0, 1), "boxes": (0.0, 1), "on_screen": (False, 1),
+           "ref_frame": (-1, 1), "ref_audio_start": (-1, 1), "ref_image_mask": (False, 1)}
 
 
 def pad_stack(tensors: list[torch.Tensor], value, dims: int = 1) -> torch.Tensor:
@@ -766,6 +774,8 @@ def collate(samples: list[dict]) -> dict:
     batch["subject_mask"] = pad_stack([torch.ones(len(s["subject_spans"]), dtype=torch.bool) for s in samples], False)
     batch["line_mask"] = pad_stack([torch.ones(len(s["speech_spans"]), dtype=torch.bool) for s in samples], False)
     batch["phoneme_mask"] = batch["line_phonemes"] != PAD_PHONEME
+    if "ref_image_mask" not in batch:  # paired clips: every real subject has a reference image
+        batch["ref_image_mask"] = batch["subject_mask"]
     return batch
 
 

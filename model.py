@@ -126,10 +126,23 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 
+ATTENTION = "sdpa"  # sdpa | math: bench.py times both; tests compare them
+
+
 def attention(q, k, v, key_mask=None):
-    """SDPA over (B, H, S, hd) with a key padding mask (B, S_k), True = attend; same on CPU and GPU."""
+    """Attention over (B, H, S, hd) with a key padding mask (B, S_k), True = attend; same on CPU and GPU."""
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    if ATTENTION == "math":
+        return attention_math(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attention_math(q, k, v, mask=None):
+    """The reference: softmax(q k^T / sqrt(d) + mask) v, spelled out."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])                  # (B, H, S_q, S_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 def modulate(x, shift, scale, n_content):
@@ -306,8 +319,9 @@ class TwinTower(nn.Module):
             self.audio_stem = nn.Linear(cfg.audio_token_dim, d)
         if cfg.task_inputs:
             # RV2AV: masked source video (+ its mask channel); RA2V: driving audio. Zero-init: no-ops at start.
-            self.source_embed = nn.Linear(cfg.video_patch_dim // cfg.video_channels * (cfg.video_channels + 1), d)
-            self.driving_embed = nn.Linear(cfg.audio_token_dim, d)
+            # bias-free: a sample without the input (zeros) gets exactly nothing added
+            self.source_embed = nn.Linear(cfg.video_patch_dim // cfg.video_channels * (cfg.video_channels + 1), d, bias=False)
+            self.driving_embed = nn.Linear(cfg.audio_token_dim, d, bias=False)
         self.video_tower = Tower(cfg, cfg.video_patch_dim)
         self.audio_tower = Tower(cfg, cfg.audio_token_dim)
         self.layers = nn.ModuleList(TwinLayer(cfg) for _ in range(cfg.layers))
@@ -347,7 +361,8 @@ class TwinTower(nn.Module):
         zero_init += [self.mtp_ca.o] if self.cfg.mtp_ca else []        # so does MTP-CA
         for lin in zero_init:
             nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
 
     # --- patchify: pixels / latents <-> tokens -----------------------------------------------------
     def patchify_video(self, x):
@@ -376,7 +391,7 @@ class TwinTower(nn.Module):
 
     # --- the forward pass ----------------------------------------------------------------------------
     def encode_text(self, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None, subject_spans=None,
-                    speech_spans=None, line_mask=None, line_phonemes=None, phoneme_mask=None):
+                    speech_spans=None, line_mask=None, line_phonemes=None, phoneme_mask=None, ref_image_mask=None):
         """The prompt both towers read: text features, enriched by OCF and MTP-CA when they are on.
 
         Token ids (B, L) go through the toy encoder, precomputed embeddings (B, L, text_dim) as they are.
@@ -400,7 +415,8 @@ class TwinTower(nn.Module):
                                               phoneme_mask.cpu(), cfg.sa_mrope_phoneme_w)
             else:
                 pos = rope.sequential_positions(text.shape[1] + img.shape[1] + K * T_r + M * P, B)
-            text = self.ocf(text, text_mask, img, subject_mask.repeat_interleave(ref_hw[0] * ref_hw[1], 1),
+            image_mask = subject_mask if ref_image_mask is None else ref_image_mask
+            text = self.ocf(text, text_mask, img, image_mask.repeat_interleave(ref_hw[0] * ref_hw[1], 1),
                             voice.flatten(1, 2), subject_mask.repeat_interleave(T_r, 1), phonemes.flatten(1, 2),
                             phoneme_mask.flatten(1, 2), pos)
         if cfg.mtp_ca and M * P > 0:
@@ -408,7 +424,7 @@ class TwinTower(nn.Module):
         return text
 
     def forward(self, video, audio, t, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None,
-                source_video=None, driving_audio=None, **caption):
+                source_video=None, driving_audio=None, ref_image_mask=None, **caption):
         """Predict the flow velocity of both streams.
 
         Args:
@@ -417,7 +433,9 @@ class TwinTower(nn.Module):
             t: (B,) flow time in [0, 1] (1 = pure noise).
             text: (B, L) caption ids (toy) or (B, L, text_dim) embeddings (full); text_mask (B, L).
             ref_images: (B, K, C, h, w) clean reference frames; ref_audio: (B, K, T_r, C_a);
-                subject_mask: (B, K), True for real subjects (padding subjects are masked out).
+                subject_mask: (B, K), True for real subjects (padding subjects are masked out);
+                ref_image_mask: (B, K), subjects that have a face (default: subject_mask; the audio-only
+                corpus has voices without faces).
             source_video: (B, T, C+1, H, W) RV2AV source with subject regions zeroed + mask channel.
             driving_audio: (B, T_a, C_a) RA2V driving audio.
             caption: the caption's structure for OCF / MTP-CA: subject_spans (B, K, 2), speech_spans (B, M, 2),
@@ -426,7 +444,9 @@ class TwinTower(nn.Module):
         """
         cfg = self.cfg
         B = audio.shape[0]
-        text_feats = self.encode_text(text, text_mask, ref_images, ref_audio, subject_mask, **caption)  # (B, L, text_dim)
+        ref_image_mask = subject_mask if ref_image_mask is None else ref_image_mask
+        text_feats = self.encode_text(text, text_mask, ref_images, ref_audio, subject_mask, ref_image_mask=ref_image_mask,
+                                      **caption)                                    # (B, L, text_dim)
         emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
         emb_a, e_a = self.audio_tower.timestep(t)
         K = 0 if ref_images is None else ref_images.shape[1]
@@ -460,7 +480,7 @@ class TwinTower(nn.Module):
                 ref_hw = (frames.shape[-2] // cfg.patch_h, frames.shape[-1] // cfg.patch_w)
                 ref_v = self.video_stem(self.patchify_video(frames))               # (B*K, h'w', D)
                 v = torch.cat([v, ref_v.reshape(B, K * ref_v.shape[1], -1)], dim=1)
-                mask_v = torch.cat([mask_v, subject_mask.repeat_interleave(ref_v.shape[1], dim=1)], dim=1)
+                mask_v = torch.cat([mask_v, ref_image_mask.repeat_interleave(ref_v.shape[1], dim=1)], dim=1)
 
         # positions: content grids, then the references' layout (rope.py)
         pos_v = rope.video_positions(*grid)
@@ -490,6 +510,13 @@ class TwinTower(nn.Module):
             return None, audio_out
         video_out = self.unpatchify_video(self.video_tower.output(v, emb_v, n_v), video.shape)
         return video_out, audio_out
+
+    def frozen_in_audio_only_steps(self) -> list[str]:
+        """Parameters an audio-only step must not touch (Omni-Customizer Sec. 4.3): the video tower and
+        the cross-tower pathway (the fusion k/v of both directions) -- "structurally inactive"."""
+        video = ("video_stem.", "video_tower.", "source_embed.")
+        return [n for n, _ in self.named_parameters()
+                if n.startswith(video) or ".video." in n or "_other" in n]
 
     # --- accounting --------------------------------------------------------------------------------
     def count_parameters(self) -> dict:

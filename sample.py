@@ -2,10 +2,14 @@
 
 Flow sampler: start at pure noise (t = 1) and step the ODE dx/dt = v(x, t) down to t = 0 over a
 shifted schedule sigma' = s sigma / (1 + (s-1) sigma) (Ovi: s = 5), with Euler steps or Heun's
-second-order correction. Classifier-free guidance per modality (Ovi): the conditional and the
-unconditional (empty caption, references kept) predictions run as one batch, then
-    v_video = v_uncond + cfg_video (v_cond - v_uncond),  v_audio likewise with cfg_audio.
-`guide()` is the seam where the multi-condition form (DreamID-Omni, its own issue) plugs in.
+second-order correction. Guidance, per modality, with every pass in one batch:
+  plain (Ovi)            v = v_neg + cfg (v_pos - v_neg); negative = empty caption, references kept
+  multi (DreamID-Omni)   four passes: positive; negative text; video references zeroed; audio references zeroed
+                         video = v_neg + 3.0 (v_pos - v_neg) + 1.5 (v_pos - v_no_video_ref)
+                         audio = a_neg + 4.0 (a_pos - a_neg) + 2.0 (a_pos - a_no_audio_ref)
+Tasks (DreamID-Omni): r2av generates both streams from the references; rv2av also gets a source video
+with the subject regions masked (--source_video, --source_mask); ra2v gets a driving audio track
+(--driving_audio), which is then the clip's sound.
 
     python sample.py --ckpt out/toy/ckpt.pt --demo --out_dir out/sample
     python sample.py --ckpt out/toy/ckpt.pt --caption "the one in red <sub1>: ... <sub1> says <S> tamu <E>" \
@@ -49,30 +53,72 @@ def guide(v_cond, v_uncond, scale: float):
     return v_uncond + scale * (v_cond - v_uncond)
 
 
+@dataclasses.dataclass
+class Guidance:
+    mode: str = "plain"             # plain | multi | none
+    cfg_video: float = 2.0          # plain (Ovi: 4.0 video, 3.0 audio)
+    cfg_audio: float = 2.0
+    text_video: float = 3.0         # multi: DreamID-Omni's released scales
+    ref_video: float = 1.5
+    text_audio: float = 4.0
+    ref_audio: float = 2.0
+
+    def passes(self) -> list[str]:
+        """Which conditionings each step evaluates (all in one batch)."""
+        if self.mode == "multi":
+            return ["pos", "neg", "no_video_ref", "no_audio_ref"]
+        if self.mode == "plain" and (self.cfg_video != 1.0 or self.cfg_audio != 1.0):
+            return ["pos", "neg"]
+        return ["pos"]
+
+    def combine(self, v: dict, a: dict):
+        if self.mode == "multi":
+            video = v["neg"] + self.text_video * (v["pos"] - v["neg"]) + self.ref_video * (v["pos"] - v["no_video_ref"])
+            audio = a["neg"] + self.text_audio * (a["pos"] - a["neg"]) + self.ref_audio * (a["pos"] - a["no_audio_ref"])
+            return video, audio
+        if "neg" in v:
+            return guide(v["pos"], v["neg"], self.cfg_video), guide(a["pos"], a["neg"], self.cfg_audio)
+        return v["pos"], a["pos"]
+
+
+def conditionings(batch: dict, names: list[str], device) -> dict:
+    """The model inputs of each pass, concatenated along the batch in the order of `names`."""
+    B = batch["audio"].shape[0] if "audio" in batch else batch["ref_audio"].shape[0]
+    variants = []
+    for name in names:
+        cond = train.model_inputs(batch, device, drop_text=torch.ones(B, dtype=torch.bool) if name == "neg" else None)
+        if name == "no_video_ref":
+            cond["ref_images"] = torch.zeros_like(cond["ref_images"])
+        if name == "no_audio_ref":
+            cond["ref_audio"] = torch.zeros_like(cond["ref_audio"])
+        variants.append(cond)
+    return {k: torch.cat([c[k] for c in variants]) for k in variants[0]}
+
+
 @torch.no_grad()
-def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0, cfg_video: float = 1.0,
-           cfg_audio: float = 1.0, seed: int = 0, solver: str = "euler", device="cpu"):
+def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
+           guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
+           source_video=None, driving_audio=None):
     """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning in `batch`.
 
     batch: a collated batch (caption structure and references, as data.collate gives).
+    source_video (B, T, C+1, H, W) for RV2AV, driving_audio (B, T_a, C_a) for RA2V.
     Deterministic per seed: the noise comes from its own generator.
     """
     gen = torch.Generator().manual_seed(seed)
     x_v = torch.randn(video_shape, generator=gen).to(device)
     x_a = torch.randn(audio_shape, generator=gen).to(device)
     B = video_shape[0]
-    cond = train.model_inputs(batch, device)
-    guided = cfg_video != 1.0 or cfg_audio != 1.0
-    if guided:  # one forward for both passes: [conditional | unconditional (empty caption, references kept)]
-        uncond = train.model_inputs(batch, device, drop_text=torch.ones(B, dtype=torch.bool))
-        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+    names = guidance.passes()
+    n = len(names)
+    cond = conditionings(batch, names, device)
+    extra = dict(source_video=None if source_video is None else source_video.repeat(n, 1, 1, 1, 1).to(device),
+                 driving_audio=None if driving_audio is None else driving_audio.repeat(n, 1, 1).to(device))
 
     def velocity(x_v, x_a, sigma):
-        t = torch.full((B,), float(sigma), device=device)
-        if not guided:
-            return net(x_v, x_a, t, **cond)
-        v, a = net(torch.cat([x_v, x_v]), torch.cat([x_a, x_a]), torch.cat([t, t]), **both)
-        return guide(v[:B], v[B:], cfg_video), guide(a[:B], a[B:], cfg_audio)
+        t = torch.full((B * n,), float(sigma), device=device)
+        v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, **extra, **cond)
+        return guidance.combine(dict(zip(names, v.chunk(n))), dict(zip(names, a.chunk(n))))
 
     sigmas = schedule(steps, shift)
     for i in range(steps):
@@ -226,6 +272,44 @@ def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.Worl
     return True
 
 
+def load_frames(path: str, world: data.WorldConfig, flag: str) -> torch.Tensor:
+    """A .gif/.webp (or any multi-frame image) -> (T, 3, H, W) in [-1, 1] at the world's size and length."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+    if not os.path.exists(path):
+        raise InputError(f"{flag} {path}: no such file")
+    try:
+        frames = [f.convert("RGB").resize((world.image_size, world.image_size), Image.NEAREST)
+                  for f in ImageSequence.Iterator(Image.open(path))]
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"{flag} {path}: not a readable animation (use .gif or .webp)") from None
+    if len(frames) < world.frames:
+        print(f"note: {flag} {path} has {len(frames)} frames; the last one is repeated to {world.frames}")
+    frames = (frames + frames[-1:] * world.frames)[: world.frames]
+    return torch.from_numpy(np.stack([np.asarray(f, np.float32) for f in frames]) / 127.5 - 1).permute(0, 3, 1, 2)
+
+
+def task_condition(args, world: data.WorldConfig, truth: dict | None):
+    """(source_video (1, T, 4, H, W) or None, driving_audio (1, T_a, n_mels) or None) for --task."""
+    if args.task == "rv2av":
+        if truth is not None:
+            video, mask = truth["video"], truth["source_mask"]
+        else:
+            if not (args.source_video and args.source_mask):
+                raise InputError("--task rv2av needs --source_video and --source_mask (white = region to regenerate)")
+            video = load_frames(args.source_video, world, "--source_video")
+            mask = (load_frames(args.source_mask, world, "--source_mask").mean(1, keepdim=True) > 0).float()
+        return torch.cat([video * (1 - mask), mask], dim=1)[None], None
+    if args.task == "ra2v":
+        if truth is not None:
+            return None, truth["audio"][None]
+        if not args.driving_audio:
+            raise InputError("--task ra2v needs --driving_audio (a .wav)")
+        wav = load_wav(args.driving_audio, world.sample_rate)[: world.samples]
+        wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))
+        return None, data.wav_to_mel(wav, world)[None]
+    return None, None
+
+
 def demo_case(world: data.WorldConfig, seed: int) -> dict:
     """A built-in toy case from a held-out stream (2 = never used by training): caption, refs, truth."""
     return data.make_clip(data.sample_rng(seed, 2, 0, 0), world)
@@ -244,8 +328,17 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--shift", type=float, default=3.0, help="schedule shift (Ovi: 5 at 720p)")
     parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
-    parser.add_argument("--cfg_video", type=float, default=2.0, help="video guidance scale (Ovi: 4.0)")
-    parser.add_argument("--cfg_audio", type=float, default=2.0, help="audio guidance scale (Ovi: 3.0)")
+    parser.add_argument("--task", choices=["r2av", "rv2av", "ra2v"], default="r2av", help="DreamID-Omni's tasks")
+    parser.add_argument("--source_video", help="rv2av: the video to edit (.gif/.webp)")
+    parser.add_argument("--source_mask", help="rv2av: mask animation, white = the region to regenerate")
+    parser.add_argument("--driving_audio", help="ra2v: the sound track to animate (.wav)")
+    parser.add_argument("--guidance", choices=["plain", "multi", "none"], default="plain",
+                        help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form")
+    defaults = Guidance()
+    for field in dataclasses.fields(Guidance):
+        if field.name != "mode":
+            parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
+                                help=f"guidance scale ({'plain' if field.name.startswith('cfg') else 'multi'})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args()
@@ -263,12 +356,17 @@ def main():
                 raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
             caption = args.caption
             batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
+        source_video, driving_audio = task_condition(args, world, truth)
     except (InputError, train.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     net = train.model_from_checkpoint(ckpt, use_ema=not args.no_ema)
+    guidance = Guidance(mode=args.guidance, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
+                                              if f.name != "mode"})
     video, audio = sample(net, batch, (1, world.frames, 3, world.image_size, world.image_size),
-                          (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift,
-                          cfg_video=args.cfg_video, cfg_audio=args.cfg_audio, seed=args.seed, solver=args.solver)
+                          (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift, guidance=guidance,
+                          seed=args.seed, solver=args.solver, source_video=source_video, driving_audio=driving_audio)
+    if driving_audio is not None:  # RA2V: the sound is the given track
+        audio = driving_audio
     if os.path.isdir(args.out_dir):
         shutil.rmtree(args.out_dir)
     write_outputs(args.out_dir, video[0], audio[0], world, caption, batch["ref_images"][0], batch["ref_audio"][0], truth)

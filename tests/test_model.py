@@ -65,7 +65,7 @@ def test_padded_subjects_change_nothing():
     padded = dict(batch)
     padded["ref_images"] = torch.cat([batch["ref_images"], torch.randn_like(batch["ref_images"])], 1)
     padded["ref_audio"] = torch.cat([batch["ref_audio"], torch.randn_like(batch["ref_audio"])], 1)
-    padded["subject_mask"] = torch.tensor([[True, False]])
+    padded["subject_mask"] = padded["ref_image_mask"] = torch.tensor([[True, False]])
     padded["subject_spans"] = torch.cat([batch["subject_spans"], torch.zeros(1, 1, 2, dtype=torch.long)], 1)
     v2, a2 = forward(net, padded)
     assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
@@ -113,3 +113,16 @@ def test_flop_formula_matches_flop_counter(stem):
                   phoneme_tokens=batch["line_phonemes"][0].numel())
     estimate = model.estimate_flops(cfg, **tokens)
     assert abs(estimate / counter.get_total_flops() - 1) < 0.05
+
+
+def test_sdpa_matches_the_math_reference_in_value_and_gradient():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    key_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    fast = model.attention(q, k, v, key_mask)
+    grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    reference = model.attention_math(q, k, v, key_mask[:, None, None, :])
+    grads_ref = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    assert torch.allclose(fast, reference, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_fast, grads_ref))
+    assert grads_fast[1][1, :, 3:].abs().max() == 0          # masked keys get no gradient

@@ -8,7 +8,7 @@ import data
 import model
 import ocf
 import train
-from tiny import TINY, TINY_OVERRIDES, tiny_batch
+from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
 
 
 def test_phoneme_encoder_keeps_padding_exactly_zero():
@@ -81,7 +81,7 @@ def test_mtp_ca_sends_each_line_only_its_own_phonemes():
 ])
 def test_each_switch_combination_trains(tmp_path, switches):
     tc = train.TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, log_every=1, ckpt_every=100)
-    out = train.train(tc, dict(TINY_OVERRIDES, **switches), dict(clip_seconds=1.0))
+    out = train.train(tc, dict(TINY_OVERRIDES, **switches), TINY_WORLD_OVERRIDES)
     assert len(out["losses"]) == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
     net = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "ckpt.pt")))
     assert hasattr(net, "ocf") == switches["ocf"] and hasattr(net, "mtp_ca") == switches["mtp_ca"]

@@ -35,11 +35,11 @@ def test_sampler_is_deterministic_per_seed():
 def test_guidance_scale_one_is_the_conditional_prediction():
     net = tiny_net()
     plain = run(net, 0)
-    guided_off = run(net, 0, cfg_video=1.0, cfg_audio=1.0)
+    guided_off = run(net, 0, guidance=sample.Guidance(mode="plain", cfg_video=1.0, cfg_audio=1.0))
     assert torch.equal(plain[1], guided_off[1])
     v = torch.randn(3)
     assert torch.allclose(sample.guide(v, torch.randn(3), 1.0), v, atol=1e-6)
-    assert not torch.allclose(run(net, 0, cfg_video=3.0, cfg_audio=3.0)[1], plain[1])
+    assert not torch.allclose(run(net, 0, guidance=sample.Guidance(mode="plain", cfg_video=3.0, cfg_audio=3.0))[1], plain[1])
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_favours_noise():

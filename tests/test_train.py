@@ -11,7 +11,7 @@ import torch
 import data
 import model
 import train
-from tiny import TINY, TINY_OVERRIDES, tiny_batch
+from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -41,7 +41,7 @@ def test_a_fixed_batch_is_overfit():
     net = model.TwinTower(dataclasses.replace(TINY, dim=64, heads=4, ffn=128))  # a little room to memorise
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     batch = tiny_batch(batch_size=2, scene="single")
-    tc = train.TrainConfig(cond_drop=0.0)
+    tc = train.TrainConfig(cond_drop=0.0, masked_loss=False)   # the plain objective
     losses = []
     for _ in range(200):
         loss, _ = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(0), "cpu")  # same t and noise
@@ -53,14 +53,14 @@ def test_a_fixed_batch_is_overfit():
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):
-    straight = train.train(tiny_config(tmp_path / "a"), TINY_OVERRIDES, dict(clip_seconds=1.0))["losses"]
+    straight = train.train(tiny_config(tmp_path / "a"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)["losses"]
 
-    def crash(step):
+    def crash(step, net):
         if step == 5:  # dies after step 5, whose checkpoint was never written (last one: step 3)
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, dict(clip_seconds=1.0), on_step=crash)
-    resumed = train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, dict(clip_seconds=1.0))
+        train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES, on_step=crash)
+    resumed = train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
     assert resumed["losses"] == straight[3:]          # steps 4, 5, 6 exactly as in the straight run
     records = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
     assert {"step", "loss", "loss_video", "loss_audio", "samples_per_s"} <= set(records[0])
@@ -94,7 +94,7 @@ def test_two_rank_run_matches_one_rank_at_the_same_global_batch(tmp_path, mode):
 
 def test_fsdp_training_saves_and_resumes(tmp_path):
     flags = ["train.py", "--fsdp", "true", "--out_dir", str(tmp_path), "--batch_size", "1", "--ckpt_every", "2",
-             "--clip_seconds", "1.0", "--log_every", "1"] + [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
+             "--clip_seconds", "1.0", "--ref_audio_seconds", "0.5", "--log_every", "1"] + [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
     torchrun(*flags, "--max_steps", "2")
     torchrun(*flags, "--max_steps", "3")
     ckpt = train.load_checkpoint(str(tmp_path / "ckpt.pt"))

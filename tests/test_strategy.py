@@ -1,0 +1,128 @@
+"""Training strategy (train.py, sample.py): interleaved audio-only steps, the curriculum, DreamID-Omni's
+three tasks, the masked reconstruction loss and multi-condition CFG."""
+import json
+
+import pytest
+import torch
+
+import data
+import model
+import sample
+import train
+from tiny import TINY, TINY_OVERRIDES, TINY_WORLD, tiny_batch, TINY_WORLD_OVERRIDES
+
+WORLD = TINY_WORLD_OVERRIDES
+
+
+def tiny_train(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path), batch_size=2, audio_batch_size=4, max_steps=2, log_every=1, ckpt_every=100,
+                warmup_steps=1, lr=3e-3)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchanged(tmp_path):
+    snapshots = {}
+
+    def snap(step, net):
+        snapshots[step] = {n: p.detach().clone() for n, p in net.named_parameters()}
+    train.train(tiny_train(tmp_path, interleave_audio=1), TINY_OVERRIDES, WORLD, on_step=snap)
+    assert train.step_plan(1, train.TrainConfig(interleave_audio=1))["audio_only"]  # step 2 = audio-only
+    before, after = snapshots[1], snapshots[2]
+    frozen = set(model.TwinTower(TINY).frozen_in_audio_only_steps())
+    assert any("k_other" in n for n in frozen) and any(n.startswith("video_tower.") for n in frozen)
+    for name in before:
+        changed = not torch.equal(before[name], after[name])
+        if name in frozen:
+            assert not changed, f"{name} moved in an audio-only step"
+    audio = ["audio_stem.weight", "layers.0.audio.self_attn.q.weight", "audio_tower.head.weight",
+             "layers.0.audio.cross_attn.q.weight"]
+    assert all(not torch.equal(before[n], after[n]) for n in audio)
+
+
+def test_step_plan_interleaves_one_to_one_and_counts_batches():
+    tc = train.TrainConfig(interleave_audio=1)
+    kinds = [train.step_plan(s, tc)["audio_only"] for s in range(6)]
+    assert kinds == [False, True, False, True, False, True]
+    assert train.step_plan(5, tc)["joint_index"] == 3 and train.step_plan(5, tc)["audio_index"] == 2
+    off = train.TrainConfig(interleave_audio=0)
+    assert not any(train.step_plan(s, off)["audio_only"] for s in range(6))
+
+
+def test_curriculum_stages_switch_the_data_as_documented(tmp_path):
+    tc = train.TrainConfig(curriculum=True, stage_steps="4,2,2,2", interleave_audio=1)
+    plans = [train.step_plan(s, tc) for s in range(10)]
+    assert [p["stage"] for p in plans] == [1] * 4 + [2] * 2 + [3] * 2 + [4] * 2
+    assert [p["audio_only"] for p in plans[:6]] == [False, True, False, True, False, False]  # stage 2: joint only
+    for stage, check in [(1, lambda s: s["roles"] == ["speaker"] and not s["cross_pair"]),
+                         (2, lambda s: len(s["roles"]) >= 2 and not s["cross_pair"]),
+                         (3, lambda s: s["cross_pair"]),
+                         (4, lambda s: s["cross_pair"])]:
+        world = data.WorldConfig(**train.STAGES[stage]["world"])
+        assert all(check(data.make_clip(data.sample_rng(0, 0, 0, i), world)) for i in range(6))
+    assert train.STAGES[4]["task_mix"] == "4,3,3"
+    out = tmp_path / "run"
+    train.train(tiny_train(out, curriculum=True, stage_steps="2,1,1"), TINY_OVERRIDES, WORLD)
+    stages = [json.loads(line)["stage"] for line in open(out / "log.jsonl")]
+    assert stages == [1, 2, 3]                          # stage 1's audio-only step logs with its joint step
+    assert train.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
+
+
+def test_new_modules_decay_to_a_tenth_while_a_constant_backbone_stays():
+    tc = train.TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, min_lr_ratio=0.1)
+    assert train.lr_at(100, tc, cosine=True) == pytest.approx(0.1)
+    assert train.lr_at(100, tc, cosine=False) == pytest.approx(1.0)
+
+
+def test_masked_loss_ignores_everything_inside_the_mask():
+    batch = tiny_batch(batch_size=2, scene="single")
+    assert (batch["ref_frame"] >= 0).all() and (batch["ref_audio_start"] >= 0).all()
+    video_mask, audio_mask = train.loss_masks(batch, batch["video"].shape, batch["audio"].shape,
+                                              batch["ref_audio"].shape[2])
+    assert video_mask.min() == 0 and audio_mask.min() == 0
+    f = int(batch["ref_frame"][0, 0])
+    x0, y0, x1, y1 = batch["boxes"][0, 0, f].long().tolist()
+    assert video_mask[0, f, 0, y0:y1, x0:x1].abs().max() == 0
+    pred, target = torch.randn_like(batch["video"]), batch["video"]
+    scribbled = target + (1 - video_mask) * torch.randn_like(target) * 10          # change only the masked part
+    assert torch.equal(train.masked_mse(pred, target, video_mask, (1, 2, 3, 4)),
+                       train.masked_mse(pred, scribbled, video_mask, (1, 2, 3, 4)))
+    cross = tiny_batch(batch_size=2, scene="single", cross_pair=1.0)
+    v, a = train.loss_masks(cross, cross["video"].shape, cross["audio"].shape, cross["ref_audio"].shape[2])
+    assert v.min() == 1 and a.min() == 1                                          # cross-pair: nothing to copy
+
+
+def test_task_inputs_follow_the_per_sample_task():
+    batch = tiny_batch(batch_size=3, scene="single")
+    source, driving = train.task_inputs(batch, torch.tensor([0, 1, 2]), "cpu")
+    assert source[0].abs().max() == 0 and source[2].abs().max() == 0                # only the RV2AV sample
+    mask = batch["source_mask"][1]
+    assert torch.equal(source[1, :, 3:], mask) and (source[1, :, :3] * mask).abs().max() == 0
+    assert driving[1].abs().max() == 0 and torch.equal(driving[2], batch["audio"][2])
+
+
+def test_multi_condition_cfg_reduces_to_the_conditional_prediction():
+    v = {k: torch.randn(4) for k in ("pos", "neg", "no_video_ref", "no_audio_ref")}
+    a = {k: torch.randn(4) for k in v}
+    reduced = sample.Guidance(mode="multi", text_video=1.0, ref_video=0.0, text_audio=1.0, ref_audio=0.0)
+    video, audio = reduced.combine(v, a)
+    assert torch.allclose(video, v["pos"]) and torch.allclose(audio, a["pos"])
+    full = sample.Guidance(mode="multi")
+    video, _ = full.combine(v, a)
+    expected = v["neg"] + 3.0 * (v["pos"] - v["neg"]) + 1.5 * (v["pos"] - v["no_video_ref"])
+    assert torch.allclose(video, expected)
+
+
+@pytest.mark.parametrize("task", ["r2av", "rv2av", "ra2v"])
+@pytest.mark.parametrize("mode", ["plain", "multi"])
+def test_each_task_samples_end_to_end(task, mode):
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY).eval()
+    clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
+    batch = data.collate([clip])
+    source = torch.cat([clip["video"] * (1 - clip["source_mask"]), clip["source_mask"]], 1)[None] \
+        if task == "rv2av" else None
+    driving = clip["audio"][None] if task == "ra2v" else None
+    video, audio = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=2,
+                                 guidance=sample.Guidance(mode=mode), source_video=source, driving_audio=driving)
+    assert video.shape == batch["video"].shape and torch.isfinite(audio).all()
