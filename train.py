@@ -266,6 +266,11 @@ def lr_at(step: int, tc: TrainConfig, cosine: bool = True) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def ema_decay_at(step: int, tc: TrainConfig) -> float:
+    """EMA decay with warm-up: (1 + step) / (10 + step), capped at ema_decay."""
+    return min(tc.ema_decay, (1 + step) / (10 + step))
+
+
 def total_steps(tc: TrainConfig) -> int:
     return sum(stage_budgets(tc)) if tc.curriculum else tc.max_steps
 
@@ -505,9 +510,11 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
+            # warm-up: early on the EMA follows closely, else a short run's EMA is mostly the initial weights
+            decay = ema_decay_at(step, tc)
             for n, p in net.named_parameters():
                 if joint or n not in frozen_names:
-                    ema[n].lerp_(p.detach().float(), 1 - tc.ema_decay)
+                    ema[n].lerp_(p.detach().float(), 1 - decay)
         step += 1
         losses.append(step_loss)
         (window if joint else audio_window).append((step_loss, step_v, step_a))

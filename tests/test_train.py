@@ -29,6 +29,16 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert train.lr_at(60, tc) == pytest.approx(0.55) and train.lr_at(500, tc) == pytest.approx(0.1)
 
 
+def test_ema_warms_up_so_short_runs_are_not_stuck_at_the_initial_weights():
+    tc = train.TrainConfig(ema_decay=0.999)
+    assert train.ema_decay_at(0, tc) == pytest.approx(0.1) and train.ema_decay_at(100, tc) < 0.92
+    assert train.ema_decay_at(10 ** 6, tc) == 0.999
+    kept = 1.0
+    for step in range(400):  # share of the initial weights left in the EMA after 400 steps
+        kept *= train.ema_decay_at(step, tc)
+    assert kept < 0.01
+
+
 def test_shifted_t_moves_toward_noise():
     gen = torch.Generator().manual_seed(0)
     plain = train.sample_t(4000, train.TrainConfig(), gen)
