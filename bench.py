@@ -1,9 +1,18 @@
-"""Benchmarks: how fast the code runs (default) on this machine, side by side in one run.
+"""Benchmarks: how fast the code runs (default), and what the models do (--quality, --ablate).
 
     python bench.py                       toy preset: train step (eager, SDPA vs math attention),
                                           data generation, sampling; last line JSON
     python bench.py --compile             adds torch.compile per TwinLayer (first step ~100 s on CPU)
     python bench.py --config small --batch_size 32      on a GPU: bf16 autocast, MFU vs the device peak
+    python bench.py --quality --ckpt out/toy/ckpt.pt --cases 8     the toy benchmark (metrics.py) on the three
+                                          subsets, means with 95% intervals; --ground_truth scores the world's own
+                                          clips (the ceiling); last line JSON, one key per subset/metric
+    python bench.py --ablate --budget_steps 300 --seeds 2 --cases 4   Omni-Customizer Table 2's variants (and
+                                          Syn-RoPE) trained for the same number of steps, then benchmarked
+
+Benchmark cases come from a held-out stream (stream 3, seed 2024): identities never seen in training,
+with cross-pair references (nothing in them can be copied), in three subsets like OC-Bench:
+single subject; two-person dialogue; complex (a silent identity or an off-screen speaker, language B).
 
 Times are medians over --steps timed steps after --warmup untimed ones. MFU = model FLOPs
 (model.estimate_flops, forward + backward, no recompute) / step time / the device's dense bf16 peak;
@@ -15,16 +24,22 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import data
+import metrics
 import model as model_lib
 import sample as sample_lib
 import train
+
+SUBSETS = ("single", "dialogue", "complex")
+BENCH_SEED, BENCH_STREAM = 2024, 3
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, REFERENCE.md
 
@@ -38,11 +53,11 @@ def device_peak(device: torch.device):
 
 def timed(fn, steps: int, warmup: int, device) -> list[float]:
     """Seconds per call of fn, after warm-up; synchronises CUDA around each call."""
-    for _ in range(warmup):
+    for _ in range(warmup):  # first calls pay for allocation, autotuning and (with --compile) compilation
         fn()
     times = []
     for _ in range(steps):
-        if device.type == "cuda":
+        if device.type == "cuda":  # kernels run asynchronously: time the work, not its launch
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
@@ -55,7 +70,8 @@ def timed(fn, steps: int, warmup: int, device) -> list[float]:
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    # CPU: the process's peak resident memory (Linux reports KiB); it includes Python and torch themselves
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compile_layers=False):
@@ -68,8 +84,8 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     tc = train.TrainConfig()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    model_lib.ATTENTION = attention
-    gen = torch.Generator().manual_seed(0)
+    model_lib.ATTENTION = attention  # every attention in the model switches between SDPA and the math reference
+    gen = torch.Generator().manual_seed(0)  # the same t and noise for every variant
 
     def step():
         with autocast:
@@ -78,9 +94,108 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
         opt.step()
         opt.zero_grad(set_to_none=True)
     try:
-        return statistics.median(timed(step, steps, warmup, device))
+        return statistics.median(timed(step, steps, warmup, device))  # medians resist the odd slow step
     finally:
-        model_lib.ATTENTION = "sdpa"
+        model_lib.ATTENTION = "sdpa"  # leave the module as we found it
+
+
+# ------------------------------------------------------------------------------------------------
+# Quality: the toy benchmark
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_case(world: data.WorldConfig, subset: str, i: int) -> dict:
+    return data.make_clip(data.sample_rng(BENCH_SEED, BENCH_STREAM, 0, i),
+                          dataclasses.replace(world, scene=subset, cross_pair=1.0))
+
+
+def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, ground_truth: bool = False,
+            device="cpu", seed: int = 0, log=print) -> dict:
+    """Scores per subset: {subset: {metric: [per-case values]}}; generated from `net` unless ground_truth."""
+    guidance = guidance or sample_lib.Guidance(mode="plain")
+    scores = {}
+    for subset in SUBSETS:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
+        rows = {m: [] for m in metrics.METRICS}
+        for i in range(cases):
+            case = bench_case(world, subset, i)
+            if ground_truth:
+                video, mel = case["video"], case["audio"]
+            else:
+                batch = data.collate([case])
+                # the model sees only what a user gives: caption and cross-pair references, never the clip
+                v, a = sample_lib.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=steps,
+                                         guidance=guidance, seed=seed + i, device=device)
+                video, mel = v[0].cpu(), a[0].cpu()
+            for m, value in metrics.score_clip(video, mel, case, world).items():
+                rows[m].append(value)
+        scores[subset] = rows
+        log(f"  scored {subset}: {cases} cases")
+    return scores
+
+
+def print_quality(scores: dict, title: str) -> dict:
+    """A table of means with 95% intervals; returns {"subset/metric": mean, "subset/metric_ci": half width}."""
+    flat = {}
+    print(title)
+    print(f"{'metric':14s}" + "".join(f"{s:>22s}" for s in scores) + "   (higher/lower is better)")
+    for m in metrics.METRICS:
+        cells = []
+        for subset, rows in scores.items():
+            mean, ci = metrics.mean_ci(rows[m])
+            flat[f"{subset}/{m}"], flat[f"{subset}/{m}_ci"] = mean, ci
+            cells.append(f"{mean:10.3f} +- {ci:<8.3f}")
+        print(f"{m:14s}" + "".join(f"{c:>22s}" for c in cells) + f"   {'higher' if metrics.HIGHER_IS_BETTER[m] else 'lower'}")
+    return flat
+
+
+# Omni-Customizer Table 2 (cumulative rows) plus DreamID-Omni's Syn-RoPE, as flag settings
+ABLATIONS = {
+    "none": dict(model=dict(ocf=False, mtp_ca=False), train=dict(interleave_audio=0)),
+    "+OCF": dict(model=dict(ocf=True, ocf_rope="1d", mtp_ca=False), train=dict(interleave_audio=0)),
+    "+SA-MRoPE": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False), train=dict(interleave_audio=0)),
+    "+MTP-CA": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=0)),
+    "+Inter-TTS": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=1)),
+    "+Curriculum": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=1,
+                                                                                         curriculum=True)),
+    "Syn-RoPE": dict(model=dict(ocf=False, mtp_ca=False, ref_rope="syn"), train=dict(interleave_audio=0)),
+}
+ABLATION_METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusion", "vocalization",
+                    "sharpness", "flicker")
+
+
+def ablate(args, device):
+    """Train every variant for the same number of optimizer steps per seed, score it, print the table."""
+    world = data.WorldConfig()
+    table = {}
+    for name, variant in ABLATIONS.items():
+        per_seed = {m: [] for m in ABLATION_METRICS}
+        for seed in range(args.seeds):
+            out_dir = os.path.join(args.out_dir, name.strip("+").replace(" ", "_"), f"seed{seed}")
+            budget = args.budget_steps
+            # the curriculum row spends the same budget, split like the paper's 20K / 10K / 10K stages
+            stage_steps = f"{budget // 2},{budget // 4},{budget - budget // 2 - budget // 4}"
+            tc = train.TrainConfig(out_dir=out_dir, max_steps=budget, seed=seed, log_every=25, ckpt_every=budget,
+                                   stage_steps=stage_steps, lr=args.lr, **variant["train"])
+            start = time.time()
+            train.train(tc, variant["model"], {})
+            net = train.model_from_checkpoint(train.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))).to(device)
+            scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, log=lambda *_: None)
+            for m in ABLATION_METRICS:  # one number per seed: the mean over the three subsets
+                per_seed[m].append(float(np.nanmean([np.nanmean(scores[s][m]) for s in SUBSETS])))
+            print(f"{name:12s} seed {seed}: trained + scored in {time.time() - start:.0f} s")
+        table[name] = per_seed
+    print(f"\nTable 2 analog: {args.budget_steps} optimizer steps per variant, {args.seeds} seed(s), "
+          f"{args.cases} cases per subset, means over subsets, +- 95% interval over seeds")
+    print(f"{'variant':12s}" + "".join(f"{m:>16s}" for m in ABLATION_METRICS))
+    flat = {}
+    for name, per_seed in table.items():
+        cells = []
+        for m in ABLATION_METRICS:
+            mean, ci = metrics.mean_ci(per_seed[m])
+            flat[f"{name}/{m}"] = mean
+            cells.append(f"{mean:8.3f}+-{ci:<6.3f}" if not np.isnan(ci) else f"{mean:8.3f}       ")
+        print(f"{name:12s}" + "".join(f"{c:>16s}" for c in cells))
+    return flat
 
 
 def main():
@@ -92,7 +207,19 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time torch.compile per layer")
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--quality", action="store_true", help="run the toy benchmark instead of the speed one")
+    parser.add_argument("--ckpt", help="--quality: the checkpoint to benchmark")
+    parser.add_argument("--ground_truth", action="store_true", help="--quality: score the world's own clips")
+    parser.add_argument("--cases", type=int, default=8, help="cases per subset")
+    parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "none"])
+    parser.add_argument("--ablate", action="store_true", help="train and benchmark the Table 2 variants")
+    parser.add_argument("--budget_steps", type=int, default=300, help="--ablate: optimizer steps per variant")
+    parser.add_argument("--seeds", type=int, default=2, help="--ablate: seeds per variant")
+    parser.add_argument("--lr", type=float, default=2e-3, help="--ablate: learning rate")
+    parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the variants train")
     args = parser.parse_args()
+    if args.quality or args.ablate:
+        return quality_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,8 +241,8 @@ def main():
     tokens = model_lib.toy_token_counts(cfg, world, subjects=batch["ref_images"].shape[1],
                                         text_tokens=batch["text_ids"].shape[1])
     tokens["phoneme_tokens"] = batch["line_phonemes"][0].numel()
-    flops = model_lib.estimate_flops(cfg, **tokens)
-    tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]
+    flops = model_lib.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
+    tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]  # content tokens: what is generated
     peak = device_peak(device)
     variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
     if args.compile:
@@ -154,6 +281,32 @@ def main():
     print(f"sampling ({args.sample_steps} steps) {results['sample_s_per_clip_no_cfg']:.2f} s/clip, "
           f"with CFG (2 passes) {results['sample_s_per_clip_cfg']:.2f} s/clip")
     print(json.dumps(results))
+
+
+def quality_main(args):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.time()
+    if args.ablate:
+        flat = ablate(args, device)
+    else:
+        if args.ground_truth:
+            world, net, title = data.WorldConfig(), None, "ground truth (the world's own clips)"
+        else:
+            if not args.ckpt:
+                raise SystemExit("error: --quality needs --ckpt (or --ground_truth)")
+            try:
+                ckpt = train.load_checkpoint(args.ckpt)
+            except train.CheckpointError as e:
+                raise SystemExit(f"error: {e}") from None
+            world = data.WorldConfig(**ckpt["world_config"])
+            net = train.model_from_checkpoint(ckpt).to(device)
+            title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, {args.guidance} guidance)"
+        guidance = sample_lib.Guidance(mode=args.guidance)
+        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance,
+                         ground_truth=args.ground_truth, device=device)
+        flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
+    flat["seconds"] = time.time() - start
+    print(json.dumps(flat))
 
 
 if __name__ == "__main__":

@@ -36,15 +36,13 @@ Loading: `ToyBatches` is an infinite IterableDataset of collated batches. Sample
 generated from the seed sequence (seed, stream, r, i) alone, so the stream is identical for any
 number of DataLoader workers, distinct per rank, and resumable from a batch index.
 
-Real data: `LatentShards` streams precomputed latents from .pt shards (format in SHARD_FIELDS);
+Real data (precomputed latents) is its own concept: shards.py.
 `python data.py --out_dir preview/` writes pictures and sounds of the world for a person.
 """
 from __future__ import annotations
 
 import argparse
 import colorsys
-import dataclasses
-import glob
 import math
 import os
 import re
@@ -151,14 +149,14 @@ def make_words(rng: np.random.Generator, language: str, seconds: float) -> str:
     """Pseudo-words of CV / CVC syllables in one language, filling roughly `seconds` of speech."""
     vowels, consonants = LANGUAGES[language]
     words, used = [], 0.0
-    while not words or used < seconds:
+    while not words or used < seconds:  # at least one word, then words while they fit
         syllables = []
         for _ in range(rng.integers(1, 3)):
             syllables.append(rng.choice(list(consonants)) + rng.choice(list(vowels)))
         word = "".join(syllables)
         if rng.random() < 0.3:
             word += rng.choice(list(consonants))
-        cost = sum(PHONEMES[c][4] for c in word) + 0.06
+        cost = sum(PHONEMES[c][4] for c in word) + 0.06  # its phonemes' durations plus the gap after it
         if words and used + cost > seconds:
             break
         words.append(word)
@@ -182,7 +180,7 @@ SKIN_LIGHT, SKIN_DARK = np.array([0.98, 0.83, 0.7]), np.array([0.42, 0.26, 0.16]
 
 def colour_name(rgb) -> str:
     names = list(COLOUR_NAMES)
-    table = np.array([COLOUR_NAMES[n] for n in names])
+    table = np.array([COLOUR_NAMES[n] for n in names])  # (12, 3): nearest named colour in RGB
     return names[int(np.argmin(((table - np.asarray(rgb)) ** 2).sum(1)))]
 
 
@@ -293,7 +291,7 @@ def _spectral_envelope(kind, params, amp, ident: Identity, freqs: np.ndarray):
 
     if kind in ("vowel", "liquid", "nasal"):
         return amp * formants(params) * tilt, zeros
-    if kind == "aspirate":
+    if kind == "aspirate":  # h: breath noise shaped by the vocal tract, no voicing
         return zeros, amp * formants(params)
     if kind == "voiced_fricative":
         return amp * formants((250, 1500, 2500)) * tilt, amp * band(*params)
@@ -309,8 +307,8 @@ def synthesize(segments, speakers: list[Identity], n_samples: int, cfg: WorldCon
     Returns (wav (n_samples,), mouth_energy (n_speakers, control_frames)) where mouth_energy is
     the speaker's loudness x vowel openness: the ground truth the lip sync follows.
     """
-    n_frames = n_samples // SYNTH_HOP + 1
-    freqs = np.fft.rfftfreq(cfg.n_fft, 1 / cfg.sample_rate)
+    n_frames = n_samples // SYNTH_HOP + 1                      # torch.stft with center=True gives this many
+    freqs = np.fft.rfftfreq(cfg.n_fft, 1 / cfg.sample_rate)    # (257,) bin centres
     voiced_env = np.zeros((n_frames, freqs.size))
     noise_env = np.zeros((n_frames, freqs.size))
     f0 = np.full(n_frames, 120.0)
@@ -322,6 +320,7 @@ def synthesize(segments, speakers: list[Identity], n_samples: int, cfg: WorldCon
         if (who, sym) not in cache:
             cache[who, sym] = _spectral_envelope(kind, params, amp, ident, freqs)
         v_env, n_env = cache[who, sym]
+        # the phoneme's control frames [a, b), with 2-frame ramps so segments join without clicks
         a, b = int(start * cfg.sample_rate / SYNTH_HOP), int((start + dur) * cfg.sample_rate / SYNTH_HOP)
         b = min(max(b, a + 1), n_frames)
         ramp = np.minimum(1.0, np.minimum(np.arange(1, b - a + 1), np.arange(b - a, 0, -1)) / 2.0)
@@ -372,7 +371,7 @@ TEXTURES = ["stripes", "bars", "checks", "dots"]
 def render_room(size: int, room: dict) -> np.ndarray:
     """(size, size, 3) background: a colour with a faint periodic texture."""
     y, x = np.mgrid[:size, :size]
-    p = room["period"]
+    p = room["period"]  # texture period in pixels (2-4): fine enough to read as texture, not as objects
     pattern = {"stripes": (y // p) % 2, "bars": (x // p) % 2, "checks": ((x // p) + (y // p)) % 2,
                "dots": ((x % p == 0) & (y % p == 0))}[room["texture"]]
     return (room["colour"][None, None] * (1 - 0.18 * pattern[..., None])).astype(np.float32)
@@ -449,7 +448,7 @@ def paste(canvas: np.ndarray, rgba: np.ndarray, top: int, left: int):
 def render_portrait(ident: Identity, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
     """A cross-pair reference: the identity re-rendered in a new pose, scale, place, mouth, backdrop."""
     size = cfg.ref_image_size
-    room = sample_room(rng)
+    room = sample_room(rng)  # a new backdrop: nothing of the clip's room leaks into the reference
     canvas = render_room(size, room)
     radius = rng.uniform(0.26, 0.36) * size
     rgba, mouth = render_person(ident, radius, head_shift=rng.uniform(-1, 1), gaze=rng.choice([-1, 0, 1]))
@@ -498,7 +497,7 @@ class CaptionError(ValueError):
 def tokenize(caption: str) -> list[int]:
     """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
     ids = []
-    for piece in _SPECIAL_RE.split(caption):
+    for piece in _SPECIAL_RE.split(caption):  # the split keeps the special tokens as their own pieces
         if _SPECIAL_RE.fullmatch(piece):
             if piece not in TOKEN_ID:
                 raise CaptionError(f"caption uses {piece} but at most {MAX_SUBJECTS} subjects are supported")
@@ -524,7 +523,7 @@ def parse_caption(caption: str) -> dict:
     with the subject whose anchor most recently precedes it. Spans are [start, end) token indices.
     """
     ids = tokenize(caption)
-    subject_spans, lines = {}, []
+    subject_spans, lines = {}, []  # subject index -> [start, end); line dicts in caption order
     clause_start, open_line, last_subject = 0, None, None
     period = TOKEN_ID["."]
     for i, tok in enumerate(ids):
@@ -610,13 +609,14 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     idents = [Identity.sample(rng) for _ in roles]
     n = len(roles)
     room = sample_room(rng)
+    # language B: cfg.lang_b of ordinary clips, half of the complex ones (OC-Bench subset 3 is multilingual)
     language = "B" if (cfg.scene == "complex" and rng.random() < 0.5) or rng.random() < cfg.lang_b else "A"
     # --- the script: dialogue turns among the voiced subjects, in time order, no overlap ---
     voiced = [k for k, r in enumerate(roles) if r != "silent"]
-    n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))
-    order = [voiced[i % len(voiced)] for i in range(n_lines)]
+    n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))  # one turn each, or 1-2 lines alone
+    order = [voiced[i % len(voiced)] for i in range(n_lines)]                # speakers take turns
     rates = [rng.uniform(0.85, 1.15) for _ in range(n)]      # each subject's speaking rate
-    budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12
+    budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12  # seconds of speech per line, leaving pauses
     segments, lines, t = [], [], rng.uniform(0.05, 0.2)
     for who in order:
         text = make_words(rng, language, budget / rates[who])
@@ -643,7 +643,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     for slot, k in enumerate(on_screen):
         rgba, mouth = sprites[k]
         cx = size * (slot + 0.5) / len(on_screen) + rng.uniform(-1.5, 1.5)
-        top = size - rgba.shape[0] + rng.uniform(1, 4)          # standing at the bottom edge
+        top = size - rgba.shape[0] + rng.uniform(1, 4)          # standing at the bottom edge (feet out of frame)
         vx, vy = (rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.1)) if rng.random() < cfg.move_prob else (0, 0)
         head_dy = mouth["y"] - 0.5 * radius * (1.2 if idents[k].face_shape == 2 else 1.0)
         for f in range(cfg.frames):
@@ -679,7 +679,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     mel = wav_to_mel(torch.stack([wav] + ref_audio_wavs[:0]), cfg)[0]            # (T_mel, n_mels)
     ref_mel = wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
     # --- DreamID-Omni task inputs: RV2AV masks every subject's box out of the source video ---
-    source_mask = torch.zeros(cfg.frames, 1, size, size)
+    source_mask = torch.zeros(cfg.frames, 1, size, size)  # (T, 1, H, W), 1 = region the RV2AV model regenerates
     for k in on_screen:
         for f in range(cfg.frames):
             x0, y0, x1, y1 = boxes[k, f].astype(int)
@@ -812,111 +812,6 @@ class ToyBatches(torch.utils.data.IterableDataset):
         while True:
             yield self.make_batch(b)
             b += workers
-
-
-# ------------------------------------------------------------------------------------------------
-# Real data: precomputed latent shards
-# ------------------------------------------------------------------------------------------------
-# A shard is one `torch.save`d dict of tensors for N samples (load: weights_only=True). Produce it
-# by encoding video with the Wan2.2 VAE (48 ch, stride 4x16x16), audio with the MMAudio 16 kHz VAE
-# (20 ch, ~31.25 latents/s), the whole prompt with umT5-XXL (4096-d), and references the same way
-# (one latent frame per reference image, the voice clip's audio latents). Spans index the umT5 tokens.
-# Field -> shape, with N samples, C_v/C_a/D_text from ShardSpec, other letters free but equal in a shard.
-SHARD_FIELDS = {
-    "video": ("N", "T", "C_v", "H", "W"),           # video latents
-    "audio": ("N", "T_a", "C_a"),                   # audio latents
-    "text_emb": ("N", "L", "D_text"),               # text encoder output
-    "text_mask": ("N", "L"),                        # True = real token
-    "ref_images": ("N", "K", "C_v", "H_r", "W_r"),  # one latent frame per reference image
-    "ref_audio": ("N", "K", "T_r", "C_a"),          # reference voice latents
-    "subject_mask": ("N", "K"),
-    "subject_spans": ("N", "K", 2),                 # descriptor token span [start, end) per subject
-    "speech_spans": ("N", "M", 2),                  # token span of each <S> ... <E>
-    "line_speaker": ("N", "M"),
-    "line_mask": ("N", "M"),
-    "line_phonemes": ("N", "M", "P"),               # phoneme/character ids of each line (0 = pad)
-}
-
-
-@dataclass
-class ShardSpec:
-    C_v: int = 48
-    C_a: int = 20
-    D_text: int = 4096
-
-
-class ShardError(ValueError):
-    """A shard that cannot be used; the message names the file and the field."""
-
-
-def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
-    """Validate a loaded shard against SHARD_FIELDS; returns N. Raises ShardError (one line)."""
-    sizes = dataclasses.asdict(spec)
-    for name, dims in SHARD_FIELDS.items():
-        if name not in shard:
-            raise ShardError(f"{path}: missing field '{name}' (expected shape {dims}); re-export the shard")
-        t = shard[name]
-        if not isinstance(t, torch.Tensor) or t.dim() != len(dims):
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ShardError(f"{path}: field '{name}' has shape {got}, expected {dims}")
-        for size, dim in zip(t.shape, dims):
-            expect = sizes.get(dim, dim)  # fixed sizes come from the spec, letters must agree
-            if isinstance(expect, int) and size != expect:
-                raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
-            if isinstance(expect, str):
-                sizes[dim] = size
-    return sizes["N"]
-
-
-def write_shard(path: str, shard: dict, spec: ShardSpec = ShardSpec()):
-    """Validate and write a shard atomically (temp file, then rename)."""
-    check_shard(shard, path, spec)
-    tmp = path + ".tmp"
-    torch.save({k: shard[k] for k in SHARD_FIELDS}, tmp)
-    os.replace(tmp, path)
-
-
-class LatentShards(torch.utils.data.IterableDataset):
-    """Streams batches from precomputed shards, forever, shuffled per epoch with a seed.
-
-    Each rank reads shards i = rank, rank + world, ...; within a shard, samples are batched in a
-    seeded order. `start_batch` skips ahead (resume).
-    """
-
-    def __init__(self, pattern: str, batch_size: int, spec: ShardSpec = ShardSpec(), seed: int = 0,
-                 rank: int = 0, world: int = 1, start_batch: int = 0):
-        super().__init__()
-        self.paths = sorted(glob.glob(pattern))
-        if not self.paths:
-            raise ShardError(f"no shard files match {pattern!r}")
-        self.paths = self.paths[rank::world] or self.paths
-        self.batch_size, self.spec, self.seed, self.start_batch = batch_size, spec, seed, start_batch
-
-    @staticmethod
-    def load(path: str, spec: ShardSpec) -> dict:
-        try:
-            shard = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated/corrupt file: say which one, not a pickle traceback
-            raise ShardError(f"{path}: cannot be read as a shard ({type(e).__name__}); re-export it") from None
-        if not isinstance(shard, dict):
-            raise ShardError(f"{path}: holds a {type(shard).__name__}, expected a dict of tensors")
-        check_shard(shard, path, spec)
-        return shard
-
-    def __iter__(self):
-        b, epoch = 0, 0
-        while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
-            for p in order:
-                shard = self.load(self.paths[p], self.spec)
-                n = shard["video"].shape[0]
-                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, int(p)]).permutation(n))
-                for i in range(0, n - self.batch_size + 1, self.batch_size):
-                    if b >= self.start_batch:
-                        idx = perm[i: i + self.batch_size]
-                        yield {k: v[idx] for k, v in shard.items()}
-                    b += 1
-            epoch += 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -58,10 +58,10 @@ class Guidance:
     mode: str = "plain"             # plain | multi | none
     cfg_video: float = 2.0          # plain (Ovi: 4.0 video, 3.0 audio)
     cfg_audio: float = 2.0
-    text_video: float = 3.0         # multi: DreamID-Omni's released scales
-    ref_video: float = 1.5
-    text_audio: float = 4.0
-    ref_audio: float = 2.0
+    mc_text_video: float = 3.0      # multi: DreamID-Omni's released scales
+    mc_ref_video: float = 1.5
+    mc_text_audio: float = 4.0
+    mc_ref_audio: float = 2.0
 
     def passes(self) -> list[str]:
         """Which conditionings each step evaluates (all in one batch)."""
@@ -73,8 +73,8 @@ class Guidance:
 
     def combine(self, v: dict, a: dict):
         if self.mode == "multi":
-            video = v["neg"] + self.text_video * (v["pos"] - v["neg"]) + self.ref_video * (v["pos"] - v["no_video_ref"])
-            audio = a["neg"] + self.text_audio * (a["pos"] - a["neg"]) + self.ref_audio * (a["pos"] - a["no_audio_ref"])
+            video = v["neg"] + self.mc_text_video * (v["pos"] - v["neg"]) + self.mc_ref_video * (v["pos"] - v["no_video_ref"])
+            audio = a["neg"] + self.mc_text_audio * (a["pos"] - a["neg"]) + self.mc_ref_audio * (a["pos"] - a["no_audio_ref"])
             return video, audio
         if "neg" in v:
             return guide(v["pos"], v["neg"], self.cfg_video), guide(a["pos"], a["neg"], self.cfg_audio)
@@ -105,8 +105,8 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
     source_video (B, T, C+1, H, W) for RV2AV, driving_audio (B, T_a, C_a) for RA2V.
     Deterministic per seed: the noise comes from its own generator.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x_v = torch.randn(video_shape, generator=gen).to(device)
+    gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG is left alone
+    x_v = torch.randn(video_shape, generator=gen).to(device)  # t = 1: pure noise
     x_a = torch.randn(audio_shape, generator=gen).to(device)
     B = video_shape[0]
     names = guidance.passes()
@@ -116,8 +116,9 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
                  driving_audio=None if driving_audio is None else driving_audio.repeat(n, 1, 1).to(device))
 
     def velocity(x_v, x_a, sigma):
+        """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
-        v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, **extra, **cond)
+        v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, **extra, **cond)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.chunk(n))), dict(zip(names, a.chunk(n))))
 
     sigmas = schedule(steps, shift)
@@ -127,8 +128,8 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
         if solver == "heun" and s_next > 0:  # average the slope at both ends (second order)
             e_v, e_a = velocity(x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a, s_next)
             d_v, d_a = (d_v + e_v) / 2, (d_a + e_a) / 2
-        x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a
-    return x_v.clamp(-1, 1), x_a
+        x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a  # Euler: dx = v dt, dt < 0
+    return x_v.clamp(-1, 1), x_a  # pixels live in [-1, 1]; mel frames are unbounded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def load_wav(path: str, sample_rate: int) -> torch.Tensor:
             raw = f.readframes(n)
     except (wave.Error, EOFError):
         raise InputError(f"--ref_audio {path}: not a readable PCM .wav file (convert it, e.g. with sox or ffmpeg)") from None
-    if width == 3:  # 24-bit: widen to 32
+    if width == 3:  # 24-bit: numpy has no int24, so pad a zero low byte and read little-endian int32
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
         pcm = (np.pad(b, ((0, 0), (1, 0))).view("<i4")[:, 0] / 2 ** 31).astype(np.float32)
     else:
@@ -194,7 +195,7 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
         if len(paths) != n:
             raise InputError(f"the caption names {n} subject(s) (<sub1>..<sub{n}>) but {len(paths)} {flag} "
                              f"were given: give one per subject, in <sub1>, <sub2> order")
-    ref_len = world.ref_mel_frames * world.hop
+    ref_len = world.ref_mel_frames * world.hop  # the model was trained on voice clips of exactly this length
     voices = []
     for p in audio_paths:
         wav = load_wav(p, world.sample_rate)[:ref_len]
@@ -251,7 +252,7 @@ def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.Worl
         import av
     except ImportError:
         return False
-    scale = 8  # tiny frames: enlarge so players show them
+    scale = 8  # 32x32 frames: enlarge (nearest) so players show them, and H.264 gets even dimensions
     with av.open(path, "w") as container:
         vstream = container.add_stream("libx264", rate=world.fps)
         vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2] * scale, frames.shape[1] * scale, "yuv420p"
@@ -262,7 +263,7 @@ def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.Worl
                 container.mux(packet)
         for packet in vstream.encode():
             container.mux(packet)
-        pcm = (wav.numpy()[None] * 32767).astype(np.int16)
+        pcm = (wav.numpy()[None] * 32767).astype(np.int16)  # (channels=1, samples), packed s16
         audio_frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         audio_frame.sample_rate = world.sample_rate
         for packet in astream.encode(audio_frame):
@@ -284,7 +285,7 @@ def load_frames(path: str, world: data.WorldConfig, flag: str) -> torch.Tensor:
         raise InputError(f"{flag} {path}: not a readable animation (use .gif or .webp)") from None
     if len(frames) < world.frames:
         print(f"note: {flag} {path} has {len(frames)} frames; the last one is repeated to {world.frames}")
-    frames = (frames + frames[-1:] * world.frames)[: world.frames]
+    frames = (frames + frames[-1:] * world.frames)[: world.frames]  # hold the last frame, then cut to length
     return torch.from_numpy(np.stack([np.asarray(f, np.float32) for f in frames]) / 127.5 - 1).permute(0, 3, 1, 2)
 
 
@@ -298,6 +299,7 @@ def task_condition(args, world: data.WorldConfig, truth: dict | None):
                 raise InputError("--task rv2av needs --source_video and --source_mask (white = region to regenerate)")
             video = load_frames(args.source_video, world, "--source_video")
             mask = (load_frames(args.source_mask, world, "--source_mask").mean(1, keepdim=True) > 0).float()
+        # (1, T, C+1, H, W): the masked-out video plus the mask as a channel, as in training
         return torch.cat([video * (1 - mask), mask], dim=1)[None], None
     if args.task == "ra2v":
         if truth is not None:
@@ -305,7 +307,7 @@ def task_condition(args, world: data.WorldConfig, truth: dict | None):
         if not args.driving_audio:
             raise InputError("--task ra2v needs --driving_audio (a .wav)")
         wav = load_wav(args.driving_audio, world.sample_rate)[: world.samples]
-        wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))
+        wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))  # exactly one clip long
         return None, data.wav_to_mel(wav, world)[None]
     return None, None
 

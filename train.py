@@ -45,18 +45,19 @@ import torch.nn.functional as F
 
 import data
 import model as model_lib
+import shards
 
 
 @dataclass
 class TrainConfig:
     config: str = "toy"                # model preset: toy | small | full
     out_dir: str = "out/toy"
-    data: str = "toy"                  # "toy", or a glob of latent shards (data.SHARD_FIELDS)
+    data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
     max_steps: int = 100000
     max_minutes: float = 0.0           # stop (and save) after this much wall time; 0 = no limit
     batch_size: int = 8                # per rank, per micro-step
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     decay_steps: int = 0               # length of the cosine (0 = max_steps); steps past it stay at the floor
@@ -72,7 +73,7 @@ class TrainConfig:
     cond_drop: float = 0.1             # drop the caption / references independently, so CFG has an unconditional
     # --- training strategy ---
     interleave_audio: int = 1          # audio-only steps per joint step (Omni-Customizer: 1:1; 0 = off)
-    audio_batch_size: int = 32         # the larger batch of audio-only steps
+    audio_batch_size: int = 16         # the larger batch of audio-only steps (paper: 1024 vs 64 joint)
     stage: int = 0                     # 0 = the world flags as given; 1-4 = a curriculum stage (STAGES)
     curriculum: bool = False           # run stages 1.. in order, stage_steps each
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
@@ -205,7 +206,7 @@ def masked_mse(pred, target, mask, dims):
 def task_inputs(batch: dict, tasks: torch.Tensor, device):
     """Per-sample DreamID-Omni task inputs: RV2AV gets the video with every subject box blanked plus the
     mask as a channel; RA2V gets the clean audio as the driving track; other samples get zeros."""
-    rv, ra = (tasks == 1), (tasks == 2)
+    rv, ra = (tasks == 1), (tasks == 2)  # per-sample flags; task 0 (R2AV) gets neither input
     source = driving = None
     if rv.any():
         mask = batch["source_mask"]
@@ -224,7 +225,9 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     audio = batch["audio"].to(device)
     B = audio.shape[0]
     t = sample_t(B, tc, gen)
+    # independent caption / reference dropout: the negative passes of (multi-condition) CFG are then in-distribution
     drop_text, drop_refs = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(2))
+    # DreamID-Omni's omni-task mix: each sample is R2AV / RV2AV / RA2V with these odds (default: all R2AV)
     tasks = torch.multinomial(torch.tensor(task_weights, dtype=torch.float), B, replacement=True, generator=gen)
     noise_a = torch.randn(audio.shape, generator=gen).to(device)
     t_dev = t.to(device)
@@ -363,7 +366,7 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> model_lib.TwinTow
 def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides: dict | None = None,
           on_step=None) -> dict:
     """Train (or resume) a run in tc.out_dir. Returns {"step", "losses": [loss per step]}."""
-    rank, world, device = setup_distributed()
+    rank, world, device = setup_distributed()  # world = 1 outside torchrun
     if tc.threads:
         torch.set_num_threads(tc.threads)
     os.makedirs(tc.out_dir, exist_ok=True)
@@ -391,12 +394,13 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     if tc.compile:
         for layer in net.layers:      # per block, in place (torchtitan's order: ckpt, compile, shard)
             layer.compile()
-    wrapped = net
+    wrapped = net  # what the forward goes through (DDP wraps; FSDP2 shards `net` in place)
     if world > 1 and tc.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        # bf16 compute with fp32 gradient reduction on GPUs; CPUs gain nothing from bf16, so fp32 there
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if device.type == "cuda" else MixedPrecisionPolicy()
-        for layer in net.layers:
+        for layer in net.layers:  # one all-gather unit per TwinLayer (both towers' block i), then the rest
             fully_shard(layer, mp_policy=mp)
         fully_shard(net, mp_policy=mp)
         ema = {n: p.detach().clone().float() for n, p in net.named_parameters()} if weights is None else \
@@ -422,7 +426,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         else:
             opt.load_state_dict(opt_state)
         step = resume["step"]
-        torch.set_rng_state(resume["rng"])
+        torch.set_rng_state(resume["rng"])  # noise and data are functions of the step; this covers the rest
 
     # data: each rank its own stream per (stage, kind); positions follow from the step (step_plan)
     loaders = {}
@@ -440,7 +444,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             else:
                 if audio_only:
                     raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
-                dataset = data.LatentShards(tc.data, tc.batch_size, seed=seed, rank=rank, world=world, start_batch=start)
+                dataset = shards.LatentShards(tc.data, tc.batch_size, seed=seed, rank=rank, world=world, start_batch=start)
             loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
         return next(loaders[key])
 
@@ -477,11 +481,12 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         plan = step_plan(step, tc)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc, group["cosine"])
-        gen = torch.Generator().manual_seed(hash((tc.seed, rank, step)) % (2 ** 63))  # noise = f(seed, rank, step)
+        # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
+        gen = torch.Generator().manual_seed(hash((tc.seed, rank, step)) % (2 ** 63))
         mix = STAGES[plan["stage"]]["task_mix"] if plan["stage"] in STAGES and STAGES[plan["stage"]]["task_mix"] \
             else tc.task_mix
         task_weights = [float(x) for x in mix.split(",")]
-        joint = not plan["audio_only"]
+        joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
         step_loss, step_v, step_a = 0.0, 0.0, 0.0
         for micro in range(tc.grad_accum):
             batch = next_batch(plan, plan["audio_only"])
@@ -495,7 +500,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
                 net.set_requires_gradient_sync(True)
             with sync, autocast:
                 loss, stats = flow_loss(wrapped, batch, tc, gen, device, video=joint, task_weights=task_weights)
-            (loss / tc.grad_accum).backward()
+            (loss / tc.grad_accum).backward()  # gradients add up over micro-steps: average them
             step_loss += loss.item() / tc.grad_accum
             step_a += stats["loss_audio"].mean().item() / tc.grad_accum
             if joint:
@@ -506,7 +511,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         if not joint:  # the cross-tower pathway and the video tower stay exactly as they are
             for p in frozen:
                 p.grad = None
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)  # norm before clipping, logged
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -542,7 +547,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             flag = torch.tensor([float(out_of_time)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        if step % tc.ckpt_every == 0 or step == max_steps or out_of_time:
+        if step % tc.ckpt_every == 0 or step == max_steps or out_of_time:  # every rank calls save(): collectives
             save()
         if out_of_time:
             break
@@ -597,7 +602,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (CheckpointError, data.ShardError) as e:
+    except (CheckpointError, shards.ShardError) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {os.path.join(tc.out_dir, 'ckpt.pt')}")

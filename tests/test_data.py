@@ -142,37 +142,3 @@ def test_collate_pads_with_masks():
     assert batch["text_mask"].sum(1).tolist() == [len(s) for s in (clip(0, scene="single")["text_ids"],
                                                                      clip(1, scene="dialogue")["text_ids"])]
     assert batch["ref_images"].shape[:2] == (2, 2) and batch["ref_images"][0, 1].abs().sum() == 0
-
-
-def tiny_shard(n=3, k=2, m=1):
-    return dict(video=torch.randn(n, 2, 48, 4, 4), audio=torch.randn(n, 10, 20), text_emb=torch.randn(n, 7, 4096),
-                text_mask=torch.ones(n, 7, dtype=torch.bool), ref_images=torch.randn(n, k, 48, 4, 4),
-                ref_audio=torch.randn(n, k, 5, 20), subject_mask=torch.ones(n, k, dtype=torch.bool),
-                subject_spans=torch.zeros(n, k, 2, dtype=torch.long), speech_spans=torch.zeros(n, m, 2, dtype=torch.long),
-                line_speaker=torch.zeros(n, m, dtype=torch.long), line_mask=torch.ones(n, m, dtype=torch.bool),
-                line_phonemes=torch.ones(n, m, 6, dtype=torch.long))
-
-
-def test_shards_round_trip(tmp_path):
-    shards = [tiny_shard(), tiny_shard()]
-    for i, s in enumerate(shards):
-        data.write_shard(str(tmp_path / f"s{i}.pt"), s)
-    stream = iter(data.LatentShards(str(tmp_path / "*.pt"), batch_size=3))
-    got = [next(stream) for _ in range(2)]
-    seen = torch.cat([g["video"] for g in got])
-    expected = torch.cat([s["video"] for s in shards])
-    assert sorted(seen.sum((1, 2, 3, 4)).tolist()) == pytest.approx(sorted(expected.sum((1, 2, 3, 4)).tolist()))
-
-
-def test_bad_shards_are_named_in_one_line(tmp_path):
-    missing = tiny_shard()
-    del missing["text_emb"]
-    torch.save(missing, tmp_path / "missing.pt")
-    wrong = tiny_shard()
-    wrong["audio"] = torch.randn(3, 10, 16)
-    torch.save(wrong, tmp_path / "wrong.pt")
-    (tmp_path / "corrupt.pt").write_bytes(b"not a shard")
-    for name, field in [("missing", "text_emb"), ("wrong", "audio"), ("corrupt", "cannot be read")]:
-        with pytest.raises(data.ShardError) as err:
-            next(iter(data.LatentShards(str(tmp_path / f"{name}.pt"), batch_size=1)))
-        assert f"{name}.pt" in str(err.value) and field in str(err.value) and "\n" not in str(err.value)

@@ -104,7 +104,7 @@ def test_task_inputs_follow_the_per_sample_task():
 def test_multi_condition_cfg_reduces_to_the_conditional_prediction():
     v = {k: torch.randn(4) for k in ("pos", "neg", "no_video_ref", "no_audio_ref")}
     a = {k: torch.randn(4) for k in v}
-    reduced = sample.Guidance(mode="multi", text_video=1.0, ref_video=0.0, text_audio=1.0, ref_audio=0.0)
+    reduced = sample.Guidance(mode="multi", mc_text_video=1.0, mc_ref_video=0.0, mc_text_audio=1.0, mc_ref_audio=0.0)
     video, audio = reduced.combine(v, a)
     assert torch.allclose(video, v["pos"]) and torch.allclose(audio, a["pos"])
     full = sample.Guidance(mode="multi")

@@ -1,0 +1,392 @@
+"""The toy benchmark's metrics: deterministic counterparts of OC-Bench / IDBench-Omni, measured from
+generated pixels and mel frames by code that knows how the toy world is made.
+
+  paper metric (model)        toy counterpart (this file)
+  Face-Sim (ArcFace)          face_sim: best match of the subject's own sprite, rendered by data.py, in each
+                              frame (1 - weighted mean |pixel difference|; mouth rows do not count)
+  Face-Cons (ArcFace)         face_cons: agreement of the best-matching crops across frames
+  T-Sim (WavLM)               t_sim: similarity of voice vectors (pitch from the Griffin-Lim waveform, spectral
+                              tilt) between each speaker's generated lines and its reference voice
+  Sync-C / Sync-D (SyncNet)   sync_c: correlation of the mouth opening (read at the matched face) with the
+                              audio energy, at lag 0; sync_d: the lag (video frames) where it peaks, absolute
+  WER (Whisper)               per: phoneme error rate of a nearest-centroid recogniser of the toy phonemes
+  speaker confusion (judge)   confusion: share of lines whose voice is closer to another subject's
+                              reference, or whose on-screen speaker's mouth moves less than another's
+  caption vocalization        vocalization: recognised phonemes inserted beyond the script, per script phoneme
+  AQ / IQ / TF                sharpness: image gradient energy against the world's own clips, min(r, 1/r);
+                              flicker: 1 - mean absolute change between consecutive frames
+
+Each metric is validated in tests/test_metrics.py: the world's own clips score near the top, corrupted
+clips (identity swapped, audio shifted, lines given to the wrong speaker, a caption word spoken)
+clearly worse. `score_clip` scores one clip; bench.py runs the subsets.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+
+METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusion", "vocalization",
+           "sharpness", "flicker")
+HIGHER_IS_BETTER = {"face_sim": True, "face_cons": True, "t_sim": True, "sync_c": True, "sync_d": False,
+                    "per": False, "confusion": False, "vocalization": False, "sharpness": True, "flicker": True}
+SILENCE = 0  # recogniser class of non-speech frames
+
+
+# ------------------------------------------------------------------------------------------------
+# Faces: template matching with the world's renderer
+# ------------------------------------------------------------------------------------------------
+
+
+def sprite_template(ident: data.Identity, radius: float):
+    """(rgb (3, h, w), weight (h, w), mouth) of a subject's sprite; the mouth rows get weight 0."""
+    rgba, mouth = data.render_person(ident, radius)
+    rgba = data.draw_mouth(rgba, mouth, 0.0, ident.skin)
+    weight = torch.from_numpy(rgba[..., 3]).clone()
+    top = mouth["y"]
+    weight[top: top + int(math.ceil(mouth["max_h"])) + 1, mouth["x0"]: mouth["x1"]] = 0
+    return torch.from_numpy(rgba[..., :3]).permute(2, 0, 1), weight, mouth
+
+
+def match(frames: torch.Tensor, rgb: torch.Tensor, weight: torch.Tensor):
+    """Best placement of a sprite in each frame. frames (T, 3, H, W) in [0, 1].
+
+    Score = 1 - RMS difference over the sprite's weighted pixels that fall inside the frame, for every
+    placement at once: sum w (f - s)^2 = sum w f^2 - 2 sum w f s + sum w s^2, three convolutions.
+    Placements that leave over 40% of the sprite outside do not count. Returns (score, top, left), each (T,).
+    """
+    T, _, H, W = frames.shape
+    h, w = weight.shape
+    ph, pw = h // 2, w // 2                                                       # up to half the sprite may hang out
+    inside = F.pad(torch.ones(T, 1, H, W), (pw, pw, ph, ph))
+    f = F.pad(frames, (pw, pw, ph, ph))
+    wt = weight[None, None]                                                       # (1, 1, h, w)
+    f2 = F.conv2d((f * f).sum(1, keepdim=True), wt)                               # sum w f^2
+    fs = F.conv2d(f, (weight * rgb)[None])                                        # sum w f s
+    s2 = F.conv2d(inside, (weight * (rgb * rgb).sum(0))[None, None])              # sum w s^2 (inside only)
+    mass = F.conv2d(inside, wt)
+    msd = ((f2 - 2 * fs + s2) / (3 * mass.clamp_min(1e-6))).clamp_min(0)         # (T, 1, H', W')
+    score = 1 - msd.sqrt()
+    score = torch.where(mass >= 0.6 * weight.sum(), score, torch.full_like(score, -1.0)).flatten(1)
+    best, where = score.max(dim=1)
+    cols = W + 2 * pw - w + 1
+    return best, where // cols - ph, where % cols - pw
+
+
+def face_track(frames: torch.Tensor, ident: data.Identity, n_on_screen: int, size: int):
+    """The best-scoring scale of a subject's sprite: (score (T,), top, left, template)."""
+    base = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(1, min(3, n_on_screen))]        # the world's layout radii
+    best = None
+    for radius in (0.9 * base, base, 1.1 * base):
+        rgb, weight, mouth = sprite_template(ident, radius)
+        score, top, left = match(frames, rgb, weight)
+        if best is None or score.mean() > best[0].mean():
+            best = (score, top, left, (rgb, weight, mouth))
+    return best
+
+
+def crop(frames: torch.Tensor, top, left, h: int, w: int) -> torch.Tensor:
+    """(T, 3, h, w) crops at per-frame positions (zero outside the frame)."""
+    T, _, H, W = frames.shape
+    padded = F.pad(frames, (w, w, h, h))
+    return torch.stack([padded[t, :, top[t] + h: top[t] + 2 * h, left[t] + w: left[t] + 2 * w] for t in range(T)])
+
+
+def mouth_opening(frames, top, left, mouth, skin) -> torch.Tensor:
+    """(T,) darkness below the lip line, relative to the skin: 0 = shut, ~1 = wide open."""
+    rows = max(1, int(math.ceil(mouth["max_h"])))
+    region = crop(frames, top + mouth["y"] + 1, left + mouth["x0"], rows, mouth["x1"] - mouth["x0"])  # (T, 3, r, c)
+    skin_lum = float(np.mean(skin))
+    return ((skin_lum - region.mean(1)) / skin_lum).clamp(0, 1).mean((1, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sound: energy, voice vectors, and a phoneme recogniser trained on the world itself
+# ------------------------------------------------------------------------------------------------
+
+
+def frame_energy(mel: torch.Tensor) -> torch.Tensor:
+    """(T_mel,) log power per mel frame (un-normalised)."""
+    return torch.log(torch.exp(mel * data.MEL_STD + data.MEL_MEAN).mean(-1) + 1e-8)
+
+
+def voiced_frames(mel: torch.Tensor) -> torch.Tensor:
+    """(T_mel,) bool: frames well above the clip's quietest tenth (the room's hum and hiss)."""
+    e = frame_energy(mel)
+    floor = torch.quantile(e, 0.1)
+    return e > floor + 2.0
+
+
+_STATE: dict = {}
+
+
+def _frame_features(mel: torch.Tensor) -> torch.Tensor:
+    """Per-frame spectral shape for the recogniser: log-mel minus its frame mean, with neighbours."""
+    shape = mel - mel.mean(-1, keepdim=True)
+    padded = F.pad(shape.T[None], (1, 1), mode="replicate")[0].T                    # (T + 2, n_mels)
+    return torch.cat([padded[:-2], padded[1:-1], padded[2:]], dim=-1)
+
+
+def _world_statistics(world: data.WorldConfig):
+    """Phoneme centroids, learned once (about a second) from 100 labelled utterances of the world."""
+    key = (world.sample_rate, world.hop, world.n_mels)
+    if key in _STATE:
+        return _STATE[key]
+    rng = np.random.default_rng(12345)
+    feats, labels = [], []
+    n_frames = world.mel_frames
+    for i in range(100):
+        ident = data.Identity.sample(rng)
+        lang = "A" if i % 2 == 0 else "B"
+        text = data.make_words(rng, lang, 1.5)
+        segments, _ = data.schedule_line(text, 0, 0.1, rng.uniform(0.85, 1.15))
+        wav, _ = data.synthesize(segments, [ident], world.samples, world, rng)
+        mel = data.wav_to_mel(wav, world)
+        label = torch.zeros(n_frames, dtype=torch.long)
+        for _, sym, start, dur in segments:
+            if data.PHONEMES[sym][0] == "burst":  # only the release is heard
+                start, dur = start + 0.55 * dur, 0.45 * dur
+            a = int(round(start * world.sample_rate / world.hop))
+            b = max(a + 1, int(round((start + dur) * world.sample_rate / world.hop)))
+            label[a:b] = data.PHONEME_SYMBOLS.index(sym) + 1
+        feats.append(_frame_features(mel))
+        labels.append(label)
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    centroids = torch.stack([feats[labels == c].mean(0) for c in range(len(data.PHONEME_SYMBOLS) + 1)])
+    _STATE[key] = dict(centroids=centroids)
+    return _STATE[key]
+
+
+def recognise(mel: torch.Tensor, world: data.WorldConfig) -> list[str]:
+    """Toy phoneme recogniser: nearest centroid per frame, smoothed, repeats collapsed, silence dropped."""
+    stats = _world_statistics(world)
+    feats = _frame_features(mel)
+    labels = torch.cdist(feats, stats["centroids"]).argmin(-1)
+    labels[~voiced_frames(mel)] = SILENCE
+    out, run_label, run_len = [], None, 0
+    for lab in labels.tolist() + [None]:
+        if lab == run_label:
+            run_len += 1
+            continue
+        if run_label not in (None, SILENCE) and run_len >= 2 and (not out or out[-1] != run_label):
+            out.append(run_label)
+        run_label, run_len = lab, 1
+    return [data.PHONEME_SYMBOLS[c - 1] for c in out]
+
+
+def edit_ops(hyp: list, ref: list) -> tuple[int, int]:
+    """(edit distance, insertions on a best path) between a recognised and a scripted sequence."""
+    n, m = len(hyp), len(ref)
+    d = np.zeros((n + 1, m + 1), dtype=np.int64)
+    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (hyp[i - 1] != ref[j - 1]))
+    i, j, inserted = n, m, 0
+    while i > 0 or j > 0:  # walk back, counting hypothesis-only steps
+        if i > 0 and j > 0 and d[i, j] == d[i - 1, j - 1] + (hyp[i - 1] != ref[j - 1]):
+            i, j = i - 1, j - 1
+        elif i > 0 and d[i, j] == d[i - 1, j] + 1:
+            i, inserted = i - 1, inserted + 1
+        else:
+            j -= 1
+    return int(d[n, m]), inserted
+
+
+def pitch_track(wav: torch.Tensor, world: data.WorldConfig):
+    """Per mel frame (pitch Hz, periodicity 0..1) by FFT autocorrelation of 64 ms windows.
+
+    The autocorrelation of a windowed frame fades with the lag, which favours octave-up errors; dividing
+    by the window's own autocorrelation undoes that (Boersma's correction)."""
+    win = 1024
+    window = torch.hann_window(win)
+    padded = F.pad(wav, (win // 2, win // 2))
+    frames = padded.unfold(0, win, world.hop)[: world.mel_frames] * window
+    ac = torch.fft.irfft(torch.fft.rfft(frames, n=2 * win).abs() ** 2)[:, :win]   # (T, lags)
+    ac_window = torch.fft.irfft(torch.fft.rfft(window, n=2 * win).abs() ** 2)[:win]
+    ac = ac / ac_window.clamp_min(1e-3 * ac_window[0]) * ac_window[0]
+    lo, hi = world.sample_rate // 400, world.sample_rate // 70
+    lag = ac[:, lo:hi].argmax(-1) + lo
+    strength = ac.gather(1, lag[:, None])[:, 0] / ac[:, 0].clamp_min(1e-9)
+    return world.sample_rate / lag.float(), strength
+
+
+def voice_vector(mel: torch.Tensor, world: data.WorldConfig, frames: torch.Tensor | None = None,
+                 wav: torch.Tensor | None = None):
+    """A voice as (log2 pitch, spectral tilt) over its voiced frames, or None if too little is voiced.
+
+    The toy voice *is* its pitch, tract scale and tilt; pitch is read from the Griffin-Lim waveform
+    (the mel keeps it, tests/test_data.py), tilt as the slope of the mean log-mel over 300-4000 Hz."""
+    wav = data.mel_to_wav(mel, world) if wav is None else wav
+    voiced = voiced_frames(mel) if frames is None else frames
+    pitch, strength = pitch_track(wav, world)
+    keep = voiced & (strength > 0.3)
+    if keep.sum() < 3:
+        return None
+    bins = _TILT_BINS(world)
+    spectrum = mel[keep][:, bins].mean(0) * data.MEL_STD                           # natural-log power
+    x = torch.log2(torch.tensor([_mel_centre(world, b) for b in bins.tolist()]))
+    slope = ((x - x.mean()) * (spectrum - spectrum.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return torch.stack([torch.log2(pitch[keep].median()), slope])
+
+
+def _mel_centre(world: data.WorldConfig, b: int) -> float:
+    """Centre frequency (Hz) of mel bin b (HTK mel scale, as torchaudio's default)."""
+    top = 2595 * math.log10(1 + (world.sample_rate / 2) / 700)
+    m = top * (b + 1) / (world.n_mels + 1)
+    return 700 * (10 ** (m / 2595) - 1)
+
+
+def _TILT_BINS(world: data.WorldConfig) -> torch.Tensor:  # noqa: N802 (a cached table, not a class)
+    return torch.tensor([b for b in range(world.n_mels) if 300 <= _mel_centre(world, b) <= 4000])
+
+
+def voice_similarity(a, b) -> float:
+    """exp(-d^2 / 2) with pitch in units of 0.25 octave and tilt in units of TILT_SCALE; 0 if either is None."""
+    if a is None or b is None:
+        return 0.0
+    d = ((a[0] - b[0]) / 0.25) ** 2 + ((a[1] - b[1]) / TILT_SCALE) ** 2
+    return float(torch.exp(-d / 2))
+
+
+CONFUSION_MARGIN = 0.2  # voice similarity margin for "spoken in another subject's voice"
+MOUTH_MARGIN = 0.1      # mouth-opening margin for "spoken by another subject's mouth"
+TILT_SCALE = 0.3  # natural-log power per octave: same voice differs by ~0.15, speakers spread ~0.5 (tests)
+
+
+def line_segments(mel: torch.Tensor, n_lines: int) -> list[torch.Tensor]:
+    """Split the voiced frames into n_lines runs in time, cutting at the widest silences."""
+    voiced = voiced_frames(mel).nonzero().flatten()
+    if n_lines <= 1 or len(voiced) < n_lines:
+        return [voiced]
+    gaps = voiced[1:] - voiced[:-1]
+    cuts = sorted(torch.topk(gaps, n_lines - 1).indices.tolist())
+    pieces, start = [], 0
+    for c in cuts:
+        pieces.append(voiced[start: c + 1])
+        start = c + 1
+    return pieces + [voiced[start:]]
+
+
+# ------------------------------------------------------------------------------------------------
+# One clip
+# ------------------------------------------------------------------------------------------------
+
+
+def script_phonemes(case: dict) -> list[str]:
+    """The phonemes the script asks for, all lines in order."""
+    ids = case["line_phonemes"]
+    return [data.PHONEME_SYMBOLS[i - 2] for row in ids.tolist() for i in row if i >= 2]
+
+
+def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.WorldConfig) -> dict:
+    """Every metric for one clip. video (T, 3, H, W) in [-1, 1], mel (T_mel, n_mels) normalised;
+    case: the toy world's sample the clip was asked for (identities, roles, lines, references)."""
+    frames = ((video.float() + 1) / 2).clamp(0, 1)
+    roles, idents = case["roles"], case["identities"]
+    on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
+    out = {}
+    # --- faces and mouths ---
+    sims, cons, mouths = [], [], {}
+    for k in on_screen:
+        score, top, left, (rgb, weight, mouth) = face_track(frames, idents[k], len(on_screen), world.image_size)
+        sims.append(score.clamp_min(0).mean().item())
+        crops = crop(frames, top, left, *weight.shape)                             # (T, 3, h, w)
+        spread = ((crops - crops.mean(0, keepdim=True)).abs().mean(1) * weight).sum((1, 2)) / weight.sum()
+        cons.append(1 - spread.mean().item())
+        mouths[k] = mouth_opening(frames, top, left, mouth, idents[k].skin)
+    out["face_sim"] = float(np.mean(sims)) if sims else float("nan")
+    out["face_cons"] = float(np.mean(cons)) if cons else float("nan")
+    # --- words: phoneme error rate, insertions (caption vocalization) ---
+    script = script_phonemes(case)
+    heard = recognise(mel, world)
+    distance, inserted = edit_ops(heard, script)
+    out["per"] = distance / max(1, len(script))
+    out["vocalization"] = inserted / max(1, len(script))
+    # --- voices: timbre similarity and speaker confusion, line by line ---
+    per_frame = world.mel_frames // world.frames
+    speakers = case["line_speaker"].tolist()
+    refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(roles))]
+    segments = line_segments(mel, len(speakers))
+    wav = data.mel_to_wav(mel, world)
+    t_sims, confused = [], 0
+    for m, who in enumerate(speakers):
+        frames_m = segments[m] if m < len(segments) else torch.zeros(0, dtype=torch.long)
+        in_line = torch.zeros(mel.shape[0], dtype=torch.bool)
+        in_line[frames_m] = True
+        vec = voice_vector(mel, world, frames=in_line, wav=wav) if len(frames_m) >= 3 else None
+        sims_m = [voice_similarity(vec, r) for r in refs]
+        t_sims.append(sims_m[who])
+        # confused only on clear evidence (a toy judge with noisy pitch must not flag coin flips):
+        # another subject's voice closer by CONFUSION_MARGIN, or another mouth clearly more open
+        others = [sims_m[j] for j in range(len(refs)) if j != who]
+        wrong_voice = bool(others) and max(others) > sims_m[who] + CONFUSION_MARGIN
+        wrong_mouth = False
+        if who in mouths and len(mouths) > 1 and len(frames_m):
+            vf = (frames_m // per_frame).clamp(max=world.frames - 1).unique()
+            moving = {k: mouths[k][vf].mean().item() for k in mouths}
+            wrong_mouth = max(v for k, v in moving.items() if k != who) > moving[who] + MOUTH_MARGIN
+        confused += int(wrong_voice or wrong_mouth)
+    out["t_sim"] = float(np.mean(t_sims)) if t_sims else float("nan")
+    out["confusion"] = confused / max(1, len(speakers))
+    # --- sync: each on-screen speaker's mouth against the energy of its own lines, per video frame ---
+    per_frame = world.mel_frames // world.frames
+    loud = frame_energy(mel)
+    loud = (loud - loud.min())[: world.frames * per_frame]                         # >= 0, per mel frame
+    sync_c, sync_d = [], []
+    for k in on_screen:
+        if roles[k] != "speaker":
+            continue
+        own = torch.zeros(loud.shape[0])
+        for m, who in enumerate(speakers):
+            if who == k and m < len(segments):
+                own[segments[m][segments[m] < own.shape[0]]] = 1
+        energy = (loud * own).view(world.frames, per_frame).mean(-1)               # (T,)
+        if mouths[k].std() < 1e-4 or energy.std() < 1e-6:
+            sync_c.append(0.0)
+            sync_d.append(4.0)
+            continue
+        corr = {lag: _corr(mouths[k], energy, lag) for lag in range(-4, 5)}
+        sync_c.append(corr[0])
+        sync_d.append(float(abs(max(corr, key=corr.get))))
+    out["sync_c"] = float(np.mean(sync_c)) if sync_c else float("nan")
+    out["sync_d"] = float(np.mean(sync_d)) if sync_d else float("nan")
+    # --- picture quality ---
+    grad = (frames[..., 1:, :] - frames[..., :-1, :]).abs().mean() + (frames[..., 1:] - frames[..., :-1]).abs().mean()
+    ratio = grad.item() / REFERENCE_SHARPNESS
+    out["sharpness"] = min(ratio, 1 / max(ratio, 1e-9))   # 1 = as sharp as the world; blur and noise both lose
+    out["flicker"] = 1 - (frames[1:] - frames[:-1]).abs().mean().item()
+    return out
+
+
+REFERENCE_SHARPNESS = 0.075  # mean gradient energy of the world's own clips (tests/test_metrics.py checks it)
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor, lag: int) -> float:
+    """Pearson correlation of a(t) with b(t + lag) over the overlap."""
+    if lag > 0:
+        a, b = a[:-lag], b[lag:]
+    elif lag < 0:
+        a, b = a[-lag:], b[:lag]
+    a, b = a - a.mean(), b - b.mean()
+    denom = (a.norm() * b.norm()).item()
+    return float((a * b).sum().item() / denom) if denom > 1e-9 else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation
+# ------------------------------------------------------------------------------------------------
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% confidence interval (normal approximation; NaNs dropped)."""
+    v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), float("nan")
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v)))

@@ -1,0 +1,119 @@
+"""Real data: precomputed latent shards, their format, validation and a streaming loader.
+
+The `full` preset trains on latents, not pixels: real runs encode video with the Wan2.2 VAE (48 channels,
+stride 4x16x16), audio with the MMAudio 16 kHz VAE (20 channels, ~31.25 latents/s), the whole prompt with
+umT5-XXL (4096-d), and the references the same way (one latent frame per reference image, the voice
+clip's audio latents). We ship none of those encoders; we define the format (SHARD_FIELDS), check it
+(a missing field or a wrong shape stops with one line naming the file and the field), and stream it
+(`LatentShards`, the same batch keys as the toy world's `ToyBatches`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# A shard is one `torch.save`d dict of tensors for N samples (load: weights_only=True). Produce it
+# by encoding video with the Wan2.2 VAE (48 ch, stride 4x16x16), audio with the MMAudio 16 kHz VAE
+# (20 ch, ~31.25 latents/s), the whole prompt with umT5-XXL (4096-d), and references the same way
+# (one latent frame per reference image, the voice clip's audio latents). Spans index the umT5 tokens.
+# Field -> shape, with N samples, C_v/C_a/D_text from ShardSpec, other letters free but equal in a shard.
+SHARD_FIELDS = {
+    "video": ("N", "T", "C_v", "H", "W"),           # video latents
+    "audio": ("N", "T_a", "C_a"),                   # audio latents
+    "text_emb": ("N", "L", "D_text"),               # text encoder output
+    "text_mask": ("N", "L"),                        # True = real token
+    "ref_images": ("N", "K", "C_v", "H_r", "W_r"),  # one latent frame per reference image
+    "ref_audio": ("N", "K", "T_r", "C_a"),          # reference voice latents
+    "subject_mask": ("N", "K"),
+    "subject_spans": ("N", "K", 2),                 # descriptor token span [start, end) per subject
+    "speech_spans": ("N", "M", 2),                  # token span of each <S> ... <E>
+    "line_speaker": ("N", "M"),
+    "line_mask": ("N", "M"),
+    "line_phonemes": ("N", "M", "P"),               # phoneme/character ids of each line (0 = pad)
+}
+
+
+@dataclass
+class ShardSpec:
+    C_v: int = 48
+    C_a: int = 20
+    D_text: int = 4096
+
+
+class ShardError(ValueError):
+    """A shard that cannot be used; the message names the file and the field."""
+
+
+def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
+    """Validate a loaded shard against SHARD_FIELDS; returns N. Raises ShardError (one line)."""
+    sizes = dataclasses.asdict(spec)
+    for name, dims in SHARD_FIELDS.items():
+        if name not in shard:
+            raise ShardError(f"{path}: missing field '{name}' (expected shape {dims}); re-export the shard")
+        t = shard[name]
+        if not isinstance(t, torch.Tensor) or t.dim() != len(dims):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ShardError(f"{path}: field '{name}' has shape {got}, expected {dims}")
+        for size, dim in zip(t.shape, dims):
+            expect = sizes.get(dim, dim)  # fixed sizes come from the spec, letters must agree
+            if isinstance(expect, int) and size != expect:
+                raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
+            if isinstance(expect, str):
+                sizes[dim] = size
+    return sizes["N"]
+
+
+def write_shard(path: str, shard: dict, spec: ShardSpec = ShardSpec()):
+    """Validate and write a shard atomically (temp file, then rename)."""
+    check_shard(shard, path, spec)
+    tmp = path + ".tmp"
+    torch.save({k: shard[k] for k in SHARD_FIELDS}, tmp)
+    os.replace(tmp, path)
+
+
+class LatentShards(torch.utils.data.IterableDataset):
+    """Streams batches from precomputed shards, forever, shuffled per epoch with a seed.
+
+    Each rank reads shards i = rank, rank + world, ...; within a shard, samples are batched in a
+    seeded order. `start_batch` skips ahead (resume).
+    """
+
+    def __init__(self, pattern: str, batch_size: int, spec: ShardSpec = ShardSpec(), seed: int = 0,
+                 rank: int = 0, world: int = 1, start_batch: int = 0):
+        super().__init__()
+        self.paths = sorted(glob.glob(pattern))
+        if not self.paths:
+            raise ShardError(f"no shard files match {pattern!r}")
+        self.paths = self.paths[rank::world] or self.paths
+        self.batch_size, self.spec, self.seed, self.start_batch = batch_size, spec, seed, start_batch
+
+    @staticmethod
+    def load(path: str, spec: ShardSpec) -> dict:
+        try:
+            shard = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated/corrupt file: say which one, not a pickle traceback
+            raise ShardError(f"{path}: cannot be read as a shard ({type(e).__name__}); re-export it") from None
+        if not isinstance(shard, dict):
+            raise ShardError(f"{path}: holds a {type(shard).__name__}, expected a dict of tensors")
+        check_shard(shard, path, spec)
+        return shard
+
+    def __iter__(self):
+        b, epoch = 0, 0
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+            for p in order:
+                shard = self.load(self.paths[p], self.spec)
+                n = shard["video"].shape[0]
+                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, int(p)]).permutation(n))
+                for i in range(0, n - self.batch_size + 1, self.batch_size):
+                    if b >= self.start_batch:
+                        idx = perm[i: i + self.batch_size]
+                        yield {k: v[idx] for k, v in shard.items()}
+                    b += 1
+            epoch += 1
