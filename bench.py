@@ -7,6 +7,7 @@
     python bench.py --quality --ckpt out/toy/ckpt.pt --cases 8     the toy benchmark (metrics.py) on the three
                                           subsets, means with 95% intervals; --ground_truth scores the world's own
                                           clips (the ceiling); last line JSON, one key per subset/metric
+    python bench.py --validate_metrics --cases 8    the metrics' check: the world's clips vs corrupted ones
     python bench.py --ablate --budget_steps 300 --seeds 2 --cases 4   Omni-Customizer Table 2's variants (and
                                           Syn-RoPE) trained for the same number of steps, then benchmarked
 
@@ -212,12 +213,16 @@ def main():
     parser.add_argument("--ground_truth", action="store_true", help="--quality: score the world's own clips")
     parser.add_argument("--cases", type=int, default=8, help="cases per subset")
     parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "none"])
+    parser.add_argument("--validate_metrics", action="store_true",
+                        help="score the world's own clips and corrupted ones (each metric must notice)")
     parser.add_argument("--ablate", action="store_true", help="train and benchmark the Table 2 variants")
     parser.add_argument("--budget_steps", type=int, default=300, help="--ablate: optimizer steps per variant")
     parser.add_argument("--seeds", type=int, default=2, help="--ablate: seeds per variant")
     parser.add_argument("--lr", type=float, default=2e-3, help="--ablate: learning rate")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the variants train")
     args = parser.parse_args()
+    if args.validate_metrics:
+        return validate_main(args)
     if args.quality or args.ablate:
         return quality_main(args)
     if args.threads:
@@ -281,6 +286,20 @@ def main():
     print(f"sampling ({args.sample_steps} steps) {results['sample_s_per_clip_no_cfg']:.2f} s/clip, "
           f"with CFG (2 passes) {results['sample_s_per_clip_cfg']:.2f} s/clip")
     print(json.dumps(results))
+
+
+def validate_main(args):
+    """The metrics' own check: ground truth near the top, each corruption worse where it should be."""
+    world, flat = data.WorldConfig(), {}
+    for scene in SUBSETS:
+        table = metrics.validation_table(world, scene, args.cases)
+        names = list(table)
+        print(f"{scene} ({args.cases} clips)")
+        print(f"  {'metric':13s}" + "".join(f"{n:>17s}" for n in names))
+        for m in metrics.METRICS:
+            print(f"  {m:13s}" + "".join(f"{table[n][m]:17.3f}" for n in names))
+            flat.update({f"{scene}/{n}/{m}": table[n][m] for n in names})
+    print(json.dumps(flat))
 
 
 def quality_main(args):

@@ -22,6 +22,7 @@ clearly worse. `score_clip` scores one clip; bench.py runs the subsets.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -375,6 +376,66 @@ def _corr(a: torch.Tensor, b: torch.Tensor, lag: int) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = (a.norm() * b.norm()).item()
     return float((a * b).sum().item() / denom) if denom > 1e-9 else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Corruptions: what each metric must notice (validation, tests/test_metrics.py, bench.py --validate_metrics)
+# ------------------------------------------------------------------------------------------------
+# Each takes (clip, other clip of the same scene, world) and returns (video, mel, case) to score.
+
+
+def swap_identity(c, other, world):
+    """Another clip's people asked for: faces and voices no longer match the references."""
+    n = len(c["roles"])
+    return c["video"], c["audio"], dict(c, identities=other["identities"][:n], ref_audio=other["ref_audio"][:n])
+
+
+def shift_audio(c, other, world):
+    """The sound three video frames late."""
+    return c["video"], torch.roll(c["audio"], 3 * world.mel_frames // world.frames, 0), c
+
+
+def wrong_speaker(c, other, world):
+    """Every line attributed to the next voiced subject (dialogues: the other person)."""
+    voiced = sorted(set(c["line_speaker"].tolist()))
+    if len(voiced) < 2:
+        return None
+    nxt = {v: voiced[(i + 1) % len(voiced)] for i, v in enumerate(voiced)}
+    return c["video"], c["audio"], dict(c, line_speaker=torch.tensor([nxt[s] for s in c["line_speaker"].tolist()]))
+
+
+def speak_caption_word(c, other, world):
+    """The first speaker also says a descriptor word of the caption ("long", "short", "tall")."""
+    who = int(c["line_speaker"][0])
+    word = c["identities"][who].describe().split()[1]
+    end = max(e for _, _, e in c["line_times"])
+    seg, _ = data.schedule_line(word, 0, min(end + 0.05, world.clip_seconds - 0.45), 1.0)
+    extra, _ = data.synthesize(seg, [c["identities"][who]], world.samples, world, np.random.default_rng(0))
+    return c["video"], data.wav_to_mel(c["wav"] + extra, world), c
+
+
+def noise(c, other, world):
+    """Uniform noise pixels and Gaussian noise mel frames."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(c["video"].shape, generator=g) * 2 - 1, torch.randn(c["audio"].shape, generator=g), c
+
+
+CORRUPTIONS = {"identity swapped": swap_identity, "audio shifted": shift_audio, "wrong speaker": wrong_speaker,
+               "caption spoken": speak_caption_word, "noise": noise}
+
+
+def validation_table(world: data.WorldConfig, scene: str, cases: int, seed: int = 5) -> dict:
+    """{"ground truth" | corruption: {metric: mean over cases}} on the world's clips of one scene."""
+    rows: dict = {}
+    for i in range(cases):
+        c = data.make_clip(data.sample_rng(seed, 3, 0, i), dataclasses.replace(world, scene=scene))
+        other = data.make_clip(data.sample_rng(seed + 1, 3, 0, i), dataclasses.replace(world, scene=scene))
+        rows.setdefault("ground truth", []).append(score_clip(c["video"], c["audio"], c, world))
+        for name, corrupt in CORRUPTIONS.items():
+            out = corrupt(c, other, world)
+            if out is not None:
+                rows.setdefault(name, []).append(score_clip(*out, world))
+    return {name: {m: float(np.nanmean([r[m] for r in rs])) for m in METRICS} for name, rs in rows.items()}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class ModelConfig:
     ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni)
     syn_margin: float = 150.0
     task_inputs: bool = True       # RV2AV source video / RA2V driving audio projections (zero-init)
+    input_skip: bool = False       # toy: an identity-initialised linear map from each input token to its output
 
     @property
     def head_dim(self) -> int:
@@ -180,21 +181,17 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
-class CrossAttention(nn.Module):
-    """attn(q, text) + attn(rope(q), rope(k_other)): Ovi's cross sublayer with the fusion keys."""
+class CrossAttention(SelfAttention):
+    """attn(q, text) + attn(rope(q), rope(k_other)): Ovi's cross sublayer with the fusion keys.
+
+    The same q/k/v/o and norms as self-attention (k, v read the text), plus the other tower's own k/v."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg)
         d = cfg.dim
-        self.heads = cfg.heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q, self.norm_k = nn.RMSNorm(d, eps=cfg.eps), nn.RMSNorm(d, eps=cfg.eps)
         # the other tower's keys and values: the "fusion" weights (1.13B of Ovi's 11.7B)
         self.k_other, self.v_other = nn.Linear(d, d), nn.Linear(d, d)
         self.norm_k_other = nn.RMSNorm(d, eps=cfg.eps)
-
-    def split(self, x):
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def forward(self, x, text, text_mask, other, other_mask, rope_self, rope_other):
         q = self.split(self.norm_q(self.q(x)))                                     # (B, H, S, hd)
@@ -326,6 +323,9 @@ class TwinTower(nn.Module):
             # bias-free: a sample without the input (zeros) gets exactly nothing added
             self.source_embed = nn.Linear(cfg.video_patch_dim // cfg.video_channels * (cfg.video_channels + 1), d, bias=False)
             self.driving_embed = nn.Linear(cfg.audio_token_dim, d, bias=False)
+        if cfg.input_skip:
+            self.video_skip = nn.Linear(cfg.video_patch_dim, cfg.video_patch_dim, bias=False)
+            self.audio_skip = nn.Linear(cfg.audio_token_dim, cfg.audio_token_dim, bias=False)
         self.video_tower = Tower(cfg, cfg.video_patch_dim)
         self.audio_tower = Tower(cfg, cfg.audio_token_dim)
         self.layers = nn.ModuleList(TwinLayer(cfg) for _ in range(cfg.layers))
@@ -363,6 +363,9 @@ class TwinTower(nn.Module):
         zero_init = [self.source_embed, self.driving_embed] if self.cfg.task_inputs else []
         zero_init += list(self.ocf.back) if self.cfg.ocf else []       # OCF starts as the identity
         zero_init += [self.mtp_ca.o] if self.cfg.mtp_ca else []        # so does MTP-CA
+        if self.cfg.input_skip:  # start as v = x_t: exact at t = 1 up to the mean (a constant c_skip, as in EDM)
+            nn.init.eye_(self.video_skip.weight)
+            nn.init.eye_(self.audio_skip.weight)
         for lin in zero_init:
             nn.init.zeros_(lin.weight)
             if lin.bias is not None:
@@ -509,10 +512,15 @@ class TwinTower(nn.Module):
                 v, a = layer(v, a, ctx)
 
         audio_out = self.audio_tower.output(a, emb_a, n_a)                         # (B, S_a, p*C_a)
+        if cfg.input_skip:
+            audio_out = audio_out + self.audio_skip(self.patchify_audio(audio))
         audio_out = audio_out.reshape(audio.shape)
         if video is None:
             return None, audio_out
-        video_out = self.unpatchify_video(self.video_tower.output(v, emb_v, n_v), video.shape)
+        video_tokens = self.video_tower.output(v, emb_v, n_v)                     # (B, T'H'W', pt*ph*pw*C)
+        if cfg.input_skip:
+            video_tokens = video_tokens + self.video_skip(self.patchify_video(video))
+        video_out = self.unpatchify_video(video_tokens, video.shape)
         return video_out, audio_out
 
     def frozen_in_audio_only_steps(self) -> list[str]:

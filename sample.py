@@ -98,11 +98,14 @@ def conditionings(batch: dict, names: list[str], device) -> dict:
 @torch.no_grad()
 def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
            guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
-           source_video=None, driving_audio=None):
+           source_video=None, driving_audio=None, keep_source: bool = True):
     """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning in `batch`.
 
     batch: a collated batch (caption structure and references, as data.collate gives).
     source_video (B, T, C+1, H, W) for RV2AV, driving_audio (B, T_a, C_a) for RA2V.
+    keep_source (RV2AV): after every step, the region outside the mask is reset to the source noised to
+        the current level (inpainting by replacement; like DreamID-Omni's sampler, which overwrites the
+        clean reference tail at every step), so what is not to be edited stays the source.
     Deterministic per seed: the noise comes from its own generator.
     """
     gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG is left alone
@@ -121,6 +124,11 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
         v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, **extra, **cond)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.chunk(n))), dict(zip(names, a.chunk(n))))
 
+    replace = keep_source and source_video is not None
+    if replace:
+        C = video_shape[2]
+        known, edit = source_video[:, :, :C].to(device), source_video[:, :, C:].to(device)  # edit: 1 = regenerate
+        source_noise = x_v.clone()  # one fixed noise draw for the kept region's path
     sigmas = schedule(steps, shift)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -129,6 +137,8 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
             e_v, e_a = velocity(x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a, s_next)
             d_v, d_a = (d_v + e_v) / 2, (d_a + e_a) / 2
         x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a  # Euler: dx = v dt, dt < 0
+        if replace:  # the kept region follows the source's own path x_t = (1 - t) source + t noise
+            x_v = edit * x_v + (1 - edit) * ((1 - s_next) * known + s_next * source_noise)
     return x_v.clamp(-1, 1), x_a  # pixels live in [-1, 1]; mel frames are unbounded
 
 
@@ -334,6 +344,8 @@ def main():
     parser.add_argument("--source_video", help="rv2av: the video to edit (.gif/.webp)")
     parser.add_argument("--source_mask", help="rv2av: mask animation, white = the region to regenerate")
     parser.add_argument("--driving_audio", help="ra2v: the sound track to animate (.wav)")
+    parser.add_argument("--keep_source", type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=True,
+                        help="rv2av: keep the region outside the mask as the source (replacement); true|false")
     parser.add_argument("--guidance", choices=["plain", "multi", "none"], default="plain",
                         help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form")
     defaults = Guidance()
@@ -366,7 +378,8 @@ def main():
                                               if f.name != "mode"})
     video, audio = sample(net, batch, (1, world.frames, 3, world.image_size, world.image_size),
                           (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift, guidance=guidance,
-                          seed=args.seed, solver=args.solver, source_video=source_video, driving_audio=driving_audio)
+                          seed=args.seed, solver=args.solver, source_video=source_video, driving_audio=driving_audio,
+                          keep_source=args.keep_source)
     if driving_audio is not None:  # RA2V: the sound is the given track
         audio = driving_audio
     if os.path.isdir(args.out_dir):

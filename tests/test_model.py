@@ -24,10 +24,16 @@ def randomize(net):
             p.add_(torch.randn_like(p) * 0.05)
 
 
-def test_every_parameter_gets_a_gradient():
+def random_net(cfg=TINY):
+    """A tiny twin tower with every weight perturbed, so no zero-init hides a wiring mistake."""
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
-    randomize(net)  # leave the zero-inits, which block gradients by design at step 0
+    net = model.TwinTower(cfg)
+    randomize(net)
+    return net
+
+
+def test_every_parameter_gets_a_gradient():
+    net = random_net()  # past the zero-inits, which block gradients by design at step 0
     batch = tiny_batch()
     source = torch.cat([batch["video"], batch["source_mask"]], 2)
     v, a = forward(net, batch, source_video=source, driving_audio=batch["audio"])
@@ -57,9 +63,7 @@ def test_zero_init_is_identity_where_it_says_so():
 
 
 def test_padded_subjects_change_nothing():
-    torch.manual_seed(0)
-    net = model.TwinTower(TINY)
-    randomize(net)
+    net = random_net()
     batch = tiny_batch(batch_size=1, scene="single")
     v1, a1 = forward(net, batch)
     padded = dict(batch)
@@ -72,9 +76,7 @@ def test_padded_subjects_change_nothing():
 
 
 def test_references_reach_the_output():
-    torch.manual_seed(0)
-    net = model.TwinTower(TINY)
-    randomize(net)
+    net = random_net()
     batch = tiny_batch(batch_size=1, scene="single")
     v1, a1 = forward(net, batch)
     other = dict(batch, ref_images=-batch["ref_images"], ref_audio=-batch["ref_audio"])
@@ -126,3 +128,12 @@ def test_sdpa_matches_the_math_reference_in_value_and_gradient():
     assert torch.allclose(fast, reference, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_fast, grads_ref))
     assert grads_fast[1][1, :, 3:].abs().max() == 0          # masked keys get no gradient
+
+
+def test_input_skip_starts_as_v_equals_x_t():
+    """The experimental toy switch: identity-initialised, so at init v = x_t exactly (right at t = 1 up to the mean)."""
+    cfg = dataclasses.replace(TINY, input_skip=True)
+    net = model.TwinTower(cfg)
+    batch = tiny_batch()
+    v, a = forward(net, batch)
+    assert torch.allclose(v, batch["video"]) and torch.allclose(a, batch["audio"])

@@ -126,3 +126,22 @@ def test_each_task_samples_end_to_end(task, mode):
     video, audio = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=2,
                                  guidance=sample.Guidance(mode=mode), source_video=source, driving_audio=driving)
     assert video.shape == batch["video"].shape and torch.isfinite(audio).all()
+
+
+def test_rv2av_keeps_the_unmasked_source_region():
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)   # an arbitrary (untrained) model: the sampler must still keep it
+    clip = data.make_clip(data.sample_rng(1, 2, 0, 0), TINY_WORLD)
+    batch = data.collate([clip])
+    mask = clip["source_mask"]
+    source = torch.cat([clip["video"] * (1 - mask), mask], 1)[None]
+    video, _ = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=4, source_video=source)
+    keep = (1 - mask).expand_as(clip["video"]).bool()
+    assert (video[0][keep] - clip["video"][keep]).abs().max() < 1e-5          # outside the mask: the source
+    assert (video[0][~keep] - clip["video"][~keep]).abs().mean() > 0.05        # inside: generated anew
+    free, _ = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=4, source_video=source,
+                            keep_source=False)
+    assert (free[0][keep] - clip["video"][keep]).abs().mean() > 0.05           # the switch is what keeps it

@@ -99,7 +99,8 @@ def test_two_rank_run_matches_one_rank_at_the_same_global_batch(tmp_path, mode):
     torchrun(script, str(tmp_path / "two.pt"), mode, nproc=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=2e-5), name
+        # summation order differs across ranks; a wrong average would be off by ~1e-2, not 1e-4
+        assert torch.allclose(one[name], two[name], atol=1e-4), name
 
 
 def test_fsdp_training_saves_and_resumes(tmp_path):
