@@ -201,6 +201,7 @@ def ablate(args, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # --- speed ---
     parser.add_argument("--config", default="toy", choices=list(model_lib.PRESETS))
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -208,6 +209,7 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time torch.compile per layer")
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
+    # --- quality ---
     parser.add_argument("--quality", action="store_true", help="run the toy benchmark instead of the speed one")
     parser.add_argument("--ckpt", help="--quality: the checkpoint to benchmark")
     parser.add_argument("--ground_truth", action="store_true", help="--quality: score the world's own clips")
@@ -229,7 +231,7 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model_lib.PRESETS[args.config]
-    if cfg.video_channels != 3:
+    if cfg.video_channels != 3:  # `full` consumes VAE latents; the toy world makes pixels
         raise SystemExit("bench.py times the toy world's presets (toy, small); `full` needs latent shards")
     world = data.WorldConfig()
     results = dict(config=args.config, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -242,13 +244,14 @@ def main():
             make(data.sample_rng(123, 0, 0, i), world)
         results[name] = n / (time.perf_counter() - start)
 
-    batch = data.ToyBatches(world, args.batch_size, seed=0).make_batch(0)
+    batch = data.ToyBatches(world, args.batch_size, seed=0).make_batch(0)  # one fixed batch: time the model, not data
     tokens = model_lib.toy_token_counts(cfg, world, subjects=batch["ref_images"].shape[1],
                                         text_tokens=batch["text_ids"].shape[1])
     tokens["phoneme_tokens"] = batch["line_phonemes"][0].numel()
     flops = model_lib.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
     tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]  # content tokens: what is generated
     peak = device_peak(device)
+    # side by side in one run, as the same fresh model on the same batch: the fast path and its references
     variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
     if args.compile:
         variants.append(("compiled_sdpa", "sdpa", True))
@@ -264,7 +267,7 @@ def main():
     results["peak_memory_mb"] = peak_memory_mb(device)
 
     # sampling: one clip, with and without CFG (CFG doubles the batch inside each step)
-    net = model_lib.TwinTower(cfg).to(device).eval()
+    net = model_lib.TwinTower(cfg).to(device).eval()  # untrained weights cost the same as trained ones
     one = data.collate([data.make_clip(data.sample_rng(0, 2, 0, 0), world)])
     shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
     for name, scale in (("sample_s_per_clip_no_cfg", 1.0), ("sample_s_per_clip_cfg", 2.0)):
@@ -291,7 +294,7 @@ def main():
 def validate_main(args):
     """The metrics' own check: ground truth near the top, each corruption worse where it should be."""
     world, flat = data.WorldConfig(), {}
-    for scene in SUBSETS:
+    for scene in SUBSETS:  # the wrong-speaker corruption needs two voices, so single scenes skip it
         table = metrics.validation_table(world, scene, args.cases)
         names = list(table)
         print(f"{scene} ({args.cases} clips)")
@@ -317,8 +320,8 @@ def quality_main(args):
                 ckpt = train.load_checkpoint(args.ckpt)
             except train.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
-            world = data.WorldConfig(**ckpt["world_config"])
-            net = train.model_from_checkpoint(ckpt).to(device)
+            world = data.WorldConfig(**ckpt["world_config"])  # the world the model was trained on
+            net = train.model_from_checkpoint(ckpt).to(device)  # the EMA weights
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance,

@@ -166,10 +166,10 @@ def recognise(mel: torch.Tensor, world: data.WorldConfig) -> list[str]:
     """Toy phoneme recogniser: nearest centroid per frame, smoothed, repeats collapsed, silence dropped."""
     stats = _world_statistics(world)
     feats = _frame_features(mel)
-    labels = torch.cdist(feats, stats["centroids"]).argmin(-1)
-    labels[~voiced_frames(mel)] = SILENCE
+    labels = torch.cdist(feats, stats["centroids"]).argmin(-1)   # (T_mel,) nearest phoneme (or silence)
+    labels[~voiced_frames(mel)] = SILENCE                        # quiet frames are never speech
     out, run_label, run_len = [], None, 0
-    for lab in labels.tolist() + [None]:
+    for lab in labels.tolist() + [None]:  # runs of one label; a run shorter than 2 frames (31 ms) is a flicker
         if lab == run_label:
             run_len += 1
             continue
@@ -287,33 +287,34 @@ def script_phonemes(case: dict) -> list[str]:
 def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.WorldConfig) -> dict:
     """Every metric for one clip. video (T, 3, H, W) in [-1, 1], mel (T_mel, n_mels) normalised;
     case: the toy world's sample the clip was asked for (identities, roles, lines, references)."""
-    frames = ((video.float() + 1) / 2).clamp(0, 1)
+    frames = ((video.float() + 1) / 2).clamp(0, 1)             # (T, 3, H, W) in [0, 1], like the renderer
     roles, idents = case["roles"], case["identities"]
     on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
     out = {}
     # --- faces and mouths ---
     sims, cons, mouths = [], [], {}
-    for k in on_screen:
+    for k in on_screen:  # off-screen speakers have no face to find
         score, top, left, (rgb, weight, mouth) = face_track(frames, idents[k], len(on_screen), world.image_size)
         sims.append(score.clamp_min(0).mean().item())
         crops = crop(frames, top, left, *weight.shape)                             # (T, 3, h, w)
+        # mean absolute change of the face crop from its average, over the sprite's weighted pixels
         spread = ((crops - crops.mean(0, keepdim=True)).abs().mean(1) * weight).sum((1, 2)) / weight.sum()
         cons.append(1 - spread.mean().item())
         mouths[k] = mouth_opening(frames, top, left, mouth, idents[k].skin)
     out["face_sim"] = float(np.mean(sims)) if sims else float("nan")
     out["face_cons"] = float(np.mean(cons)) if cons else float("nan")
     # --- words: phoneme error rate, insertions (caption vocalization) ---
-    script = script_phonemes(case)
-    heard = recognise(mel, world)
+    script = script_phonemes(case)        # what the caption asks to be said, lines in order
+    heard = recognise(mel, world)         # what the generated sound says
     distance, inserted = edit_ops(heard, script)
     out["per"] = distance / max(1, len(script))
     out["vocalization"] = inserted / max(1, len(script))
     # --- voices: timbre similarity and speaker confusion, line by line ---
     per_frame = world.mel_frames // world.frames
     speakers = case["line_speaker"].tolist()
-    refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(roles))]
-    segments = line_segments(mel, len(speakers))
-    wav = data.mel_to_wav(mel, world)
+    refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(roles))]   # every subject's voice
+    segments = line_segments(mel, len(speakers))  # the generated lines, in order: where each was spoken
+    wav = data.mel_to_wav(mel, world)             # once per clip: pitch is read from the waveform
     t_sims, confused = [], 0
     for m, who in enumerate(speakers):
         frames_m = segments[m] if m < len(segments) else torch.zeros(0, dtype=torch.long)
@@ -357,6 +358,7 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
     out["sync_c"] = float(np.mean(sync_c)) if sync_c else float("nan")
     out["sync_d"] = float(np.mean(sync_d)) if sync_d else float("nan")
     # --- picture quality ---
+    # gradient energy: blur lowers it, noise raises it; the world's own clips sit at REFERENCE_SHARPNESS
     grad = (frames[..., 1:, :] - frames[..., :-1, :]).abs().mean() + (frames[..., 1:] - frames[..., :-1]).abs().mean()
     ratio = grad.item() / REFERENCE_SHARPNESS
     out["sharpness"] = min(ratio, 1 / max(ratio, 1e-9))   # 1 = as sharp as the world; blur and noise both lose
@@ -386,8 +388,10 @@ def _corr(a: torch.Tensor, b: torch.Tensor, lag: int) -> float:
 
 def swap_identity(c, other, world):
     """Another clip's people asked for: faces and voices no longer match the references."""
-    n = len(c["roles"])
-    return c["video"], c["audio"], dict(c, identities=other["identities"][:n], ref_audio=other["ref_audio"][:n])
+    n, m = len(c["roles"]), len(other["roles"])
+    pick = [k % m for k in range(n)]  # the other clip may have fewer people: cycle through them
+    return c["video"], c["audio"], dict(c, identities=[other["identities"][k] for k in pick],
+                                        ref_audio=other["ref_audio"][pick])
 
 
 def shift_audio(c, other, world):

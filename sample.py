@@ -199,7 +199,7 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
     except data.CaptionError as e:
         raise InputError(f"--caption: {e}") from None
     n = len(fields["subject_spans"])
-    if n == 0:
+    if n == 0:  # the model is conditioned per subject; a caption without anchors has nothing to bind
         raise InputError("--caption names no subject: describe each one as 'label <sub1>: looks, voice.'")
     for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
         if len(paths) != n:
@@ -225,9 +225,9 @@ def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: d
     """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html."""
     os.makedirs(out_dir, exist_ok=True)
     frames = data.to_uint8(video)
-    data.save_gif(os.path.join(out_dir, "video.gif"), frames, world.fps)
-    data.contact_sheet(frames).save(os.path.join(out_dir, "frames.png"))
-    wav = data.mel_to_wav(mel, world)
+    data.save_gif(os.path.join(out_dir, "video.gif"), frames, world.fps)   # what a person watches
+    data.contact_sheet(frames).save(os.path.join(out_dir, "frames.png"))   # every frame at once, for the page
+    wav = data.mel_to_wav(mel, world)                                       # Griffin-Lim: the toy has no vocoder
     data.save_wav(os.path.join(out_dir, "audio.wav"), wav, world.sample_rate)
     data.mel_image(mel).save(os.path.join(out_dir, "mel.png"))
     mp4 = write_mp4(os.path.join(out_dir, "video.mp4"), frames, wav, world)
@@ -239,6 +239,7 @@ def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: d
     if truth is not None:
         data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
         data.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
+    # the page shows the mp4 (picture and sound together) when PyAV wrote one, else the gif and the wav
     media = (f'<video src="video.mp4" controls loop width="256"></video>' if mp4 else
              '<img src="video.gif" width="256"><br><audio src="audio.wav" controls></audio>')
     ref_html = "".join(f'<div class="card"><img src="ref{k}.png" width="128"><br>&lt;sub{k}&gt;<br>'
@@ -356,11 +357,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args()
-    try:
+    try:  # every input problem ends here as one line, before any model work
         ckpt = train.load_checkpoint(args.ckpt)
-        world = data.WorldConfig(**ckpt["world_config"])
+        world = data.WorldConfig(**ckpt["world_config"])  # sizes, rates and mel settings the model knows
         truth = None
-        if args.demo:
+        if args.demo:  # a held-out toy case: its caption and references, and its own clip to compare with
             truth = demo_case(dataclasses.replace(world, scene=args.scene), args.seed)
             caption = truth["caption"]
             batch = data.collate([{k: truth[k] for k in ("text_ids", "subject_spans", "speech_spans", "line_speaker",
@@ -382,7 +383,7 @@ def main():
                           keep_source=args.keep_source)
     if driving_audio is not None:  # RA2V: the sound is the given track
         audio = driving_audio
-    if os.path.isdir(args.out_dir):
+    if os.path.isdir(args.out_dir):  # a fresh folder: no stale mp4 or truth from an earlier run beside the new clip
         shutil.rmtree(args.out_dir)
     write_outputs(args.out_dir, video[0], audio[0], world, caption, batch["ref_images"][0], batch["ref_audio"][0], truth)
     print(f"caption: {caption}")
