@@ -46,6 +46,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, REF
 
 
 def device_peak(device: torch.device):
+    """Dense bf16 FLOP/s of the device, or None where we have no honest number (CPUs, unknown GPUs)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -69,6 +70,7 @@ def timed(fn, steps: int, warmup: int, device) -> list[float]:
 
 
 def peak_memory_mb(device) -> float:
+    """Peak memory of this process so far, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     # CPU: the process's peak resident memory (Linux reports KiB); it includes Python and torch themselves
@@ -88,7 +90,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
     model_lib.ATTENTION = attention  # every attention in the model switches between SDPA and the math reference
     gen = torch.Generator().manual_seed(0)  # the same t and noise for every variant
 
-    def step():
+    def step():  # exactly what train.py does per optimizer step, minus logging and EMA
         with autocast:
             loss, _ = train.flow_loss(net, batch, tc, gen, device)
         loss.backward()
@@ -106,6 +108,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
 
 
 def bench_case(world: data.WorldConfig, subset: str, i: int) -> dict:
+    """Case i of a subset: held-out stream, cross-pair references (copying a reference cannot score)."""
     return data.make_clip(data.sample_rng(BENCH_SEED, BENCH_STREAM, 0, i),
                           dataclasses.replace(world, scene=subset, cross_pair=1.0))
 
@@ -136,7 +139,7 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
 
 def print_quality(scores: dict, title: str) -> dict:
     """A table of means with 95% intervals; returns {"subset/metric": mean, "subset/metric_ci": half width}."""
-    flat = {}
+    flat = {}  # the JSON line: one key per subset/metric, plus its interval
     print(title)
     print(f"{'metric':14s}" + "".join(f"{s:>22s}" for s in scores) + "   (higher/lower is better)")
     for m in metrics.METRICS:
@@ -170,11 +173,12 @@ def ablate(args, device):
     table = {}
     for name, variant in ABLATIONS.items():
         per_seed = {m: [] for m in ABLATION_METRICS}
-        for seed in range(args.seeds):
+        for seed in range(args.seeds):  # a seed changes the initial weights, the data and the noise
             out_dir = os.path.join(args.out_dir, name.strip("+").replace(" ", "_"), f"seed{seed}")
             budget = args.budget_steps
             # the curriculum row spends the same budget, split like the paper's 20K / 10K / 10K stages
             stage_steps = f"{budget // 2},{budget // 4},{budget - budget // 2 - budget // 4}"
+            # same optimizer steps for every row; a row's flags are the only difference (ABLATIONS)
             tc = train.TrainConfig(out_dir=out_dir, max_steps=budget, seed=seed, log_every=25, ckpt_every=budget,
                                    stage_steps=stage_steps, lr=args.lr, **variant["train"])
             start = time.time()
@@ -307,7 +311,7 @@ def validate_main(args):
 
 def quality_main(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    start = time.time()
+    start = time.time()  # the whole benchmark's wall time goes into the JSON line
     if args.ablate:
         flat = ablate(args, device)
     else:

@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 
 # the toy's speech lives in speech.py; these names are used here and re-exported as data.X
-from speech import (PHONEMES, PHONEME_SYMBOLS, PAD_PHONEME, GAP_PHONEME, N_PHONEME_IDS, LANGUAGES, LETTER_SOUND, phoneme_ids, make_words,  # noqa: F401
-                    SYNTH_HOP, MEL_FLOOR, MEL_MEAN, MEL_STD, wav_to_mel, mel_to_wav, synthesize, schedule_line)
+from speech import (  # noqa: F401  (re-exported: other files use data.X)
+    GAP_PHONEME, LANGUAGES, LETTER_SOUND, MEL_FLOOR, MEL_MEAN, MEL_STD, N_PHONEME_IDS, PAD_PHONEME, PHONEME_SYMBOLS,
+    PHONEMES, SYNTH_HOP, make_words, mel_to_wav, phoneme_ids, save_wav, schedule_line, synthesize, wav_to_mel)
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
@@ -630,17 +631,6 @@ class ToyBatches(torch.utils.data.IterableDataset):
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).numpy()
-
-
-def save_wav(path: str, wav: torch.Tensor, sample_rate: int):
-    """16-bit PCM mono .wav with the standard library (no codec backend needed)."""
-    import wave
-    pcm = (wav.clamp(-1, 1).numpy() * 32767).astype("<i2")
-    with wave.open(path, "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
 
 
 def contact_sheet(frames: np.ndarray, scale: int = 4, columns: int = 8):

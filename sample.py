@@ -49,7 +49,7 @@ def schedule(steps: int, shift: float) -> torch.Tensor:
 
 
 def guide(v_cond, v_uncond, scale: float):
-    """Classifier-free guidance: scale 1 = conditional only."""
+    """Classifier-free guidance: scale 1 = conditional only; > 1 pushes away from the unconditional."""
     return v_uncond + scale * (v_cond - v_uncond)
 
 
@@ -83,6 +83,7 @@ class Guidance:
 
 def conditionings(batch: dict, names: list[str], device) -> dict:
     """The model inputs of each pass, concatenated along the batch in the order of `names`."""
+    # user inputs carry no audio; every batch carries reference voices
     B = batch["audio"].shape[0] if "audio" in batch else batch["ref_audio"].shape[0]
     variants = []
     for name in names:
@@ -112,7 +113,7 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
     x_v = torch.randn(video_shape, generator=gen).to(device)  # t = 1: pure noise
     x_a = torch.randn(audio_shape, generator=gen).to(device)
     B = video_shape[0]
-    names = guidance.passes()
+    names = guidance.passes()  # e.g. ["pos", "neg"]: each step evaluates all of them as one batch
     n = len(names)
     cond = conditionings(batch, names, device)
     extra = dict(source_video=None if source_video is None else source_video.repeat(n, 1, 1, 1, 1).to(device),
@@ -180,14 +181,14 @@ def load_wav(path: str, sample_rate: int) -> torch.Tensor:
         dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
         pcm = np.frombuffer(raw, dtype).astype(np.float32)
         pcm = (pcm - 128) / 128 if width == 1 else pcm / 2 ** (8 * width - 1)
-    wav = torch.from_numpy(pcm.reshape(-1, channels).mean(1))       # downmix
+    wav = torch.from_numpy(pcm.reshape(-1, channels).mean(1))       # (samples,): interleaved channels, averaged
     if channels > 1:
         print(f"note: --ref_audio {path} has {channels} channels; mixed down to mono")
     if rate != sample_rate:
         import torchaudio.functional as AF
         print(f"note: --ref_audio {path} is {rate} Hz; resampled to {sample_rate} Hz")
         wav = AF.resample(wav, rate, sample_rate)
-    if wav.numel() == 0:
+    if wav.numel() == 0:  # a header with no frames: nothing to take a voice from
         raise InputError(f"--ref_audio {path}: the file holds no audio")
     return wav
 

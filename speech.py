@@ -221,3 +221,14 @@ def schedule_line(text: str, speaker: int, start: float, rate: float):
         segments.append((speaker, LETTER_SOUND[ch], t, dur))
         t += dur
     return segments, t
+
+
+def save_wav(path: str, wav: torch.Tensor, sample_rate: int):
+    """16-bit PCM mono .wav with the standard library (no codec backend needed)."""
+    import wave
+    pcm = (wav.clamp(-1, 1).numpy() * 32767).astype("<i2")
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())

@@ -564,6 +564,7 @@ def _shard_like(full: torch.Tensor, param):
 
 
 def _mean(values) -> float:
+    """Mean of an iterable; 0 for an empty window (nothing logged yet)."""
     values = list(values)
     return sum(values) / max(1, len(values))
 
@@ -579,7 +580,7 @@ def plot_losses(log_path: str, png_path: str, size=(640, 360)):
     if not os.path.exists(log_path):
         return
     records = [json.loads(line) for line in open(log_path)]
-    if len(records) < 2:
+    if len(records) < 2:  # a line needs two points
         return
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -591,7 +592,7 @@ def plot_losses(log_path: str, png_path: str, size=(640, 360)):
     x_of = lambda s: pad + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (W - 2 * pad)  # noqa: E731
     y_of = lambda v: H - pad - (math.log10(max(v, 1e-6)) - lo) / (hi - lo) * (H - 2 * pad)  # noqa: E731
     draw.rectangle([pad, pad, W - pad, H - pad], outline="grey")
-    for key, colour in series.items():
+    for key, colour in series.items():  # log scale: losses fall by orders of magnitude
         draw.line([(x_of(r["step"]), y_of(r[key])) for r in records], fill=colour, width=2)
     draw.text((pad, 10), f"loss (black), video (blue), audio (red); log10 {lo:.2f}..{hi:.2f}; "
                          f"steps {steps[0]}..{steps[-1]}", fill="black")
