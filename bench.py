@@ -163,8 +163,7 @@ ABLATIONS = {
                                                                                          curriculum=True)),
     "Syn-RoPE": dict(model=dict(ocf=False, mtp_ca=False, ref_rope="syn"), train=dict(interleave_audio=0)),
 }
-ABLATION_METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusion", "vocalization",
-                    "sharpness", "flicker")
+ABLATION_METRICS = metrics.METRICS  # every metric, one column each
 
 
 def ablate(args, device):

@@ -400,7 +400,7 @@ def sample_roles(rng, cfg: WorldConfig) -> list[str]:
         n = int(rng.integers(2, min(3, cfg.max_subjects) + 1))
         roles = ["speaker"] * n
         roles[int(rng.integers(1, n))] = "silent" if rng.random() < 0.5 else "offscreen"
-        return list(rng.permutation(roles)) if "speaker" in roles else roles
+        return list(rng.permutation(roles))  # the silent / off-screen one may be any <subk>
     n = int(rng.integers(cfg.min_subjects, cfg.max_subjects + 1))
     roles = []
     for _ in range(n):
@@ -485,7 +485,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         ref_audio_wavs.append(ref_wav)
     caption = make_caption(idents, roles, lines, room)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1                    # (T, 3, H, W) in [-1, 1]
-    mel = wav_to_mel(torch.stack([wav] + ref_audio_wavs[:0]), cfg)[0]            # (T_mel, n_mels)
+    mel = wav_to_mel(wav, cfg)                                                      # (T_mel, n_mels)
     ref_mel = wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
     # --- DreamID-Omni task inputs: RV2AV masks every subject's box out of the source video ---
     source_mask = torch.zeros(cfg.frames, 1, size, size)  # (T, 1, H, W), 1 = region the RV2AV model regenerates

@@ -228,9 +228,8 @@ def voice_vector(mel: torch.Tensor, world: data.WorldConfig, frames: torch.Tenso
     keep = voiced & (strength > 0.3)
     if keep.sum() < 3:
         return None
-    bins = _TILT_BINS(world)
+    bins, x = tilt_axis(world)
     spectrum = mel[keep][:, bins].mean(0) * data.MEL_STD                           # natural-log power
-    x = torch.log2(torch.tensor([_mel_centre(world, b) for b in bins.tolist()]))
     slope = ((x - x.mean()) * (spectrum - spectrum.mean())).sum() / ((x - x.mean()) ** 2).sum()
     return torch.stack([torch.log2(pitch[keep].median()), slope])
 
@@ -242,8 +241,13 @@ def _mel_centre(world: data.WorldConfig, b: int) -> float:
     return 700 * (10 ** (m / 2595) - 1)
 
 
-def _TILT_BINS(world: data.WorldConfig) -> torch.Tensor:  # noqa: N802 (a cached table, not a class)
-    return torch.tensor([b for b in range(world.n_mels) if 300 <= _mel_centre(world, b) <= 4000])
+def tilt_axis(world: data.WorldConfig):
+    """(mel bins within 300-4000 Hz, log2 of their centre frequencies): where the tilt is measured. Cached."""
+    key = ("tilt", world.sample_rate, world.n_mels)
+    if key not in _STATE:
+        bins = [b for b in range(world.n_mels) if 300 <= _mel_centre(world, b) <= 4000]
+        _STATE[key] = (torch.tensor(bins), torch.log2(torch.tensor([_mel_centre(world, b) for b in bins])))
+    return _STATE[key]
 
 
 def voice_similarity(a, b) -> float:

@@ -464,6 +464,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             save_atomic(dict(model=state, ema=ema_state, optimizer=opt_state, step=step, rng=torch.get_rng_state(),
                              stage=plan_now["stage"], model_config=dataclasses.asdict(mcfg),
                              world_config=dataclasses.asdict(wcfg), train_config=dataclasses.asdict(tc),
+                             # for readers and tools: a resume recomputes these from `step` (step_plan)
                              data_position=dict(joint_batches=plan_now["joint_index"] * tc.grad_accum,
                                                 audio_only_batches=plan_now["audio_index"] * tc.grad_accum)),
                         ckpt_path)
