@@ -33,16 +33,18 @@ import time
 import numpy as np
 import torch
 
+import attention
 import data
 import metrics
 import model as model_lib
 import sample as sample_lib
 import train
+from conditioning import Conditioning
 
 SUBSETS = ("single", "dialogue", "complex")
 BENCH_SEED, BENCH_STREAM = 2024, 3
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, REFERENCE.md
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 without sparsity, from NVIDIA's data sheets
 
 
 def device_peak(device: torch.device):
@@ -77,7 +79,7 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compile_layers=False):
+def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False):
     """Median seconds of one full training step (forward, backward, AdamW) of a fresh model."""
     torch.manual_seed(0)
     net = model_lib.TwinTower(cfg).to(device)
@@ -87,7 +89,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     tc = train.TrainConfig()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    model_lib.ATTENTION = attention  # every attention in the model switches between SDPA and the math reference
+    attention.BACKEND = backend  # every attention of the project (model and prompt side) switches
     gen = torch.Generator().manual_seed(0)  # the same t and noise for every variant
 
     def step():  # exactly what train.py does per optimizer step, minus logging and EMA
@@ -99,7 +101,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, attention="sdpa", compil
     try:
         return statistics.median(timed(step, steps, warmup, device))  # medians resist the odd slow step
     finally:
-        model_lib.ATTENTION = "sdpa"  # leave the module as we found it
+        attention.BACKEND = "sdpa"  # leave the module as we found it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,8 +129,9 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
             else:
                 batch = data.collate([case])
                 # the model sees only what a user gives: caption and cross-pair references, never the clip
-                v, a = sample_lib.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=steps,
-                                         guidance=guidance, seed=seed + i, device=device)
+                v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
+                                         batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
+                                         device=device)
                 video, mel = v[0].cpu(), a[0].cpu()
             for m, value in metrics.score_clip(video, mel, case, world).items():
                 rows[m].append(value)
@@ -182,7 +185,7 @@ def ablate(args, device):
                                    stage_steps=stage_steps, lr=args.lr, **variant["train"])
             start = time.time()
             train.train(tc, variant["model"], {})
-            net = train.model_from_checkpoint(train.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))).to(device)
+            net = model_lib.model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"), device=device)
             scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, log=lambda *_: None)
             for m in ABLATION_METRICS:  # one number per seed: the mean over the three subsets
                 per_seed[m].append(float(np.nanmean([np.nanmean(scores[s][m]) for s in SUBSETS])))
@@ -202,7 +205,8 @@ def ablate(args, device):
     return flat
 
 
-def main():
+def parse_args():
+    """The command line: speed by default, --quality, --validate_metrics, --ablate."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # --- speed ---
     parser.add_argument("--config", default="toy", choices=list(model_lib.PRESETS))
@@ -225,11 +229,21 @@ def main():
     parser.add_argument("--seeds", type=int, default=2, help="--ablate: seeds per variant")
     parser.add_argument("--lr", type=float, default=2e-3, help="--ablate: learning rate")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the variants train")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     if args.validate_metrics:
         return validate_main(args)
     if args.quality or args.ablate:
         return quality_main(args)
+    return speed_main(args)
+
+
+def speed_main(args):
+    """Data generation, a training step (SDPA vs the math reference, optionally compiled) and sampling,
+    side by side in one run; the last line is JSON."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,47 +253,66 @@ def main():
     world = data.WorldConfig()
     results = dict(config=args.config, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    threads=torch.get_num_threads(), batch_size=args.batch_size)
+    results.update(bench_data(world))
+    variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
+    if args.compile:
+        variants.append(("compiled_sdpa", "sdpa", True))
+    results.update(bench_training(args, cfg, world, device, variants))
+    results.update(bench_sampling(args, cfg, world, device))
+    print_speed(results, args, variants)
 
-    # data generation: paired clips and the audio-only corpus, one process
+
+def bench_data(world) -> dict:
+    """Toy-world generation rate: paired clips and the audio-only corpus, one process."""
+    out = {}
     for name, make, n in (("data_clips_per_s", data.make_clip, 40), ("data_audio_only_per_s", data.make_audio_only, 60)):
         start = time.perf_counter()
         for i in range(n):
             make(data.sample_rng(123, 0, 0, i), world)
-        results[name] = n / (time.perf_counter() - start)
+        out[name] = n / (time.perf_counter() - start)
+    return out
 
+
+def bench_training(args, cfg, world, device, variants) -> dict:
+    """Median training-step time of each variant, as the same fresh model on the same fixed batch."""
     batch = data.ToyBatches(world, args.batch_size, seed=0).make_batch(0)  # one fixed batch: time the model, not data
-    tokens = model_lib.toy_token_counts(cfg, world, subjects=batch["ref_images"].shape[1],
+    clip = dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
+                ref_image_size=world.ref_image_size, ref_mel_frames=world.ref_mel_frames)
+    tokens = model_lib.toy_token_counts(cfg, clip, subjects=batch["ref_images"].shape[1],
                                         text_tokens=batch["text_ids"].shape[1])
     tokens["phoneme_tokens"] = batch["line_phonemes"][0].numel()
     flops = model_lib.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
     tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]  # content tokens: what is generated
     peak = device_peak(device)
-    # side by side in one run, as the same fresh model on the same batch: the fast path and its references
-    variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
-    if args.compile:
-        variants.append(("compiled_sdpa", "sdpa", True))
-    for name, attn, comp in variants:
-        sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, attn, comp)
-        results[name] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec,
-                             tokens_per_s=args.batch_size * tokens_per_sample / sec,
-                             mfu=None if peak is None else flops * args.batch_size / sec / peak)
-    results["math_over_sdpa"] = results["eager_math"]["ms_per_step"] / results["eager_sdpa"]["ms_per_step"]
-    if args.compile:
-        results["eager_over_compiled"] = results["eager_sdpa"]["ms_per_step"] / results["compiled_sdpa"]["ms_per_step"]
-    results["train_flops_per_sample"] = flops
-    results["peak_memory_mb"] = peak_memory_mb(device)
+    out = {}
+    for name, backend, comp in variants:
+        sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, backend, comp)
+        out[name] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec,
+                         tokens_per_s=args.batch_size * tokens_per_sample / sec,
+                         mfu=None if peak is None else flops * args.batch_size / sec / peak)
+    out["math_over_sdpa"] = out["eager_math"]["ms_per_step"] / out["eager_sdpa"]["ms_per_step"]
+    if "compiled_sdpa" in out:
+        out["eager_over_compiled"] = out["eager_sdpa"]["ms_per_step"] / out["compiled_sdpa"]["ms_per_step"]
+    out["train_flops_per_sample"] = flops
+    out["peak_memory_mb"] = peak_memory_mb(device)
+    return out
 
-    # sampling: one clip, with and without CFG (CFG doubles the batch inside each step)
+
+def bench_sampling(args, cfg, world, device) -> dict:
+    """Seconds per clip, with and without CFG (CFG doubles the batch inside each step)."""
     net = model_lib.TwinTower(cfg).to(device).eval()  # untrained weights cost the same as trained ones
-    one = data.collate([data.make_clip(data.sample_rng(0, 2, 0, 0), world)])
+    cond = Conditioning.from_batch(data.collate([data.make_clip(data.sample_rng(0, 2, 0, 0), world)]))
     shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
+    out = dict(sample_steps=args.sample_steps)
     for name, scale in (("sample_s_per_clip_no_cfg", 1.0), ("sample_s_per_clip_cfg", 2.0)):
         start = time.perf_counter()
         guidance = sample_lib.Guidance(mode="plain", cfg_video=scale, cfg_audio=scale)
-        sample_lib.sample(net, one, *shapes, steps=args.sample_steps, guidance=guidance, device=device)
-        results[name] = time.perf_counter() - start
-    results["sample_steps"] = args.sample_steps
+        sample_lib.sample(net, cond, *shapes, steps=args.sample_steps, guidance=guidance, device=device)
+        out[name] = time.perf_counter() - start
+    return out
 
+
+def print_speed(results: dict, args, variants):
     print(f"device {results['device']} ({results['threads']} threads), preset {args.config}, batch {args.batch_size}")
     print(f"data generation      {results['data_clips_per_s']:7.1f} clips/s   audio-only {results['data_audio_only_per_s']:.1f}/s")
     for name, _, _ in variants:
@@ -320,11 +353,11 @@ def quality_main(args):
             if not args.ckpt:
                 raise SystemExit("error: --quality needs --ckpt (or --ground_truth)")
             try:
-                ckpt = train.load_checkpoint(args.ckpt)
-            except train.CheckpointError as e:
+                ckpt = model_lib.load_checkpoint(args.ckpt)
+                net = model_lib.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
+            except model_lib.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
             world = data.WorldConfig(**ckpt["world_config"])  # the world the model was trained on
-            net = train.model_from_checkpoint(ckpt).to(device)  # the EMA weights
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance,

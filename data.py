@@ -1,6 +1,6 @@
 """The toy world: a seeded, procedural world of talking subjects whose ground truth is known exactly.
 
-Every paper in ../shared/papers trains on curated real clips (OpenHumanVid, OpenS2V, Emilia). None of
+Every paper implemented here (Omni-Customizer, DreamID-Omni, Identity-as-Presence, DreamVideo-Omni) trains on curated real clips (OpenHumanVid, OpenS2V, Emilia). None of
 those can be downloaded here, and a reader should watch the method work in minutes on a laptop CPU.
 So this file *generates* that data pipeline in miniature; each mechanism of the papers has something
 real to bind to:
@@ -54,10 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# the toy's speech lives in speech.py; these names are used here and re-exported as data.X
-from speech import (  # noqa: F401  (re-exported: other files use data.X)
-    GAP_PHONEME, LANGUAGES, LETTER_SOUND, MEL_FLOOR, MEL_MEAN, MEL_STD, N_PHONEME_IDS, PAD_PHONEME, PHONEME_SYMBOLS,
-    PHONEMES, SYNTH_HOP, make_words, mel_to_wav, phoneme_ids, save_wav, schedule_line, synthesize, wav_to_mel)
+import speech  # the toy's speech: phonemes, languages, voices, log-mel
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
@@ -67,18 +64,18 @@ from speech import (  # noqa: F401  (re-exported: other files use data.X)
 @dataclass
 class WorldConfig:
     image_size: int = 32          # frames are image_size x image_size RGB
-    fps: int = 8
-    clip_seconds: float = 2.0
-    sample_rate: int = 16000
-    n_fft: int = 512
+    fps: int = 8                  # video frames per second
+    clip_seconds: float = 2.0     # clip length
+    sample_rate: int = 16000      # audio samples per second
+    n_fft: int = 512              # log-mel STFT window
     hop: int = 250                # 16000 / 250 = 64 mel frames/s, 8 per video frame at 8 fps
-    n_mels: int = 40
+    n_mels: int = 40              # mel bins (the audio stream's channels)
     ref_image_size: int = 16      # reference portraits: head and shoulders, 16x16
-    ref_audio_seconds: float = 1.0
+    ref_audio_seconds: float = 1.0  # length of each reference voice clip
     # --- what scenes look like (the curriculum in train.py switches these per stage) ---
     scene: str = "mixed"          # mixed | single | dialogue | complex (complex = OC-Bench subset 3)
-    min_subjects: int = 1
-    max_subjects: int = 3
+    min_subjects: int = 1         # people per scene, at least (scene=mixed)
+    max_subjects: int = 3         # people per scene, at most
     cross_pair: float = 0.0       # probability that a sample's references are cross-pair
     lang_b: float = 0.1           # share of language-B lines in paired clips
     lang_b_audio_only: float = 0.8  # share of language B in the audio-only corpus
@@ -355,7 +352,7 @@ def parse_caption(caption: str) -> dict:
             if not any(c.isalpha() for c in text):
                 raise CaptionError(f"caption has an empty line <S> {text} <E>: give each line some words")
             lines.append(dict(span=(open_line, i + 1), speaker=last_subject, text=text,
-                              phonemes=phoneme_ids(text)))
+                              phonemes=speech.phoneme_ids(text)))
             open_line = None
         if open_line is None and tok == period:
             clause_start = i + 1
@@ -428,16 +425,16 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12  # seconds of speech per line, leaving pauses
     segments, lines, t = [], [], rng.uniform(0.05, 0.2)
     for who in order:
-        text = make_words(rng, language, budget / rates[who])
-        seg, end = schedule_line(text, who, t, rates[who])
+        text = speech.make_words(rng, language, budget / rates[who])
+        seg, end = speech.schedule_line(text, who, t, rates[who])
         if end > cfg.clip_seconds - 0.05:
             break
         segments += seg
         lines.append((who, text, t, end))
         t = end + rng.uniform(0.08, 0.2)
-    wav, mouth_energy = synthesize(segments, idents, cfg.samples, cfg, rng, ambient=room)
+    wav, mouth_energy = speech.synthesize(segments, idents, cfg.samples, cfg, rng, ambient=room)
     # --- lip sync ground truth: mouth opening per video frame from the speaker's own energy ---
-    per_frame = cfg.sample_rate // (cfg.fps * SYNTH_HOP)       # control frames per video frame (16)
+    per_frame = cfg.sample_rate // (cfg.fps * speech.SYNTH_HOP)       # control frames per video frame (16)
     energy = mouth_energy[:, : cfg.frames * per_frame].reshape(n, cfg.frames, per_frame)
     mouth_open = np.clip(energy.mean(-1) / 0.45, 0, 1).astype(np.float32)           # (K, T)
     activity = mouth_energy[:, : cfg.mel_frames * 2].reshape(n, cfg.mel_frames, 2).mean(-1)  # (K, T_mel)
@@ -474,9 +471,9 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
             ref_frame[k] = f
         own = [ln for ln in lines if ln[0] == k]
         if cross or not own:                   # the same voice saying other words
-            text = make_words(rng, language, cfg.ref_audio_seconds - 0.3)
-            seg, _ = schedule_line(text, 0, 0.1, rates[k])
-            ref_wav, _ = synthesize(seg, [idents[k]], ref_len, cfg, rng)
+            text = speech.make_words(rng, language, cfg.ref_audio_seconds - 0.3)
+            seg, _ = speech.schedule_line(text, 0, 0.1, rates[k])
+            ref_wav, _ = speech.synthesize(seg, [idents[k]], ref_len, cfg, rng)
         else:                                  # a stretch of this clip around the subject's line
             mid = (own[0][2] + own[0][3]) / 2
             start = int(np.clip(mid * cfg.sample_rate - ref_len / 2, 0, cfg.samples - ref_len)) // cfg.hop * cfg.hop
@@ -485,8 +482,8 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         ref_audio_wavs.append(ref_wav)
     caption = make_caption(idents, roles, lines, room)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1                    # (T, 3, H, W) in [-1, 1]
-    mel = wav_to_mel(wav, cfg)                                                      # (T_mel, n_mels)
-    ref_mel = wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
+    mel = speech.wav_to_mel(wav, cfg)                                                      # (T_mel, n_mels)
+    ref_mel = speech.wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
     # --- DreamID-Omni task inputs: RV2AV masks every subject's box out of the source video ---
     source_mask = torch.zeros(cfg.frames, 1, size, size)  # (T, 1, H, W), 1 = region the RV2AV model regenerates
     for k in on_screen:
@@ -513,16 +510,16 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     language = "B" if rng.random() < cfg.lang_b_audio_only else "A"
     rate = rng.uniform(0.85, 1.15)
     start = rng.uniform(0.05, 0.25)
-    text = make_words(rng, language, (cfg.clip_seconds - start - 0.2) / rate)
-    seg, _ = schedule_line(text, 0, start, rate)
-    wav, energy = synthesize(seg, [ident], cfg.samples, cfg, rng)
-    ref_text = make_words(rng, language, cfg.ref_audio_seconds - 0.3)
-    ref_seg, _ = schedule_line(ref_text, 0, 0.1, rate)
-    ref_wav, _ = synthesize(ref_seg, [ident], round(cfg.ref_audio_seconds * cfg.sample_rate), cfg, rng)
+    text = speech.make_words(rng, language, (cfg.clip_seconds - start - 0.2) / rate)
+    seg, _ = speech.schedule_line(text, 0, start, rate)
+    wav, energy = speech.synthesize(seg, [ident], cfg.samples, cfg, rng)
+    ref_text = speech.make_words(rng, language, cfg.ref_audio_seconds - 0.3)
+    ref_seg, _ = speech.schedule_line(ref_text, 0, 0.1, rate)
+    ref_wav, _ = speech.synthesize(ref_seg, [ident], round(cfg.ref_audio_seconds * cfg.sample_rate), cfg, rng)
     pitch = "low" if ident.pitch_hz < 140 else ("mid" if ident.pitch_hz < 190 else "high")
     caption = (f"a voice <sub1>: {pitch} {'bright' if ident.tilt_db > -6.5 else 'soft'} voice. "
                f"<sub1> says <S> {text} <E>")
-    sample = dict(audio=wav_to_mel(wav[None], cfg)[0], wav=wav, ref_audio=wav_to_mel(ref_wav[None], cfg),
+    sample = dict(audio=speech.wav_to_mel(wav[None], cfg)[0], wav=wav, ref_audio=speech.wav_to_mel(ref_wav[None], cfg),
                   ref_images=torch.zeros(1, 3, cfg.ref_image_size, cfg.ref_image_size),  # no face: masked out
                   ref_image_mask=torch.zeros(1, dtype=torch.bool),
                   caption=caption, language=language, identities=[ident], roles=["offscreen"],
@@ -553,7 +550,7 @@ def caption_fields(caption: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 # name -> (padding value, which leading dims vary between samples: 1 = first, 2 = first two)
 _PADDED = {"text_ids": (PAD_ID, 1), "subject_spans": (0, 1), "ref_images": (0.0, 1), "ref_audio": (0.0, 1),
-           "speech_spans": (0, 1), "line_speaker": (0, 1), "line_phonemes": (PAD_PHONEME, 2),
+           "speech_spans": (0, 1), "line_speaker": (0, 1), "line_phonemes": (speech.PAD_PHONEME, 2),
            "mouth_open": (0.0, 1), "speech_activity": (0.0, 1), "boxes": (0.0, 1), "on_screen": (False, 1),
            "ref_frame": (-1, 1), "ref_audio_start": (-1, 1), "ref_image_mask": (False, 1)}
 
@@ -582,7 +579,7 @@ def collate(samples: list[dict]) -> dict:
     batch["text_mask"] = batch["text_ids"] != PAD_ID
     batch["subject_mask"] = pad_stack([torch.ones(len(s["subject_spans"]), dtype=torch.bool) for s in samples], False)
     batch["line_mask"] = pad_stack([torch.ones(len(s["speech_spans"]), dtype=torch.bool) for s in samples], False)
-    batch["phoneme_mask"] = batch["line_phonemes"] != PAD_PHONEME
+    batch["phoneme_mask"] = batch["line_phonemes"] != speech.PAD_PHONEME
     if "ref_image_mask" not in batch:  # paired clips: every real subject has a reference image
         batch["ref_image_mask"] = batch["subject_mask"]
     return batch
@@ -654,7 +651,7 @@ def save_gif(path: str, frames: np.ndarray, fps: int, scale: int = 6):
 def mel_image(mel: torch.Tensor, scale: int = 3):
     """(T_mel, n_mels) -> PIL image, low frequencies at the bottom."""
     from PIL import Image
-    img = ((mel.T.flip(0) * MEL_STD + MEL_MEAN + 12) / 12).clamp(0, 1)
+    img = ((mel.T.flip(0) * speech.MEL_STD + speech.MEL_MEAN + 12) / 12).clamp(0, 1)
     arr = (img.numpy() * 255).astype(np.uint8)
     return Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
 
@@ -667,11 +664,11 @@ def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
         frames = to_uint8(s["video"])
         contact_sheet(frames).save(stem + "_frames.png")
         save_gif(stem + ".gif", frames, cfg.fps)
-        save_wav(stem + ".wav", s["wav"], cfg.sample_rate)
+        speech.save_wav(stem + ".wav", s["wav"], cfg.sample_rate)
         mel_image(s["audio"]).save(stem + "_mel.png")
         contact_sheet(to_uint8(s["ref_images"]), scale=6).save(stem + "_refs.png")
         for k in range(len(s["ref_audio"])):
-            save_wav(f"{stem}_ref{k + 1}.wav", mel_to_wav(s["ref_audio"][k], cfg), cfg.sample_rate)
+            speech.save_wav(f"{stem}_ref{k + 1}.wav", speech.mel_to_wav(s["ref_audio"][k], cfg), cfg.sample_rate)
         with open(stem + "_caption.txt", "w") as f:
             f.write(s["caption"] + "\n")
         print(f"{stem}: {s['caption']}")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import speech
 
 METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusion", "vocalization",
            "sharpness", "flicker")
@@ -112,7 +113,7 @@ def mouth_opening(frames, top, left, mouth, skin) -> torch.Tensor:
 
 def frame_energy(mel: torch.Tensor) -> torch.Tensor:
     """(T_mel,) log power per mel frame (un-normalised)."""
-    return torch.log(torch.exp(mel * data.MEL_STD + data.MEL_MEAN).mean(-1) + 1e-8)
+    return torch.log(torch.exp(mel * speech.MEL_STD + speech.MEL_MEAN).mean(-1) + 1e-8)
 
 
 def voiced_frames(mel: torch.Tensor) -> torch.Tensor:
@@ -143,21 +144,21 @@ def _world_statistics(world: data.WorldConfig):
     for i in range(100):
         ident = data.Identity.sample(rng)
         lang = "A" if i % 2 == 0 else "B"
-        text = data.make_words(rng, lang, 1.5)
-        segments, _ = data.schedule_line(text, 0, 0.1, rng.uniform(0.85, 1.15))
-        wav, _ = data.synthesize(segments, [ident], world.samples, world, rng)
-        mel = data.wav_to_mel(wav, world)
+        text = speech.make_words(rng, lang, 1.5)
+        segments, _ = speech.schedule_line(text, 0, 0.1, rng.uniform(0.85, 1.15))
+        wav, _ = speech.synthesize(segments, [ident], world.samples, world, rng)
+        mel = speech.wav_to_mel(wav, world)
         label = torch.zeros(n_frames, dtype=torch.long)
         for _, sym, start, dur in segments:
-            if data.PHONEMES[sym][0] == "burst":  # only the release is heard
+            if speech.PHONEMES[sym][0] == "burst":  # only the release is heard
                 start, dur = start + 0.55 * dur, 0.45 * dur
             a = int(round(start * world.sample_rate / world.hop))
             b = max(a + 1, int(round((start + dur) * world.sample_rate / world.hop)))
-            label[a:b] = data.PHONEME_SYMBOLS.index(sym) + 1
+            label[a:b] = speech.PHONEME_SYMBOLS.index(sym) + 1
         feats.append(_frame_features(mel))
         labels.append(label)
     feats, labels = torch.cat(feats), torch.cat(labels)
-    centroids = torch.stack([feats[labels == c].mean(0) for c in range(len(data.PHONEME_SYMBOLS) + 1)])
+    centroids = torch.stack([feats[labels == c].mean(0) for c in range(len(speech.PHONEME_SYMBOLS) + 1)])
     _STATE[key] = dict(centroids=centroids)
     return _STATE[key]
 
@@ -176,7 +177,7 @@ def recognise(mel: torch.Tensor, world: data.WorldConfig) -> list[str]:
         if run_label not in (None, SILENCE) and run_len >= 2 and (not out or out[-1] != run_label):
             out.append(run_label)
         run_label, run_len = lab, 1
-    return [data.PHONEME_SYMBOLS[c - 1] for c in out]
+    return [speech.PHONEME_SYMBOLS[c - 1] for c in out]
 
 
 def edit_ops(hyp: list, ref: list) -> tuple[int, int]:
@@ -222,14 +223,14 @@ def voice_vector(mel: torch.Tensor, world: data.WorldConfig, frames: torch.Tenso
 
     The toy voice *is* its pitch, tract scale and tilt; pitch is read from the Griffin-Lim waveform
     (the mel keeps it, tests/test_data.py), tilt as the slope of the mean log-mel over 300-4000 Hz."""
-    wav = data.mel_to_wav(mel, world) if wav is None else wav
+    wav = speech.mel_to_wav(mel, world) if wav is None else wav
     voiced = voiced_frames(mel) if frames is None else frames
     pitch, strength = pitch_track(wav, world)
     keep = voiced & (strength > 0.3)
     if keep.sum() < 3:
         return None
     bins, x = tilt_axis(world)
-    spectrum = mel[keep][:, bins].mean(0) * data.MEL_STD                           # natural-log power
+    spectrum = mel[keep][:, bins].mean(0) * speech.MEL_STD                           # natural-log power
     slope = ((x - x.mean()) * (spectrum - spectrum.mean())).sum() / ((x - x.mean()) ** 2).sum()
     return torch.stack([torch.log2(pitch[keep].median()), slope])
 
@@ -285,7 +286,7 @@ def line_segments(mel: torch.Tensor, n_lines: int) -> list[torch.Tensor]:
 def script_phonemes(case: dict) -> list[str]:
     """The phonemes the script asks for, all lines in order."""
     ids = case["line_phonemes"]
-    return [data.PHONEME_SYMBOLS[i - 2] for row in ids.tolist() for i in row if i >= 2]
+    return [speech.PHONEME_SYMBOLS[i - 2] for row in ids.tolist() for i in row if i >= 2]
 
 
 def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.WorldConfig) -> dict:
@@ -318,7 +319,7 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
     speakers = case["line_speaker"].tolist()
     refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(roles))]   # every subject's voice
     segments = line_segments(mel, len(speakers))  # the generated lines, in order: where each was spoken
-    wav = data.mel_to_wav(mel, world)             # once per clip: pitch is read from the waveform
+    wav = speech.mel_to_wav(mel, world)             # once per clip: pitch is read from the waveform
     t_sims, confused = [], 0
     for m, who in enumerate(speakers):
         frames_m = segments[m] if m < len(segments) else torch.zeros(0, dtype=torch.long)
@@ -417,9 +418,9 @@ def speak_caption_word(c, other, world):
     who = int(c["line_speaker"][0])
     word = c["identities"][who].describe().split()[1]
     end = max(e for _, _, e in c["line_times"])
-    seg, _ = data.schedule_line(word, 0, min(end + 0.05, world.clip_seconds - 0.45), 1.0)
-    extra, _ = data.synthesize(seg, [c["identities"][who]], world.samples, world, np.random.default_rng(0))
-    return c["video"], data.wav_to_mel(c["wav"] + extra, world), c
+    seg, _ = speech.schedule_line(word, 0, min(end + 0.05, world.clip_seconds - 0.45), 1.0)
+    extra, _ = speech.synthesize(seg, [c["identities"][who]], world.samples, world, np.random.default_rng(0))
+    return c["video"], speech.wav_to_mel(c["wav"] + extra, world), c
 
 
 def noise(c, other, world):

@@ -1,34 +1,49 @@
 """The twin-tower DiT (Ovi's backbone) that every paper here starts from, at toy, small and full size.
 
 Two towers with identical blocks, one denoising video tokens, one denoising audio tokens, read the
-same prompt and each other (REFERENCE.md "Ovi"; DreamID-Omni and Omni-Customizer Sec. 4.1, Eq. 1):
+same prompt and each other (Ovi's paper and released model code; DreamID-Omni and Omni-Customizer
+Sec. 4.1, Eq. 1):
 
   per layer, in both towers:
     x = x + gate1 * SelfAttn(adaLN(x))                       q/k RMSNorm, 3D RoPE (video) / 1D (audio)
-    x = x + CrossAttn(LN(x); text) + CrossAttn(rope(q); rope(other tower))   not modulated
-    x = x + gate2 * FFN(adaLN(x))                            GELU-tanh, not gated
-  the cross sublayer shares q and the output projection; each direction has its own k/v and k-norm;
-  both towers read the other tower's state from *after* self-attention (symmetric exchange).
+    y = LN3(x)                                               affine LayerNorm
+    x = x + CrossAttn(y; text) + CrossAttn(rope(q(y)); rope(k_f(LN_f(o))), v_f(LN_f(o)))   not modulated
+    x = x + gate2 * FFN(adaLN(x))                            Linear -> GELU-tanh -> Linear (not a GLU)
+  the cross sublayer shares q and the output projection between the text and the other tower (o);
+  each direction has its own fusion k/v, k-norm and the affine LayerNorm LN_f on the other tower's
+  tokens (Ovi's `pre_attn_norm_fusion`); both towers read the other tower's state from *after*
+  self-attention (a symmetric exchange).
 
 Modulation (Wan / Ovi): one timestep MLP per tower gives 6*dim (shift, scale, gate for self-attention
 and FFN), each block adds a learned (1, 6, dim) bias; computed and applied in fp32. It is per token:
 the noisy content tokens get the flow time t, the clean reference tokens get t = 0.
 
+Stems: video tokens are (pt, ph, pw, C) patches through one linear map (Ovi: a Conv3d of kernel =
+stride = patch, the same map); audio tokens through a linear map (toy) or Ovi's convolutional stem.
+
 References (DreamID-Omni / Omni-Customizer Eq. 1): reference image k is one clean latent frame and
 reference voice k a clean audio clip, embedded by the towers' own stems and appended to the noisy
-sequences; their positions come from rope.py (`ref_rope` plain | syn); padded subjects are masked
-from every attention; predictions for them are dropped, so they never enter the loss.
+sequences; their positions come from rope.py (`ref_rope` plain | syn); absent or dropped references
+are masked out of every attention (conditioning.py); predictions for them are dropped, so they never
+enter the loss. DreamID-Omni's task inputs (RV2AV source video, RA2V driving audio) are added to the
+content tokens through zero-initialised projections, so the architecture does not change between tasks.
 
-DreamID-Omni's task inputs (RV2AV source video, RA2V driving audio) are added to the content tokens
-through zero-initialised projections, so the architecture does not change between tasks.
+Checkpoints: `load_checkpoint` reads ours; `load_ovi_weights` reads Ovi's released safetensors through
+one key map (OVI_RENAMES), into a plain model or into FSDP2 shards without a full host copy.
 
-`python model.py` prints every preset's parameter count and training FLOPs per sample.
+`python model.py` prints every preset's parameter count (the `full` backbone counts exactly Ovi's
+11,660,753,108) and training FLOPs per sample.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import json
 import math
+import os
+import re
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -36,48 +51,50 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-import data
 import ocf
 import rope
+from attention import attention, key_padding
+from conditioning import Conditioning
 
 
 @dataclass
 class ModelConfig:
-    dim: int = 192
-    layers: int = 3
-    heads: int = 4
-    ffn: int = 768
+    dim: int = 192                 # width of both towers
+    layers: int = 3                # twin layers (one block per tower each)
+    heads: int = 4                 # attention heads of both towers
+    ffn: int = 768                 # FFN hidden width
     freq_dim: int = 256            # sinusoidal timestep features
-    eps: float = 1e-6
-    rope_theta: float = 10000.0
+    eps: float = 1e-6              # every norm's epsilon (Ovi: 1e-6)
+    rope_theta: float = 10000.0    # RoPE base
     # video stream: (toy) RGB pixels; (full) Wan2.2 VAE latents
-    video_channels: int = 3
+    video_channels: int = 3        # pixels (toy) or VAE latent channels (Wan2.2: 48)
     patch_t: int = 4               # a toy video token covers 4 frames x 4 x 4 pixels, like a VAE latent
-    patch_h: int = 4
-    patch_w: int = 4
+    patch_h: int = 4               # patch height (Ovi: 2 latents)
+    patch_w: int = 4               # patch width (Ovi: 2 latents)
     # audio stream: (toy) log-mel frames patched along time; (full) MMAudio VAE latents + conv stem
-    audio_channels: int = 40
-    audio_patch: int = 2
+    audio_channels: int = 40       # mel bins (toy) or audio VAE latent channels (MMAudio: 20)
+    audio_patch: int = 2           # audio frames per token
     audio_stem: str = "linear"     # linear | conv (Ovi: Conv1d k7 + SiLU + convolutional SwiGLU k7)
     audio_stem_hidden: int = 0     # hidden width of the convolutional SwiGLU (Ovi: 8192)
-    audio_scale: float = 1 / 16    # video latent frames per audio token: toy 2 fps / 32 tokens/s
+    audio_scale: float = 1 / 16    # RoPE: video latent frames per audio token (toy 2 / 32; Ovi 0.19676)
     # prompt: (toy) a small character transformer; (full) precomputed umT5 embeddings (4096-d)
-    text_dim: int = 128
-    text_layers: int = 2           # 0 = text arrives as precomputed embeddings
-    text_heads: int = 4
-    text_vocab: int = len(data.VOCAB)
+    text_dim: int = 128            # prompt feature width (umT5-XXL: 4096)
+    text_layers: int = 2           # layers of the toy text encoder; 0 = text arrives as precomputed features
+    text_heads: int = 4            # heads of the toy text encoder
+    text_vocab: int = 40           # the toy tokenizer's size, len(data.VOCAB) (tests/test_data.py checks it)
+    phoneme_vocab: int = 19        # phoneme ids incl. padding and word gap, speech.N_PHONEME_IDS (checked too)
     # identity binding on the prompt side (Omni-Customizer Sec. 4.2; defaults as in the paper)
     ocf: bool = True               # Omni-Context Fusion of [text, ref images, ref voices, phonemes]
     ocf_rope: str = "sa_mrope"     # sa_mrope | 1d: positions of the OCF sequence
     mtp_ca: bool = True            # masked TTS-to-prompt cross-attention
     ocf_dim: int = 0               # width of OCF / MTP-CA / phoneme encoder (0 = text_dim)
-    ocf_layers: int = 2
-    ocf_heads: int = 4
+    ocf_layers: int = 2            # transformer blocks of OCF
+    ocf_heads: int = 4             # heads of OCF and MTP-CA
     phoneme_layers: int = 2        # ConvNeXt-V2 blocks of the phoneme encoder (F5-TTS: 4)
     sa_mrope_phoneme_w: float = -1.0  # the distinct last coordinate of phoneme tokens (Eq. 4)
     # references and task inputs
-    ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni)
-    syn_margin: float = 150.0
+    ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni): where reference tokens sit
+    syn_margin: float = 150.0      # Syn-RoPE's temporal margin between identities
     task_inputs: bool = True       # RV2AV source video / RA2V driving audio projections (zero-init)
     input_skip: bool = False       # toy: an identity-initialised linear map from each input token to its output
 
@@ -107,15 +124,18 @@ PRESETS = {
     "toy": ModelConfig(text_layers=1, ocf_layers=1, phoneme_layers=1),
     # one GPU, hours: the same toy world, a wider and deeper twin tower
     "small": ModelConfig(dim=512, layers=12, heads=8, ffn=2048, text_dim=256, text_layers=4),
-    # Ovi size (REFERENCE.md): 3072 x 30 layers x 24 heads, FFN 14336, over VAE latents and umT5
+    # Ovi's size and layout (its released code): 3072 x 30 layers x 24 heads, FFN 14336, over Wan2.2 VAE
+    # latents (48 ch, patch 1x2x2), MMAudio VAE latents (20 ch, conv stem) and umT5-XXL features (4096-d).
+    # audio_scale is the literal of Ovi's config (31 / 157.55 = 0.1967629 would drift 1.3e-3 rad by token 157).
     "full": ModelConfig(dim=3072, layers=30, heads=24, ffn=14336, video_channels=48, patch_t=1, patch_h=2,
                         patch_w=2, audio_channels=20, audio_patch=1, audio_stem="conv", audio_stem_hidden=8192,
-                        audio_scale=31 / 157.55, text_dim=4096, text_layers=0, task_inputs=False,
+                        audio_scale=0.19676, text_dim=4096, text_layers=0, task_inputs=False,
                         ocf_dim=1024, ocf_heads=16, phoneme_layers=4),
 }
 OVI_PARAMETERS = 11_660_753_108
-# ours, not Ovi's backbone: the toy text encoder, task inputs, OCF, MTP-CA and the phoneme encoder
-ADDITION_PREFIXES = ("text_encoder.", "source_embed.", "driving_embed.", "ocf.", "mtp_ca.", "phoneme_encoder.")
+# ours, not Ovi's backbone: the prompt side (toy text encoder, phoneme encoder, OCF, MTP-CA), task inputs,
+# the toy's input skip
+ADDITION_PREFIXES = ("prompt.", "source_embed.", "driving_embed.", "video_skip.", "audio_skip.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,30 +144,11 @@ ADDITION_PREFIXES = ("text_encoder.", "source_embed.", "driving_embed.", "ocf.",
 
 
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """(N,) flow time in [0, 1] -> (N, dim) sinusoidal features of 1000 t (Wan's convention)."""
+    """(N,) flow time in [0, 1] -> (N, dim) sinusoidal features of 1000 t (Wan's convention: cos, then sin)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
     angles = 1000 * t.double()[:, None] * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
-
-
-ATTENTION = "sdpa"  # sdpa | math: bench.py times both; tests compare them
-
-
-def attention(q, k, v, key_mask=None):
-    """Attention over (B, H, S, hd) with a key padding mask (B, S_k), True = attend; same on CPU and GPU."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    if ATTENTION == "math":
-        return attention_math(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def attention_math(q, k, v, mask=None):
-    """The reference: softmax(q k^T / sqrt(d) + mask) v, spelled out."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])                  # (B, H, S_q, S_k)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v
 
 
 def modulate(x, shift, scale, n_content):
@@ -177,28 +178,34 @@ class SelfAttention(nn.Module):
     def forward(self, x, cos, sin, key_mask):
         q = rope.apply_rope(self.split(self.norm_q(self.q(x))), cos, sin)
         k = rope.apply_rope(self.split(self.norm_k(self.k(x))), cos, sin)
-        out = attention(q, k, self.split(self.v(x)), key_mask)                     # (B, H, S, hd)
+        out = attention(q, k, self.split(self.v(x)), key_padding(key_mask))        # (B, H, S, hd)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
 class CrossAttention(SelfAttention):
-    """attn(q, text) + attn(rope(q), rope(k_other)): Ovi's cross sublayer with the fusion keys.
+    """attn(q, text) + attn(rope(q), rope(k_fusion(LN(other)))): Ovi's cross sublayer with the fusion keys.
 
-    The same q/k/v/o and norms as self-attention (k, v read the text), plus the other tower's own k/v."""
+    The same q/k/v/o and norms as self-attention (k, v read the text), plus the other tower's own
+    LayerNorm, k/v and k-norm (the parameter names are Ovi's)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         d = cfg.dim
         # the other tower's keys and values: the "fusion" weights (1.13B of Ovi's 11.7B)
-        self.k_other, self.v_other = nn.Linear(d, d), nn.Linear(d, d)
-        self.norm_k_other = nn.RMSNorm(d, eps=cfg.eps)
+        self.pre_attn_norm_fusion = nn.LayerNorm(d, eps=cfg.eps)   # affine, on the other tower's tokens
+        self.k_fusion, self.v_fusion = nn.Linear(d, d), nn.Linear(d, d)
+        self.norm_k_fusion = nn.RMSNorm(d, eps=cfg.eps)
 
     def forward(self, x, text, text_mask, other, other_mask, rope_self, rope_other):
         q = self.split(self.norm_q(self.q(x)))                                     # (B, H, S, hd)
-        out = attention(q, self.split(self.norm_k(self.k(text))), self.split(self.v(text)), text_mask)
+        # Ovi does not mask its zero-padded umT5 features (512 tokens, context lengths None); we mask
+        # padding, so a prompt's meaning does not depend on how far it was padded
+        out = attention(q, self.split(self.norm_k(self.k(text))), self.split(self.v(text)), key_padding(text_mask))
         if other is not None:  # absent in an audio-only step: the cross-tower pathway is inactive
-            k = rope.apply_rope(self.split(self.norm_k_other(self.k_other(other))), *rope_other)
-            out = out + attention(rope.apply_rope(q, *rope_self), k, self.split(self.v_other(other)), other_mask)
+            other = self.pre_attn_norm_fusion(other)
+            k = rope.apply_rope(self.split(self.norm_k_fusion(self.k_fusion(other))), *rope_other)
+            out = out + attention(rope.apply_rope(q, *rope_self), k, self.split(self.v_fusion(other)),
+                                  key_padding(other_mask))
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -250,17 +257,19 @@ class TwinLayer(nn.Module):
 
 
 class ConvAudioStem(nn.Module):
-    """Ovi's audio stem: Conv1d k=7 + SiLU, then a convolutional SwiGLU MLP (k=7), residual."""
+    """Ovi's audio stem: Conv1d k=7 (+ bias) + SiLU, then a convolutional SwiGLU w2(silu(w1 x) * w3 x),
+    k=7, with no biases and no residual around it (Ovi's released code)."""
 
     def __init__(self, channels: int, dim: int, hidden: int):
         super().__init__()
         self.conv = nn.Conv1d(channels, dim, 7, padding=3)
-        self.w1, self.w3 = nn.Conv1d(dim, hidden, 7, padding=3), nn.Conv1d(dim, hidden, 7, padding=3)
-        self.w2 = nn.Conv1d(hidden, dim, 7, padding=3)
+        self.w1 = nn.Conv1d(dim, hidden, 7, padding=3, bias=False)
+        self.w3 = nn.Conv1d(dim, hidden, 7, padding=3, bias=False)
+        self.w2 = nn.Conv1d(hidden, dim, 7, padding=3, bias=False)
 
     def forward(self, x):                                       # (N, T, C) -> (N, T, D)
-        x = F.silu(self.conv(x.transpose(1, 2)))
-        return (x + self.w2(F.silu(self.w1(x)) * self.w3(x))).transpose(1, 2)
+        x = F.silu(self.conv(x.transpose(1, 2)))                # (N, D, T): convolutions run over time
+        return self.w2(F.silu(self.w1(x)) * self.w3(x)).transpose(1, 2)
 
 
 class Tower(nn.Module):
@@ -296,6 +305,11 @@ class Tower(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # The twin tower
 # ------------------------------------------------------------------------------------------------
+# Parameters whose initial value is exactly zero (by name prefix): they make the new paths no-ops at start
+ZERO_INIT = ("video_tower.time_proj.", "audio_tower.time_proj.",  # gates start at exactly 0 (adaLN-zero)
+             "video_tower.head.", "audio_tower.head.",            # the model first predicts v = 0
+             "source_embed.", "driving_embed.",                   # task inputs start as no-ops
+             "prompt.ocf.back.", "prompt.mtp_ca.o.")              # OCF and MTP-CA start as the identity
 
 
 class TwinTower(nn.Module):
@@ -304,15 +318,7 @@ class TwinTower(nn.Module):
         self.cfg = cfg
         self.grad_ckpt = False
         d = cfg.dim
-        if cfg.text_layers > 0:
-            self.text_encoder = ocf.CharTextEncoder(cfg.text_vocab, cfg.text_dim, cfg.text_layers, cfg.text_heads)
-        if cfg.ocf or cfg.mtp_ca:
-            self.phoneme_encoder = ocf.PhonemeEncoder(data.N_PHONEME_IDS, cfg.fusion_dim, cfg.phoneme_layers)
-        if cfg.ocf:
-            self.ocf = ocf.OmniContextFusion(cfg.text_dim, cfg.fusion_dim, cfg.ocf_layers, cfg.ocf_heads,
-                                             cfg.patch_h * cfg.patch_w * cfg.video_channels, cfg.audio_token_dim)
-        if cfg.mtp_ca:
-            self.mtp_ca = ocf.MaskedPhonemeCrossAttention(cfg.text_dim, cfg.fusion_dim, cfg.ocf_heads)
+        self.prompt = ocf.PromptEncoder(cfg)   # text encoder, phoneme encoder, OCF, MTP-CA (Sec. 4.2)
         self.video_stem = nn.Linear(cfg.video_patch_dim, d)
         if cfg.audio_stem == "conv":
             self.audio_stem = ConvAudioStem(cfg.audio_channels, d, cfg.audio_stem_hidden)
@@ -329,47 +335,56 @@ class TwinTower(nn.Module):
         self.video_tower = Tower(cfg, cfg.video_patch_dim)
         self.audio_tower = Tower(cfg, cfg.audio_token_dim)
         self.layers = nn.ModuleList(TwinLayer(cfg) for _ in range(cfg.layers))
-        self.register_buffer("freqs", rope.rope_frequencies(cfg.head_dim, cfg.rope_theta), persistent=False)
-        self.init_weights()
+        self._rope_tables = {}  # (layout key) -> cos/sin tables: positions depend only on the shapes
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
 
-    def init_weights(self):
-        """Initialisation, in one place:
-        | parameter                                   | init                               |
-        | every Linear / Conv weight                  | Xavier uniform, bias 0             |
-        | Block.modulation, Tower.head_modulation     | shift/scale rows N(0, 1/dim), gates 0 (adaLN-zero) |
-        | Tower.time_proj (the 6*dim modulation MLP)  | 0, so gates start at exactly 0      |
-        | Tower.head (output projection)              | 0: the model first predicts v = 0   |
-        | source_embed, driving_embed                 | 0: task inputs start as no-ops      |
-        | ocf.back[i] (OCF residuals), mtp_ca.o       | 0: the prompt passes unchanged      |
-        | phoneme / text embeddings                   | N(0, 0.02)                          |
-        | norms                                       | weight 1, bias 0                    |
+    # --- initialisation ------------------------------------------------------------------------------
+    def initial_value(self, name: str, module: nn.Module, p: torch.Tensor, seed: int) -> torch.Tensor:
+        """The initial value of one parameter, full size, fp32 on the CPU:
+        | parameter                                   | init                                     |
+        | every Linear / Conv weight                  | Xavier uniform; biases 0                 |
+        | Block.modulation, Tower.head_modulation     | N(0, 1/dim); the two gate rows 0 (adaLN-zero) |
+        | ZERO_INIT (time_proj, heads, task inputs, OCF residuals, MTP-CA out) | 0          |
+        | video_skip / audio_skip (toy switch)        | identity: v = x_t at start               |
+        | phoneme / text embeddings                   | N(0, 0.02)                               |
+        | norms                                       | weight 1, bias 0                         |
+        | GRN gamma / beta, OCF stream embeddings     | 0                                        |
+        Each value is drawn from its own generator seeded by (seed, name), so it does not depend on
+        the order parameters are built in, or on how FSDP shards them.
         """
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-        for layer in self.layers:
-            for block in (layer.video, layer.audio):
-                nn.init.normal_(block.modulation, std=self.cfg.dim ** -0.5)
-                block.modulation.data[:, [2, 5]] = 0                                 # the two gates
-        for tower in (self.video_tower, self.audio_tower):
-            nn.init.normal_(tower.head_modulation, std=self.cfg.dim ** -0.5)
-            for lin in (tower.time_proj[1], tower.head):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
-        zero_init = [self.source_embed, self.driving_embed] if self.cfg.task_inputs else []
-        zero_init += list(self.ocf.back) if self.cfg.ocf else []       # OCF starts as the identity
-        zero_init += [self.mtp_ca.o] if self.cfg.mtp_ca else []        # so does MTP-CA
-        if self.cfg.input_skip:  # start as v = x_t: exact at t = 1 up to the mean (a constant c_skip, as in EDM)
-            nn.init.eye_(self.video_skip.weight)
-            nn.init.eye_(self.audio_skip.weight)
-        for lin in zero_init:
-            nn.init.zeros_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        shape = tuple(p.shape)
+        leaf = name.rsplit(".", 1)[-1]
+        if name.startswith(ZERO_INIT) or leaf in ("bias", "gamma", "beta", "kind"):
+            return torch.zeros(shape)
+        if name.endswith("_skip.weight"):
+            return torch.eye(shape[0])
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            return torch.ones(shape)
+        if isinstance(module, nn.Embedding):
+            return torch.randn(shape, generator=gen) * 0.02
+        if leaf in ("modulation", "head_modulation"):
+            value = torch.randn(shape, generator=gen) * self.cfg.dim ** -0.5
+            if leaf == "modulation":
+                value[:, [2, 5]] = 0                                            # the two gates
+            return value
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            receptive = math.prod(shape[2:])
+            bound = math.sqrt(6 / ((shape[0] + shape[1]) * receptive))          # Xavier uniform
+            return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+        raise ValueError(f"no initialisation rule for {name} ({type(module).__name__})")
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, only=None):
+        """Initialise every parameter (or those named in `only`), plain or FSDP2-sharded (each rank
+        computes one full parameter at a time and keeps its rows)."""
+        for mod_name, module in self.named_modules():
+            for leaf, p in module.named_parameters(recurse=False):
+                name = f"{mod_name}.{leaf}" if mod_name else leaf
+                if only is None or name in only:
+                    value = self.initial_value(name, module, p, seed)
+                    copy_rows(p, lambda a, b, v=value: v[a:b])
 
     # --- patchify: pixels / latents <-> tokens -----------------------------------------------------
     def patchify_video(self, x):
@@ -380,6 +395,7 @@ class TwinTower(nn.Module):
         return x.permute(0, 1, 4, 6, 2, 5, 7, 3).reshape(B, -1, c.patch_t * c.patch_h * c.patch_w * C)
 
     def unpatchify_video(self, tokens, shape):
+        """(B, T'*H'*W', pt*ph*pw*C) -> (B, T, C, H, W): the inverse of patchify_video."""
         c = self.cfg
         B, T, C, H, W = shape
         x = tokens.reshape(B, T // c.patch_t, H // c.patch_h, W // c.patch_w, c.patch_t, c.patch_h, c.patch_w, C)
@@ -396,139 +412,107 @@ class TwinTower(nn.Module):
         c = self.cfg
         return shape[-4] // c.patch_t, shape[-2] // c.patch_h, shape[-1] // c.patch_w  # (B, T, C, H, W)
 
+    # --- the two token streams -----------------------------------------------------------------------
+    def audio_tokens(self, audio, cond: Conditioning):
+        """[content | reference voices]: tokens (B, S_a, D), key mask (B, S_a), n content, T_r per voice."""
+        a = self.embed_audio(audio)                                                # (B, n_a, D)
+        if cond.driving_audio is not None and self.cfg.task_inputs:               # RA2V
+            a = a + self.driving_embed(self.patchify_audio(cond.driving_audio))
+        B, n_a, K = a.shape[0], a.shape[1], cond.subjects
+        mask = torch.ones(B, n_a, dtype=torch.bool, device=a.device)
+        if K == 0:
+            return a, mask, n_a, 0
+        ref = self.embed_audio(cond.ref_audio.flatten(0, 1))                       # (B*K, T_r, D)
+        T_r = ref.shape[1]
+        tokens = torch.cat([a, ref.reshape(B, K * T_r, -1)], dim=1)                # (B, n_a + K*T_r, D)
+        return tokens, torch.cat([mask, cond.voice_mask.repeat_interleave(T_r, dim=1)], dim=1), n_a, T_r
+
+    def video_tokens(self, video, cond: Conditioning):
+        """[content | one clean latent frame per reference image]: tokens (B, S_v, D), key mask, n content,
+        the reference grid (h', w')."""
+        c = self.cfg
+        v = self.video_stem(self.patchify_video(video))                            # (B, T'H'W', D)
+        if cond.source_video is not None and c.task_inputs:                        # RV2AV
+            v = v + self.source_embed(self.patchify_video(cond.source_video))
+        B, n_v, K = v.shape[0], v.shape[1], cond.subjects
+        mask = torch.ones(B, n_v, dtype=torch.bool, device=v.device)
+        if K == 0:
+            return v, mask, n_v, (0, 0)
+        # a still image becomes one latent frame: repeat it over the temporal patch
+        frames = cond.ref_images.flatten(0, 1)[:, None].expand(-1, c.patch_t, -1, -1, -1)  # (B*K, pt, C, h, w)
+        ref_hw = (frames.shape[-2] // c.patch_h, frames.shape[-1] // c.patch_w)
+        ref = self.video_stem(self.patchify_video(frames))                         # (B*K, h'w', D)
+        tokens = torch.cat([v, ref.reshape(B, K * ref.shape[1], -1)], dim=1)       # (B, n_v + K*h'w', D)
+        return tokens, torch.cat([mask, cond.image_mask.repeat_interleave(ref.shape[1], dim=1)], dim=1), n_v, ref_hw
+
+    def rope_tables(self, grid, K, ref_hw, n_a, T_r, device):
+        """cos/sin (1, S, pairs) of the video stream (None without video) and the audio stream: content
+        grids, then the references' layout (rope.py). A function of the shapes only, so cached."""
+        key = (grid, K, ref_hw, n_a, T_r, str(device))
+        if key not in self._rope_tables:
+            c = self.cfg
+            ref_v, ref_a = rope.reference_positions(c.ref_rope, K, grid[0] if grid else 0, *ref_hw, n_a, T_r,
+                                                    c.audio_scale, c.syn_margin)
+            pos_a = torch.cat([rope.audio_positions(n_a, c.audio_scale), ref_a])
+            pos_v = torch.cat([rope.video_positions(*grid), ref_v]) if grid else None
+
+            def cos_sin(pos):
+                angles = rope.rope_angles(pos.to(device), rope.rope_frequencies(c.head_dim, c.rope_theta, device),
+                                          c.head_dim)[None]  # (1, S, pairs)
+                return angles.cos(), angles.sin()
+            self._rope_tables[key] = (cos_sin(pos_v) if grid else None, cos_sin(pos_a))
+        return self._rope_tables[key]
+
     # --- the forward pass ----------------------------------------------------------------------------
-    def encode_text(self, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None, subject_spans=None,
-                    speech_spans=None, line_mask=None, line_phonemes=None, phoneme_mask=None, ref_image_mask=None):
-        """The prompt both towers read: text features, enriched by OCF and MTP-CA when they are on.
-
-        Token ids (B, L) go through the toy encoder, precomputed embeddings (B, L, text_dim) as they are.
-        """
-        cfg = self.cfg
-        text = self.text_encoder(text, text_mask) if cfg.text_layers > 0 else text
-        if not (cfg.ocf or cfg.mtp_ca) or line_phonemes is None:
-            return text
-        phonemes = self.phoneme_encoder(line_phonemes, phoneme_mask)                  # (B, M, P, fusion_dim)
-        B, M, P, _ = phonemes.shape
-        if cfg.ocf:
-            K = ref_images.shape[1]
-            # OCF's own view of the references: image patches and voice frames, one token each
-            img = ref_images.unflatten(-2, (-1, cfg.patch_h)).unflatten(-1, (-1, cfg.patch_w))  # (B,K,C,h',ph,w',pw)
-            ref_hw = (img.shape[3], img.shape[5])
-            img = img.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, K * ref_hw[0] * ref_hw[1], -1)
-            voice = ref_audio.reshape(B, K, -1, cfg.audio_token_dim)                   # (B, K, T_r', p*C_a)
-            T_r = voice.shape[2]
-            if cfg.ocf_rope == "sa_mrope":
-                pos = rope.sa_mrope_positions(text.shape[1], subject_spans.cpu(), ref_hw, T_r, speech_spans.cpu(),
-                                              phoneme_mask.cpu(), cfg.sa_mrope_phoneme_w)
-            else:
-                pos = rope.sequential_positions(text.shape[1] + img.shape[1] + K * T_r + M * P, B)
-            image_mask = subject_mask if ref_image_mask is None else ref_image_mask
-            text = self.ocf(text, text_mask, img, image_mask.repeat_interleave(ref_hw[0] * ref_hw[1], 1),
-                            voice.flatten(1, 2), subject_mask.repeat_interleave(T_r, 1), phonemes.flatten(1, 2),
-                            phoneme_mask.flatten(1, 2), pos)
-        if cfg.mtp_ca and M * P > 0:
-            text = self.mtp_ca(text, phonemes, phoneme_mask, speech_spans, line_mask)
-        return text
-
-    def forward(self, video, audio, t, text, text_mask, ref_images=None, ref_audio=None, subject_mask=None,
-                source_video=None, driving_audio=None, ref_image_mask=None, **caption):
+    def forward(self, video, audio, t, cond: Conditioning):
         """Predict the flow velocity of both streams.
 
         Args:
             video: (B, T, C, H, W) noisy video, or None for an audio-only step.
             audio: (B, T_a, C_a) noisy audio (mel frames or latents).
             t: (B,) flow time in [0, 1] (1 = pure noise).
-            text: (B, L) caption ids (toy) or (B, L, text_dim) embeddings (full); text_mask (B, L).
-            ref_images: (B, K, C, h, w) clean reference frames; ref_audio: (B, K, T_r, C_a);
-                subject_mask: (B, K), True for real subjects (padding subjects are masked out);
-                ref_image_mask: (B, K), subjects that have a face (default: subject_mask; the audio-only
-                corpus has voices without faces).
-            source_video: (B, T, C+1, H, W) RV2AV source with subject regions zeroed + mask channel.
-            driving_audio: (B, T_a, C_a) RA2V driving audio.
-            caption: the caption's structure for OCF / MTP-CA: subject_spans (B, K, 2), speech_spans (B, M, 2),
-                line_mask (B, M), line_phonemes (B, M, P), phoneme_mask (B, M, P).
+            cond: the Conditioning (prompt, references and their masks, task inputs).
         Returns: (video velocity like `video` or None, audio velocity like `audio`).
         """
-        cfg = self.cfg
-        B = audio.shape[0]
-        ref_image_mask = subject_mask if ref_image_mask is None else ref_image_mask
-        text_feats = self.encode_text(text, text_mask, ref_images, ref_audio, subject_mask, ref_image_mask=ref_image_mask,
-                                      **caption)                                    # (B, L, text_dim)
-        emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
-        emb_a, e_a = self.audio_tower.timestep(t)
-        K = 0 if ref_images is None else ref_images.shape[1]
-        ones = lambda n: torch.ones(B, n, dtype=torch.bool, device=audio.device)  # noqa: E731
-
-        # audio stream: [content tokens | reference voice tokens]
-        a = self.embed_audio(audio)                                                # (B, S_a, D)
-        if driving_audio is not None and cfg.task_inputs:
-            a = a + self.driving_embed(self.patchify_audio(driving_audio))
-        n_a, T_r = a.shape[1], 0
-        mask_a = ones(n_a)
-        if K and ref_audio is not None:
-            ref_a = self.embed_audio(ref_audio.flatten(0, 1))                      # (B*K, T_r', D)
-            T_r = ref_a.shape[1]
-            a = torch.cat([a, ref_a.reshape(B, K * T_r, -1)], dim=1)
-            mask_a = torch.cat([mask_a, subject_mask.repeat_interleave(T_r, dim=1)], dim=1)
-
-        # video stream: [content tokens | one clean latent frame per reference image]
-        v = mask_v = None
-        n_v, grid, ref_hw = 0, (0, 0, 0), (0, 0)
+        prompt = self.prompt(cond)                                                 # (B, L, text_dim)
+        a, mask_a, n_a, T_r = self.audio_tokens(audio, cond)
+        v = mask_v = grid = None
+        n_v, ref_hw = 0, (0, 0)
         if video is not None:
+            v, mask_v, n_v, ref_hw = self.video_tokens(video, cond)
             grid = self.video_grid(video.shape)
-            v = self.video_stem(self.patchify_video(video))                        # (B, T'H'W', D)
-            if source_video is not None and cfg.task_inputs:
-                v = v + self.source_embed(self.patchify_video(source_video))
-            n_v = v.shape[1]
-            mask_v = ones(n_v)
-            if K:
-                # a still image becomes one latent frame: repeat it over the temporal patch
-                frames = ref_images.flatten(0, 1)[:, None].expand(-1, cfg.patch_t, -1, -1, -1)
-                ref_hw = (frames.shape[-2] // cfg.patch_h, frames.shape[-1] // cfg.patch_w)
-                ref_v = self.video_stem(self.patchify_video(frames))               # (B*K, h'w', D)
-                v = torch.cat([v, ref_v.reshape(B, K * ref_v.shape[1], -1)], dim=1)
-                mask_v = torch.cat([mask_v, ref_image_mask.repeat_interleave(ref_v.shape[1], dim=1)], dim=1)
-
-        # positions: content grids, then the references' layout (rope.py)
-        pos_v = rope.video_positions(*grid)
-        pos_a = rope.audio_positions(n_a, cfg.audio_scale)
-        ref_pos_v, ref_pos_a = rope.reference_positions(cfg.ref_rope, K, grid[0], *ref_hw, n_a, T_r,
-                                                        cfg.audio_scale, cfg.syn_margin)
-        pos_v = torch.cat([pos_v, ref_pos_v]) if video is not None and K else pos_v
-        pos_a = torch.cat([pos_a, ref_pos_a]) if T_r else pos_a
-
-        def cos_sin(pos):
-            angles = rope.rope_angles(pos.to(audio.device), self.freqs, cfg.head_dim)[None]  # (1, S, pairs)
-            return angles.cos(), angles.sin()
-
-        ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=text_mask,
-                   rope_v=cos_sin(pos_v) if video is not None else None, rope_a=cos_sin(pos_a),
-                   text_v=self.video_tower.text_proj(text_feats) if video is not None else None,
-                   text_a=self.audio_tower.text_proj(text_feats))
+        rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
+        emb_a, e_a = self.audio_tower.timestep(t)
+        emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
+        ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=cond.text_mask,
+                   rope_v=rope_v, rope_a=rope_a, text_a=self.audio_tower.text_proj(prompt),
+                   text_v=self.video_tower.text_proj(prompt) if video is not None else None)
         for layer in self.layers:
             if self.grad_ckpt and self.training:
                 v, a = torch.utils.checkpoint.checkpoint(layer, v, a, ctx, use_reentrant=False)
             else:
                 v, a = layer(v, a, ctx)
+        return self.outputs(v, a, emb_v, emb_a, n_v, n_a, video, audio)
 
-        audio_out = self.audio_tower.output(a, emb_a, n_a)                         # (B, S_a, p*C_a)
-        if cfg.input_skip:
+    def outputs(self, v, a, emb_v, emb_a, n_v, n_a, video, audio):
+        """Heads on the content tokens, back to the inputs' shapes (+ the toy's optional input skip)."""
+        audio_out = self.audio_tower.output(a, emb_a, n_a)                         # (B, n_a, p*C_a)
+        if self.cfg.input_skip:
             audio_out = audio_out + self.audio_skip(self.patchify_audio(audio))
         audio_out = audio_out.reshape(audio.shape)
         if video is None:
             return None, audio_out
         video_tokens = self.video_tower.output(v, emb_v, n_v)                     # (B, T'H'W', pt*ph*pw*C)
-        if cfg.input_skip:
+        if self.cfg.input_skip:
             video_tokens = video_tokens + self.video_skip(self.patchify_video(video))
-        video_out = self.unpatchify_video(video_tokens, video.shape)
-        return video_out, audio_out
+        return self.unpatchify_video(video_tokens, video.shape), audio_out
 
     def frozen_in_audio_only_steps(self) -> list[str]:
         """Parameters an audio-only step must not touch (Omni-Customizer Sec. 4.3): the video tower and
-        the cross-tower pathway (the fusion k/v of both directions) -- "structurally inactive"."""
-        video = ("video_stem.", "video_tower.", "source_embed.")
+        the cross-tower pathway (the fusion norm and k/v of both directions) -- "structurally inactive"."""
+        video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.")
         return [n for n, _ in self.named_parameters()
-                if n.startswith(video) or ".video." in n or "_other" in n]
+                if n.startswith(video) or ".video." in n or "_fusion" in n]
 
     # --- accounting --------------------------------------------------------------------------------
     def count_parameters(self) -> dict:
@@ -541,10 +525,204 @@ class TwinTower(nn.Module):
         return dict(backbone=backbone, additions=additions, total=backbone + additions)
 
 
+# ------------------------------------------------------------------------------------------------
+# Filling parameters, plain or FSDP2-sharded, without a full copy per rank
+# ------------------------------------------------------------------------------------------------
+
+
+def shard_rows(p) -> tuple[int, int]:
+    """The rows [start, end) of the full parameter that this rank holds. A plain tensor holds all of them;
+    an FSDP2 parameter is a DTensor sharded on dim 0 over a 1-D mesh in chunks of ceil(rows / ranks)
+    (torch.chunk's split: the last ranks may hold fewer rows, or none)."""
+    rows = p.shape[0]
+    if not hasattr(p, "device_mesh"):
+        return 0, rows
+    if len(p.placements) != 1 or not p.placements[0].is_shard(0):
+        raise ValueError(f"expected FSDP2's Shard(0) placement, got {p.placements}")
+    chunk = -(-rows // p.device_mesh.size())
+    start = min(rows, p.device_mesh.get_coordinate()[0] * chunk)
+    return start, min(rows, start + chunk)
+
+
+@torch.no_grad()
+def copy_rows(p, read_rows):
+    """Fill p (a plain parameter or its FSDP2 shard) from read_rows(start, end) -> those rows of the full value."""
+    start, end = shard_rows(p)
+    local = p.to_local() if hasattr(p, "to_local") else p
+    if end > start:
+        local[: end - start].copy_(read_rows(start, end))
+
+
+# ------------------------------------------------------------------------------------------------
+# Ovi's released checkpoint: one key map, read with `safetensors` (memory-mapped)
+# ------------------------------------------------------------------------------------------------
+# Ovi's FusionModel holds video_model and audio_model (Wan-style DiTs, blocks.i each); ours holds TwinLayer i
+# with .video and .audio. Inside a block the names are the same (self_attn.{q,k,v,o,norm_q,norm_k}, norm3,
+# cross_attn.{q,k,v,o,norm_q,norm_k,k_fusion,v_fusion,norm_k_fusion,pre_attn_norm_fusion}, ffn.0, ffn.2).
+OVI_RENAMES = [  # (Ovi's name, ours) as regular expressions; the first match wins
+    (r"(video|audio)_model\.blocks\.(\d+)\.modulation\.modulation", r"layers.\2.\1.modulation"),
+    (r"(video|audio)_model\.blocks\.(\d+)\.(.+)", r"layers.\2.\1.\3"),
+    (r"video_model\.patch_embedding\.(weight|bias)", r"video_stem.\1"),             # Conv3d -> Linear, below
+    (r"audio_model\.patch_embedding\.0\.(weight|bias)", r"audio_stem.conv.\1"),     # Conv1d k7 (+ SiLU)
+    (r"audio_model\.patch_embedding\.2\.(w[123])\.weight", r"audio_stem.\1.weight"),  # the conv SwiGLU
+    (r"(video|audio)_model\.text_embedding\.([02]\.(?:weight|bias))", r"\1_tower.text_proj.\2"),
+    (r"(video|audio)_model\.time_embedding\.([02]\.(?:weight|bias))", r"\1_tower.time_embed.\2"),
+    (r"(video|audio)_model\.time_projection\.(1\.(?:weight|bias))", r"\1_tower.time_proj.\2"),
+    (r"(video|audio)_model\.head\.modulation", r"\1_tower.head_modulation"),
+    (r"(video|audio)_model\.head\.head\.(weight|bias)", r"\1_tower.head.\2"),
+]
+
+
+def ovi_to_ours(name: str) -> str | None:
+    """Our parameter name for one of Ovi's, or None for a name the map does not know."""
+    for pattern, replacement in OVI_RENAMES:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def ovi_files(path: str) -> list[str]:
+    """The .safetensors files of Ovi's checkpoint at `path`: one file, a sharded set's index.json, or a
+    folder holding either."""
+    if os.path.isdir(path):
+        found = glob.glob(os.path.join(path, "*.safetensors.index.json")) or glob.glob(os.path.join(path, "*.safetensors"))
+        if not found:
+            raise CheckpointError(f"{path}: the folder holds no .safetensors file or index")
+        return sorted(set(f for p in found for f in ovi_files(p)))
+    if path.endswith(".json"):
+        try:
+            weight_map = json.load(open(path))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{path}: not a safetensors index (a JSON file with a 'weight_map')") from None
+        files = sorted(set(os.path.join(os.path.dirname(path), f) for f in weight_map.values()))
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise CheckpointError(f"{path}: the index names {missing[0]}, which does not exist")
+        return files
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return [path]
+
+
+def is_ovi_checkpoint(path: str) -> bool:
+    return path.endswith((".safetensors", ".json")) or os.path.isdir(path)
+
+
+def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
+    """Fill `net`'s backbone from Ovi's released weights; our additions keep their own initialisation.
+
+    Works on a plain model and on FSDP2 shards alike: each tensor is read through safetensors' memory
+    map, and only the rows this rank holds (`copy_rows`), so no rank ever holds a second full copy.
+    A name the map does not know, a shape that does not fit or a backbone weight the files lack stops
+    with one line naming it. Returns {"loaded": [our names], "fresh": [our names]}.
+    """
+    from safetensors import SafetensorsError, safe_open
+    ours = dict(net.named_parameters())
+    loaded = []
+    for file in ovi_files(path):
+        try:
+            reader = safe_open(file, framework="pt", device="cpu")
+        except (SafetensorsError, OSError) as e:
+            raise CheckpointError(f"{file}: not a readable .safetensors file ({str(e).splitlines()[0][:80]})") from None
+        with reader:
+            for key in reader.keys():
+                name = ovi_to_ours(key)
+                if name is None or name not in ours:
+                    raise CheckpointError(f"{file}: unknown tensor '{key}' (not in Ovi's layout; is this Ovi's FusionModel?)")
+                loaded.append(name)
+                copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
+    fresh = [n for n in ours if n not in set(loaded)]
+    missing = [n for n in fresh if not n.startswith(ADDITION_PREFIXES)]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. '{missing[0]}' (a shard missing?)")
+    prefixes = sorted({".".join(n.split(".")[:2 if n.startswith("prompt.") else 1]) for n in fresh})  # modules
+    log(f"loaded {len(loaded)} tensors ({sum(ours[n].numel() for n in loaded):,d} parameters) from Ovi's checkpoint "
+        f"{path}; initialised fresh: {', '.join(prefixes) or 'nothing'}")
+    return dict(loaded=loaded, fresh=fresh)
+
+
+def ovi_reader(tensor_slice, key: str, param, file: str):
+    """read_rows(start, end) for one of Ovi's tensors, after checking its shape against ours.
+
+    The one reshape: Ovi's video patch embedding is a Conv3d (D, C, pt, ph, pw) with kernel = stride; as
+    our Linear over tokens ordered (pt, ph, pw, C) it is weight.permute(0, 2, 3, 4, 1).reshape(D, -1)."""
+    shape = tuple(tensor_slice.get_shape())
+    conv3d = key == "video_model.patch_embedding.weight"
+    fits = (shape[0], math.prod(shape[1:])) == tuple(param.shape) if conv3d else shape == tuple(param.shape)
+    if not fits:
+        raise CheckpointError(f"{file}: '{key}' has shape {shape}, the model expects {tuple(param.shape)} "
+                              f"(use --config full, Ovi's size)")
+    if conv3d:
+        return lambda a, b: tensor_slice[a:b].permute(0, 2, 3, 4, 1).reshape(b - a, -1)
+    return lambda a, b: tensor_slice[a:b]
+
+
+# ------------------------------------------------------------------------------------------------
+# Our own checkpoints (train.py writes them)
+# ------------------------------------------------------------------------------------------------
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; one line for the user."""
+
+
+def load_checkpoint(path: str) -> dict:
+    """torch.load with weights_only=True, memory-mapped (tensors are read when used); a corrupt or
+    foreign file stops with one clear line."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint; train one with train.py --out_dir ...")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}); "
+                              "it may be truncated - use an earlier one or retrain") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise CheckpointError(f"{path}: is not a checkpoint written by train.py")
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: dict) -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with; keys this version does not know stop with one line."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(ckpt["model_config"]) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint config has unknown key(s) {unknown}: written by another version of model.py")
+    return ModelConfig(**ckpt["model_config"])
+
+
+def load_state(net: TwinTower, state: dict, what: str = "checkpoint"):
+    """Copy a state dict into net (plain or FSDP2 shards), checking names and shapes first (one line)."""
+    ours = dict(net.named_parameters())
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise CheckpointError(f"{what}: {'lacks' if missing else 'has an unknown'} tensor '{name}' "
+                              f"({len(missing)} missing, {len(unexpected)} unknown): saved by another model layout")
+    for name, p in ours.items():
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise CheckpointError(f"{what}: '{name}' has shape {tuple(state[name].shape)}, the model expects "
+                                  f"{tuple(p.shape)} (trained with other --config / size flags?)")
+        copy_rows(p, lambda a, b, t=state[name]: t[a:b])
+
+
+def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> TwinTower:
+    """An eval-mode model from our checkpoint (EMA weights by default) or from Ovi's safetensors (`full`)."""
+    if is_ovi_checkpoint(path):
+        with torch.device("meta"):  # no 47 GB of random numbers first: storage, then the weights
+            net = TwinTower(PRESETS["full"])
+        net.to_empty(device=device)
+        net.init_weights(only=load_ovi_weights(net, path)["fresh"])
+        return net.eval()
+    ckpt = load_checkpoint(path)
+    net = TwinTower(config_from_checkpoint(ckpt))
+    load_state(net, ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"], path)
+    return net.to(device).eval()
+
+
 def estimate_flops(cfg: ModelConfig, video_tokens: int, audio_tokens: int, text_tokens: int,
                    ref_video_tokens: int = 0, ref_audio_tokens: int = 0, phoneme_tokens: int = 0,
                    video: bool = True) -> float:
-    """Training FLOPs (forward + backward) per sample, REFERENCE.md "FLOP accounting".
+    """Training FLOPs (forward + backward) per sample (nanoGPT / PaLM Appendix B: 6 x weights per token).
 
     6 x weights each token passes through (stems and heads, q/k/v/o, FFN, cross q/o, prompt
     projections over text tokens, fusion k/v over the *other* stream's tokens), plus attention
@@ -588,12 +766,17 @@ def estimate_flops(cfg: ModelConfig, video_tokens: int, audio_tokens: int, text_
     return 6.0 * macs
 
 
-def toy_token_counts(cfg: ModelConfig, world: data.WorldConfig, subjects: int = 2, text_tokens: int = 250):
-    """Token counts of one toy sample (for FLOPs and bench)."""
-    v = (world.frames // cfg.patch_t) * (world.image_size // cfg.patch_h) * (world.image_size // cfg.patch_w)
-    a = world.mel_frames // cfg.audio_patch
-    rv = subjects * (world.ref_image_size // cfg.patch_h) * (world.ref_image_size // cfg.patch_w)
-    ra = subjects * world.ref_mel_frames // cfg.audio_patch
+# data.WorldConfig's default clip (2 s of 32x32 at 8 fps, 128 mel frames, 16x16 reference portraits,
+# 1 s reference voices). Held here so this file need not import the toy world; tests/test_data.py checks it.
+TOY_CLIP = dict(frames=16, image_size=32, mel_frames=128, ref_image_size=16, ref_mel_frames=64)
+
+
+def toy_token_counts(cfg: ModelConfig, clip: dict = TOY_CLIP, subjects: int = 2, text_tokens: int = 250):
+    """Token counts of one toy sample (for FLOPs and bench); `clip` holds the world's sizes (TOY_CLIP's keys)."""
+    v = (clip["frames"] // cfg.patch_t) * (clip["image_size"] // cfg.patch_h) * (clip["image_size"] // cfg.patch_w)
+    a = clip["mel_frames"] // cfg.audio_patch
+    rv = subjects * (clip["ref_image_size"] // cfg.patch_h) * (clip["ref_image_size"] // cfg.patch_w)
+    ra = subjects * clip["ref_mel_frames"] // cfg.audio_patch
     return dict(video_tokens=v, audio_tokens=a, text_tokens=text_tokens, ref_video_tokens=rv, ref_audio_tokens=ra,
                 phoneme_tokens=subjects * 12)
 
@@ -606,19 +789,19 @@ def full_token_counts(subjects: int = 2):
 
 def main():
     parser = argparse.ArgumentParser(description="Parameter counts and training FLOPs per preset.")
-    parser.add_argument("--config", choices=list(PRESETS), nargs="*", default=list(PRESETS))
+    parser.add_argument("--config", choices=list(PRESETS), nargs="*", default=list(PRESETS), help="presets to count")
     args = parser.parse_args()
     for name in args.config:
         cfg = PRESETS[name]
         with torch.device("meta"):  # no memory: the full model is 11.7B parameters
             counts = TwinTower(cfg).count_parameters()
-        tokens = full_token_counts() if name == "full" else toy_token_counts(cfg, data.WorldConfig())
+        tokens = full_token_counts() if name == "full" else toy_token_counts(cfg)
         flops = estimate_flops(cfg, **tokens)
         line = (f"{name:5s} backbone {counts['backbone']:>15,d}  additions {counts['additions']:>10,d}  "
                 f"train FLOPs/sample {flops:.3e}  ({tokens['video_tokens']}+{tokens['ref_video_tokens']} video, "
                 f"{tokens['audio_tokens']}+{tokens['ref_audio_tokens']} audio, {tokens['text_tokens']} text tokens)")
         if name == "full":
-            line += f"  vs Ovi {OVI_PARAMETERS:,d}: {100 * (counts['backbone'] / OVI_PARAMETERS - 1):+.3f}%"
+            line += f"  vs Ovi {OVI_PARAMETERS:,d}: {counts['backbone'] - OVI_PARAMETERS:+,d}"
         print(line)
 
 

@@ -10,8 +10,10 @@ Omni-Customizer Sec. 4.2 enriches the prompt *before* the DiT sees it:
   MTP-CA: T  <- T + M * CrossAttn(q = T, kv = P), M = 1 inside a line's <S> ... <E> span (attending
           only to that line's phonemes), 0 everywhere else: exactly zero outside, in value and gradient.
 
-Both towers then read the enriched T through their own projections (model.py). Text positions follow
-M-RoPE's convention (Qwen2-VL, used by SA-MRoPE): text token i sits at (i, i, i).
+`PromptEncoder` assembles all of it from a `Conditioning` (conditioning.py): the OCF sequence's reference
+tokens (OCF's own view of the references: one token per image patch and per voice frame) and their
+positions. Both towers then read the enriched T through their own projections (model.py). Text positions
+follow M-RoPE's convention (Qwen2-VL, used by SA-MRoPE): text token i sits at (i, i, i).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rope
+from attention import attention, key_padding
 
 
 class TextBlock(nn.Module):
@@ -38,7 +41,7 @@ class TextBlock(nn.Module):
         B, L, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)            # (B, H, L, hd)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        att = attention(q, k, v, key_padding(key_mask))                              # (B, H, L, hd)
         x = x + self.proj(att.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.norm2(x))
 
@@ -51,12 +54,11 @@ class CharTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.register_buffer("freqs", rope.rope_frequencies(dim // heads), persistent=False)
         self.head_dim = dim // heads
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(ids.shape[1], device=ids.device)[:, None].expand(-1, 3)  # (L, 3): token i -> (i, i, i)
-        angles = rope.rope_angles(pos, self.freqs, self.head_dim)[None]            # (1, L, pairs)
+        angles = rope.rope_angles(pos, rope.rope_frequencies(self.head_dim, device=ids.device), self.head_dim)[None]
         cos, sin = angles.cos(), angles.sin()
         x = self.embed(ids)
         for block in self.blocks:
@@ -143,7 +145,6 @@ class OmniContextFusion(nn.Module):
         for lin in self.back:                                     # zero-init: T passes unchanged at start
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.register_buffer("freqs", rope.rope_frequencies(dim // heads), persistent=False)
         self.head_dim = dim // heads
 
     def forward(self, text, text_mask, image_tokens, image_mask, voice_tokens, voice_mask, phonemes,
@@ -154,7 +155,8 @@ class OmniContextFusion(nn.Module):
         seq = torch.cat([self.text_in(text) + self.kind[0], self.image_in(image_tokens) + self.kind[1],
                          self.voice_in(voice_tokens) + self.kind[2], phonemes + self.kind[3]], dim=1)  # (B, S, dim)
         mask = torch.cat([text_mask, image_mask, voice_mask, phoneme_mask], dim=1)
-        angles = rope.rope_angles(positions.to(text.device), self.freqs, self.head_dim)   # (B, S, pairs)
+        freqs = rope.rope_frequencies(self.head_dim, device=text.device)
+        angles = rope.rope_angles(positions, freqs, self.head_dim)                        # (B, S, pairs)
         cos, sin = angles.cos(), angles.sin()
         for block, back in zip(self.blocks, self.back):
             seq = block(seq, cos, sin, mask)
@@ -197,7 +199,72 @@ class MaskedPhonemeCrossAttention(nn.Module):
         safe = allowed | ~gate                # rows with no key would be NaN: give them all keys, then zero them
         split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731 (B, H, S, hd)
         kv = phonemes.reshape(B, M * P, -1)
-        out = F.scaled_dot_product_attention(split(self.q(self.norm(text))), split(self.k(kv)), split(self.v(kv)),
-                                             attn_mask=safe[:, None])
+        out = attention(split(self.q(self.norm(text))), split(self.k(kv)), split(self.v(kv)), safe[:, None])
         out = self.o(out.transpose(1, 2).flatten(2))
         return text + out * gate                                   # the hard gate: exact zeros outside spans
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole prompt side, from a Conditioning to the features both towers read
+# ------------------------------------------------------------------------------------------------
+
+
+class PromptEncoder(nn.Module):
+    """Sec. 4.2 end to end: text encoder (toy) -> phoneme encoder -> OCF -> MTP-CA, each behind its switch.
+
+    `cfg` is model.ModelConfig (read by attribute: this file does not import model.py).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.text_layers > 0:  # the toy's own encoder; real runs bring precomputed umT5 features
+            self.text_encoder = CharTextEncoder(cfg.text_vocab, cfg.text_dim, cfg.text_layers, cfg.text_heads)
+        if cfg.ocf or cfg.mtp_ca:
+            self.phoneme_encoder = PhonemeEncoder(cfg.phoneme_vocab, cfg.fusion_dim, cfg.phoneme_layers)
+        if cfg.ocf:
+            image_token = cfg.patch_h * cfg.patch_w * cfg.video_channels   # one reference-image patch
+            self.ocf = OmniContextFusion(cfg.text_dim, cfg.fusion_dim, cfg.ocf_layers, cfg.ocf_heads, image_token,
+                                         cfg.audio_token_dim)
+        if cfg.mtp_ca:
+            self.mtp_ca = MaskedPhonemeCrossAttention(cfg.text_dim, cfg.fusion_dim, cfg.ocf_heads)
+
+    def forward(self, cond) -> torch.Tensor:
+        """cond: a Conditioning -> (B, L, text_dim) prompt features (padding rows of the toy encoder are 0)."""
+        cfg = self.cfg
+        text = self.text_encoder(cond.text, cond.text_mask) if cfg.text_layers > 0 else cond.text
+        if not (cfg.ocf or cfg.mtp_ca):
+            return text
+        phonemes = self.phoneme_encoder(cond.line_phonemes, cond.phoneme_mask)         # (B, M, P, fusion_dim)
+        if cfg.ocf:
+            text = self.fuse(text, phonemes, cond)
+        if cfg.mtp_ca and phonemes.shape[1] * phonemes.shape[2] > 0:
+            text = self.mtp_ca(text, phonemes, cond.phoneme_mask, cond.speech_spans, cond.line_mask)
+        return text
+
+    def reference_tokens(self, cond):
+        """OCF's own view of the references: (image patch tokens (B, K*h'*w', ph*pw*C), (h', w'),
+        voice frame tokens (B, K*T_r', p*C_a), T_r')."""
+        cfg = self.cfg
+        B, K = cond.ref_images.shape[:2]
+        img = cond.ref_images.unflatten(-2, (-1, cfg.patch_h)).unflatten(-1, (-1, cfg.patch_w))  # (B,K,C,h',ph,w',pw)
+        ref_hw = (img.shape[3], img.shape[5])
+        img = img.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, K * ref_hw[0] * ref_hw[1], -1)   # (B, K*h'*w', ph*pw*C)
+        voice = cond.ref_audio.reshape(B, K, -1, cfg.audio_token_dim)                    # (B, K, T_r', p*C_a)
+        return img, ref_hw, voice.flatten(1, 2), voice.shape[2]
+
+    def fuse(self, text, phonemes, cond):
+        """Omni-Context Fusion of [text | reference images | reference voices | phonemes] (Sec. 4.2)."""
+        cfg = self.cfg
+        B, M, P, _ = phonemes.shape
+        images, ref_hw, voices, T_r = self.reference_tokens(cond)
+        if cfg.ocf_rope == "sa_mrope":  # Eq. 3-4: references anchored to their descriptor, phonemes to their line
+            pos = rope.sa_mrope_positions(text.shape[1], cond.subject_spans, ref_hw, T_r, cond.speech_spans,
+                                          cond.phoneme_mask, cfg.sa_mrope_phoneme_w)
+        else:                           # Table 2's "+OCF" row: one running 1D index over the concatenation
+            pos = rope.sequential_positions(text.shape[1] + images.shape[1] + voices.shape[1] + M * P, B,
+                                            device=text.device)
+        image_mask = cond.image_mask.repeat_interleave(ref_hw[0] * ref_hw[1], 1)         # (B, K*h'*w')
+        voice_mask = cond.voice_mask.repeat_interleave(T_r, 1)                           # (B, K*T_r')
+        return self.ocf(text, cond.text_mask, images, image_mask, voices, voice_mask, phonemes.flatten(1, 2),
+                        cond.phoneme_mask.flatten(1, 2), pos)

@@ -37,10 +37,16 @@ def rope_sections(head_dim: int) -> tuple[int, int, int]:
     return pairs - 2 * hw, hw, hw
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+_FREQUENCIES: dict = {}  # (head_dim, theta, device) -> table: made once, never a module buffer (meta-safe)
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, device="cpu") -> torch.Tensor:
     """(pairs,) angular frequency of each rotary pair; each section has its own ladder theta^(-i/n)."""
-    ladders = [theta ** (-torch.arange(n, dtype=torch.float64) / n) for n in rope_sections(head_dim)]
-    return torch.cat(ladders).float()
+    key = (head_dim, theta, str(device))
+    if key not in _FREQUENCIES:
+        ladders = [theta ** (-torch.arange(n, dtype=torch.float64) / n) for n in rope_sections(head_dim)]
+        _FREQUENCIES[key] = torch.cat(ladders).float().to(device)
+    return _FREQUENCIES[key]
 
 
 def rope_angles(positions: torch.Tensor, freqs: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -99,9 +105,9 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
     return (torch.cat(images) if images else empty), (torch.cat(voices) if voices else empty)
 
 
-def sequential_positions(lengths_total: int, batch: int) -> torch.Tensor:
+def sequential_positions(lengths_total: int, batch: int, device=None) -> torch.Tensor:
     """(B, S, 3): token i of a concatenated sequence at (i, i, i) (OCF with plain 1D RoPE)."""
-    return torch.arange(lengths_total, dtype=torch.float)[None, :, None].expand(batch, -1, 3)
+    return torch.arange(lengths_total, dtype=torch.float, device=device)[None, :, None].expand(batch, -1, 3)
 
 
 def sa_mrope_positions(text_len: int, subject_spans: torch.Tensor, ref_hw: tuple[int, int], ref_voice_len: int,
@@ -123,28 +129,30 @@ def sa_mrope_positions(text_len: int, subject_spans: torch.Tensor, ref_hw: tuple
     a value no prompt token has). Padded subjects / phonemes get positions too; they are masked anyway.
 
     Args: subject_spans (B, K, 2) descriptor [start, end) with end <= 0 for padding; speech_spans (B, M, 2);
-        phoneme_mask (B, M, P). Returns (B, L + K*h*w + K*T_r + M*P, 3) float positions.
+        phoneme_mask (B, M, P). Returns (B, L + K*h*w + K*T_r + M*P, 3) float positions, on the spans'
+        device (computed there: no copy to the host and back in every forward).
     """
     B, K, _ = subject_spans.shape
+    dev = subject_spans.device
     h, w = ref_hw
     block = max(h, w) + ref_voice_len
     ends = subject_spans[..., 1].float()
     ends = torch.where(ends > 0, ends, torch.full_like(ends, float("inf")))         # padding never shifts text
-    token = torch.arange(text_len, dtype=torch.float)
+    token = torch.arange(text_len, dtype=torch.float, device=dev)
     text_pos = token + block * (ends[:, None, :] <= token[None, :, None]).sum(-1)    # (B, L)
     earlier = (ends[:, None, :] < ends[:, :, None]).sum(-1)                           # (B, K) descriptors before k
     base = torch.where(ends.isfinite(), ends + block * earlier, torch.zeros_like(ends))  # b_k (B, K)
-    grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    grid_y, grid_x = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
     image = torch.stack([base[..., None].expand(B, K, h * w), base[..., None] + grid_y.flatten(),
                          base[..., None] + grid_x.flatten()], dim=-1).reshape(B, K * h * w, 3)
-    voice_t = base[..., None] + max(h, w) + torch.arange(ref_voice_len)              # (B, K, T_r)
+    voice_t = base[..., None] + max(h, w) + torch.arange(ref_voice_len, device=dev)              # (B, K, T_r)
     voice = voice_t.reshape(B, -1, 1).expand(-1, -1, 3)
     # phonemes: interpolate over the positions of their line's <S> and <E> tokens
     s_tok = speech_spans[..., 0].clamp(0, text_len - 1)
     e_tok = (speech_spans[..., 1] - 1).clamp(0, text_len - 1)
     s_pos, e_pos = text_pos.gather(1, s_tok), text_pos.gather(1, e_tok)              # (B, M)
     n = phoneme_mask.sum(-1, keepdim=True).clamp_min(1).float()                       # (B, M, 1)
-    j = torch.arange(phoneme_mask.shape[-1], dtype=torch.float)
+    j = torch.arange(phoneme_mask.shape[-1], dtype=torch.float, device=dev)
     q = s_pos[..., None] + (e_pos - s_pos)[..., None] * (j + 1) / (n + 1)            # (B, M, P)
     phon = torch.stack([q, q, torch.full_like(q, phoneme_w)], dim=-1).reshape(B, -1, 3)
     text = text_pos[..., None].expand(-1, -1, 3)

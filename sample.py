@@ -21,16 +21,18 @@ index.html showing references, caption and result (and the toy world's own clip 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import html
 import os
-import shutil
 
 import numpy as np
 import torch
 
 import data
-import train
+import model as model_lib
+import speech
+from model import Conditioning
 
 
 class InputError(ValueError):
@@ -81,54 +83,54 @@ class Guidance:
         return v["pos"], a["pos"]
 
 
-def conditionings(batch: dict, names: list[str], device) -> dict:
-    """The model inputs of each pass, concatenated along the batch in the order of `names`."""
-    # user inputs carry no audio; every batch carries reference voices
-    B = batch["audio"].shape[0] if "audio" in batch else batch["ref_audio"].shape[0]
-    variants = []
-    for name in names:
-        cond = train.model_inputs(batch, device, drop_text=torch.ones(B, dtype=torch.bool) if name == "neg" else None)
-        if name == "no_video_ref":
-            cond["ref_images"] = torch.zeros_like(cond["ref_images"])
-        if name == "no_audio_ref":
-            cond["ref_audio"] = torch.zeros_like(cond["ref_audio"])
-        variants.append(cond)
-    return {k: torch.cat([c[k] for c in variants]) for k in variants[0]}
+def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
+    """The conditioning of each guidance pass, concatenated along the batch in the order of `names`.
+
+    The negative passes use the very operations training's condition dropout uses (conditioning.py), so
+    each asks the model something it was trained on: "neg" = the empty prompt (references kept),
+    "no_video_ref" / "no_audio_ref" = the reference images / voices masked out of every attention."""
+    everyone = torch.ones(cond.batch_size, dtype=torch.bool)
+    make = {"pos": lambda: cond, "neg": lambda: cond.drop_prompt(everyone),
+            "no_video_ref": lambda: cond.drop_references(everyone, voices=False),
+            "no_audio_ref": lambda: cond.drop_references(everyone, images=False)}
+    return Conditioning.cat([make[name]() for name in names])
 
 
 @torch.no_grad()
-def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
+def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
            guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
-           source_video=None, driving_audio=None, keep_source: bool = True):
-    """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning in `batch`.
+           keep_source: bool = True):
+    """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
 
-    batch: a collated batch (caption structure and references, as data.collate gives).
-    source_video (B, T, C+1, H, W) for RV2AV, driving_audio (B, T_a, C_a) for RA2V.
+    cond.source_video (B, T, C+1, H, W) makes it RV2AV, cond.driving_audio (B, T_a, C_a) RA2V.
     keep_source (RV2AV): after every step, the region outside the mask is reset to the source noised to
         the current level (inpainting by replacement; like DreamID-Omni's sampler, which overwrites the
         clean reference tail at every step), so what is not to be edited stays the source.
-    Deterministic per seed: the noise comes from its own generator.
+    Deterministic per seed: the noise comes from its own generator. bf16 autocast on CUDA.
     """
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG is left alone
     x_v = torch.randn(video_shape, generator=gen).to(device)  # t = 1: pure noise
     x_a = torch.randn(audio_shape, generator=gen).to(device)
     B = video_shape[0]
     names = guidance.passes()  # e.g. ["pos", "neg"]: each step evaluates all of them as one batch
     n = len(names)
-    cond = conditionings(batch, names, device)
-    extra = dict(source_video=None if source_video is None else source_video.repeat(n, 1, 1, 1, 1).to(device),
-                 driving_audio=None if driving_audio is None else driving_audio.repeat(n, 1, 1).to(device))
+    batched = conditionings(cond, names).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
-        v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, **extra, **cond)  # (B * n, ...)
-        return guidance.combine(dict(zip(names, v.chunk(n))), dict(zip(names, a.chunk(n))))
+        with autocast:
+            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched)  # (B * n, ...)
+        v, a = guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
+        return v, a
 
-    replace = keep_source and source_video is not None
+    replace = keep_source and cond.source_video is not None
     if replace:
         C = video_shape[2]
-        known, edit = source_video[:, :, :C].to(device), source_video[:, :, C:].to(device)  # edit: 1 = regenerate
+        source = cond.source_video.to(device)
+        known, edit = source[:, :, :C], source[:, :, C:]  # edit: 1 = regenerate
         source_noise = x_v.clone()  # one fixed noise draw for the kept region's path
     sigmas = schedule(steps, shift)
     for i in range(steps):
@@ -140,7 +142,7 @@ def sample(net, batch: dict, video_shape, audio_shape, steps: int = 30, shift: f
         x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a  # Euler: dx = v dt, dt < 0
         if replace:  # the kept region follows the source's own path x_t = (1 - t) source + t noise
             x_v = edit * x_v + (1 - edit) * ((1 - s_next) * known + s_next * source_noise)
-    return x_v.clamp(-1, 1), x_a  # pixels live in [-1, 1]; mel frames are unbounded
+    return x_v.clamp(-1, 1) if video_shape[2] == 3 else x_v, x_a  # pixels live in [-1, 1]; latents and mel do not
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
         wav = load_wav(p, world.sample_rate)[:ref_len]
         voices.append(torch.nn.functional.pad(wav, (0, ref_len - wav.numel())))  # cut / pad to the ref length
     sample = dict(fields, ref_images=torch.stack([load_image(p, world.ref_image_size) for p in image_paths]),
-                  ref_audio=data.wav_to_mel(torch.stack(voices), world))
+                  ref_audio=speech.wav_to_mel(torch.stack(voices), world))
     return data.collate([sample])
 
 
@@ -223,23 +225,29 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
 
 def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: data.WorldConfig, caption: str,
                   ref_images: torch.Tensor, ref_audio: torch.Tensor, truth: dict | None = None):
-    """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html."""
+    """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html.
+
+    Writes into out_dir and never deletes anything but its own stale outputs (an mp4 or truth clip from an
+    earlier run that this one does not write), so a folder holding other files, or the checkpoint, is safe."""
     os.makedirs(out_dir, exist_ok=True)
+    for name in ("video.mp4", "truth.gif", "truth.wav"):  # ours from an earlier run; rewritten below if still due
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
     frames = data.to_uint8(video)
     data.save_gif(os.path.join(out_dir, "video.gif"), frames, world.fps)   # what a person watches
     data.contact_sheet(frames).save(os.path.join(out_dir, "frames.png"))   # every frame at once, for the page
-    wav = data.mel_to_wav(mel, world)                                       # Griffin-Lim: the toy has no vocoder
-    data.save_wav(os.path.join(out_dir, "audio.wav"), wav, world.sample_rate)
+    wav = speech.mel_to_wav(mel, world)                                       # Griffin-Lim: the toy has no vocoder
+    speech.save_wav(os.path.join(out_dir, "audio.wav"), wav, world.sample_rate)
     data.mel_image(mel).save(os.path.join(out_dir, "mel.png"))
     mp4 = write_mp4(os.path.join(out_dir, "video.mp4"), frames, wav, world)
     refs = []
     for k in range(len(ref_images)):
         data.contact_sheet(data.to_uint8(ref_images[k:k + 1]), scale=8, columns=1).save(os.path.join(out_dir, f"ref{k + 1}.png"))
-        data.save_wav(os.path.join(out_dir, f"ref{k + 1}.wav"), data.mel_to_wav(ref_audio[k], world), world.sample_rate)
+        speech.save_wav(os.path.join(out_dir, f"ref{k + 1}.wav"), speech.mel_to_wav(ref_audio[k], world), world.sample_rate)
         refs.append(k + 1)
     if truth is not None:
         data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
-        data.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
+        speech.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
     # the page shows the mp4 (picture and sound together) when PyAV wrote one, else the gif and the wav
     media = (f'<video src="video.mp4" controls loop width="256"></video>' if mp4 else
              '<img src="video.gif" width="256"><br><audio src="audio.wav" controls></audio>')
@@ -320,7 +328,7 @@ def task_condition(args, world: data.WorldConfig, truth: dict | None):
             raise InputError("--task ra2v needs --driving_audio (a .wav)")
         wav = load_wav(args.driving_audio, world.sample_rate)[: world.samples]
         wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))  # exactly one clip long
-        return None, data.wav_to_mel(wav, world)[None]
+        return None, speech.wav_to_mel(wav, world)[None]
     return None, None
 
 
@@ -329,19 +337,38 @@ def demo_case(world: data.WorldConfig, seed: int) -> dict:
     return data.make_clip(data.sample_rng(seed, 2, 0, 0), world)
 
 
-def main():
+def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
+    """A real-data case: sample `index` of a latent shard (shards.py's format) -> (Conditioning, video shape,
+    audio shape). For Ovi-size models, which read VAE latents and umT5 features rather than the toy world."""
+    import shards  # real data only; the toy path never needs it
+    try:
+        shard = shards.LatentShards.load(path, shards.ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim))
+    except shards.ShardError as e:
+        raise InputError(str(e)) from None
+    n = shard["video"].shape[0]
+    if not 0 <= index < n:
+        raise InputError(f"--latent_index {index}: {path} holds samples 0..{n - 1}")
+    one = {k: v[index: index + 1] for k, v in shard.items()}
+    return Conditioning.from_batch(one), tuple(one["video"].shape), tuple(one["audio"].shape)
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description="Generate a clip with sound from a caption and references.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--ckpt", required=True, help="our ckpt.pt (train.py), or Ovi's .safetensors / index / folder")
     parser.add_argument("--caption", help="structured caption with <subk> anchors and <S> ... <E> lines")
     parser.add_argument("--ref_image", action="append", default=[], help="reference image, once per subject")
     parser.add_argument("--ref_audio", action="append", default=[], help="reference voice .wav, once per subject")
     parser.add_argument("--demo", action="store_true", help="use a built-in toy case (held-out identities)")
     parser.add_argument("--scene", default="single", choices=["single", "dialogue", "complex", "mixed"],
                         help="--demo: which kind of scene")
-    parser.add_argument("--out_dir", default="out/sample")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--latent_cond", help="real data: a latent shard whose conditioning to sample (writes latents.pt)")
+    parser.add_argument("--latent_index", type=int, default=0, help="--latent_cond: which sample of the shard")
+    parser.add_argument("--out_dir", default="out/sample", help="where to write (only our own files are replaced)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda (default when available; bf16 autocast) or cpu")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps (Ovi: 50)")
     parser.add_argument("--shift", type=float, default=3.0, help="schedule shift (Ovi: 5 at 720p)")
-    parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
+    parser.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver")
     parser.add_argument("--task", choices=["r2av", "rv2av", "ra2v"], default="r2av", help="DreamID-Omni's tasks")
     parser.add_argument("--source_video", help="rv2av: the video to edit (.gif/.webp)")
     parser.add_argument("--source_mask", help="rv2av: mask animation, white = the region to regenerate")
@@ -355,40 +382,66 @@ def main():
         if field.name != "mode":
             parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
                                 help=f"guidance scale ({'plain' if field.name.startswith('cfg') else 'multi'})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
-    args = parser.parse_args()
-    try:  # every input problem ends here as one line, before any model work
-        ckpt = train.load_checkpoint(args.ckpt)
-        world = data.WorldConfig(**ckpt["world_config"])  # sizes, rates and mel settings the model knows
-        truth = None
-        if args.demo:  # a held-out toy case: its caption and references, and its own clip to compare with
-            truth = demo_case(dataclasses.replace(world, scene=args.scene), args.seed)
-            caption = truth["caption"]
-            batch = data.collate([{k: truth[k] for k in ("text_ids", "subject_spans", "speech_spans", "line_speaker",
-                                                          "line_phonemes", "ref_images", "ref_audio")}])
-        else:
-            if not args.caption:
-                raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
-            caption = args.caption
-            batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
-        source_video, driving_audio = task_condition(args, world, truth)
-    except (InputError, train.CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
-    net = train.model_from_checkpoint(ckpt, use_ema=not args.no_ema)
+    return parser.parse_args()
+
+
+def toy_case(args, world: data.WorldConfig):
+    """(caption, batch of one, Conditioning, truth or None) from --demo or the user's caption and files."""
+    truth = None
+    if args.demo:  # a held-out toy case: its caption and references, and its own clip to compare with
+        truth = demo_case(dataclasses.replace(world, scene=args.scene), args.seed)
+        caption = truth["caption"]
+        batch = data.collate([{k: truth[k] for k in ("text_ids", "subject_spans", "speech_spans", "line_speaker",
+                                                      "line_phonemes", "ref_images", "ref_audio")}])
+    else:
+        if not args.caption:
+            raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
+        caption = args.caption
+        batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
+    source_video, driving_audio = task_condition(args, world, truth)
+    return caption, batch, Conditioning.from_batch(batch, source_video, driving_audio), truth
+
+
+def main():
+    args = parse_args()
     guidance = Guidance(mode=args.guidance, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
                                               if f.name != "mode"})
-    video, audio = sample(net, batch, (1, world.frames, 3, world.image_size, world.image_size),
-                          (1, world.mel_frames, world.n_mels), steps=args.steps, shift=args.shift, guidance=guidance,
-                          seed=args.seed, solver=args.solver, source_video=source_video, driving_audio=driving_audio,
-                          keep_source=args.keep_source)
-    if driving_audio is not None:  # RA2V: the sound is the given track
-        audio = driving_audio
-    if os.path.isdir(args.out_dir):  # a fresh folder: no stale mp4 or truth from an earlier run beside the new clip
-        shutil.rmtree(args.out_dir)
-    write_outputs(args.out_dir, video[0], audio[0], world, caption, batch["ref_images"][0], batch["ref_audio"][0], truth)
+    run = dict(steps=args.steps, shift=args.shift, guidance=guidance, seed=args.seed, solver=args.solver,
+               device=args.device, keep_source=args.keep_source)
+    try:  # every input problem ends here as one line, before any model work
+        if model_lib.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
+            return sample_latents(args, run)
+        ckpt = model_lib.load_checkpoint(args.ckpt)
+        world = data.WorldConfig(**ckpt["world_config"])  # sizes, rates and mel settings the model knows
+        caption, batch, cond, truth = toy_case(args, world)
+        net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+    except (InputError, model_lib.CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
+    video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
+                          (1, world.mel_frames, world.n_mels), **run)
+    if cond.driving_audio is not None:  # RA2V: the sound is the given track
+        audio = cond.driving_audio
+    write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
+                  batch["ref_audio"][0], truth)
     print(f"caption: {caption}")
     print(f"wrote {args.out_dir}/index.html (video.gif, audio.wav{', video.mp4' if os.path.exists(os.path.join(args.out_dir, 'video.mp4')) else ''})")
+
+
+def sample_latents(args, run: dict):
+    """Real data: sample the conditioning of a latent shard and save the latents (decode them with the
+    Wan2.2 VAE and the MMAudio VAE, which this repository does not ship)."""
+    if not args.latent_cond:
+        raise InputError(f"{args.ckpt} is a latent model (Ovi): give --latent_cond SHARD.pt with the umT5 prompt "
+                         "features and reference latents to sample (shards.py's format)")
+    net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+    cond, video_shape, audio_shape = latent_case(args.latent_cond, args.latent_index, net.cfg)
+    video, audio = sample(net, cond, video_shape, audio_shape, **run)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "latents.pt")
+    torch.save(dict(video=video[0].cpu(), audio=audio[0].cpu()), path)
+    print(f"wrote {path}: video latents {tuple(video.shape[1:])}, audio latents {tuple(audio.shape[1:])}")
 
 
 if __name__ == "__main__":

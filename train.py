@@ -46,30 +46,31 @@ import torch.nn.functional as F
 import data
 import model as model_lib
 import shards
+from conditioning import Conditioning
 
 
 @dataclass
 class TrainConfig:
     config: str = "toy"                # model preset: toy | small | full
-    out_dir: str = "out/toy"
+    out_dir: str = "out/toy"           # the run's folder: ckpt.pt, log.jsonl, loss.png (a run there resumes)
     data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
-    max_steps: int = 100000
+    max_steps: int = 100000            # optimizer steps (joint and audio-only alike)
     max_minutes: float = 0.0           # stop (and save) after this much wall time; 0 = no limit
     batch_size: int = 8                # per rank, per micro-step
-    grad_accum: int = 1
-    lr: float = 2e-3
+    grad_accum: int = 1                # micro-steps per optimizer step
+    lr: float = 2e-3                   # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
+    warmup_steps: int = 100            # linear warm-up from 0 to lr
     decay_steps: int = 0               # length of the cosine (0 = max_steps); steps past it stay at the floor
     backbone_lr_schedule: str = "cosine"  # cosine | constant (new modules always decay to min_lr_ratio)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    weight_decay: float = 0.01         # AdamW decoupled weight decay
+    grad_clip: float = 1.0             # clip the global gradient norm to this
+    ema_decay: float = 0.999           # EMA of the weights (after its warm-up); sampling uses the EMA
     t_mean: float = 0.0                # logit-normal t: sigmoid(N(t_mean, t_std))
-    t_std: float = 1.0
+    t_std: float = 1.0                 # logit-normal t: the normal's standard deviation
     t_shift: float = 1.0               # >1 moves training time toward noise (SD3 / Ovi's shift)
-    video_loss_weight: float = 1.0
-    audio_loss_weight: float = 1.0
+    video_loss_weight: float = 1.0     # weight of the video MSE in the loss
+    audio_loss_weight: float = 1.0     # weight of the audio MSE in the loss
     cond_drop: float = 0.1             # drop the caption / references independently, so CFG has an unconditional
     # --- training strategy ---
     interleave_audio: int = 1          # audio-only steps per joint step (Omni-Customizer: 1:1; 0 = off)
@@ -77,12 +78,12 @@ class TrainConfig:
     stage: int = 0                     # 0 = the world flags as given; 1-4 = a curriculum stage (STAGES)
     curriculum: bool = False           # run stages 1.. in order, stage_steps each
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
-    init_from: str = ""                # start from this checkpoint's weights (e.g. the previous stage)
+    init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
     masked_loss: bool = True           # DreamID-Omni: exclude where in-pair references were cut from
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 200
+    seed: int = 0                      # initial weights, data stream and noise
+    log_every: int = 10                # steps per log.jsonl record (the only steps that sync with the device)
+    ckpt_every: int = 200              # steps per checkpoint (also at the end and on --max_minutes)
     workers: int = 0                   # DataLoader workers for the toy world (it is fast: 0 is fine on 2 cores)
     compile: bool = False              # torch.compile each TwinLayer in place
     grad_ckpt: bool = False            # activation checkpointing per TwinLayer
@@ -103,12 +104,27 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def field_help(cls) -> dict:
+    """{field: its trailing comment} read from the dataclass's source, so `--help` says what each flag does."""
+    import inspect
+    import re
+    found = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
+
+
 def add_dataclass_flags(parser, cls, defaults_none: bool = False):
+    """One flag per field of `cls`, typed like the field, with the field's comment as its help."""
+    helps = field_help(cls)
     for f in dataclasses.fields(cls):
         kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), None)
         kind = kind or (type(f.default) if f.default is not None else str)
+        default = "the preset's" if defaults_none else f.default
         parser.add_argument(f"--{f.name}", type=kind, default=None if defaults_none else f.default,
-                            help=f"{cls.__name__}.{f.name} (default: {'preset' if defaults_none else f.default})")
+                            help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
 
 
 def parse_args(argv=None):
@@ -131,38 +147,6 @@ def sample_t(n: int, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Logit-normal flow time, then the shift toward noise."""
     t = torch.sigmoid(tc.t_mean + tc.t_std * torch.randn(n, generator=gen))
     return tc.t_shift * t / (1 + (tc.t_shift - 1) * t)
-
-
-def model_inputs(batch: dict, device, drop_text=None, drop_refs=None) -> dict:
-    """The model's conditioning from a batch; samples flagged in drop_* lose caption / references.
-
-    A dropped caption becomes the empty prompt (one space token) and takes its structure with it (no
-    descriptors, no lines, no phonemes), so the unconditional branch of CFG sees nothing of the text.
-    """
-    text = batch["text_emb"] if "text_emb" in batch else batch["text_ids"]
-    cond = dict(text=text, text_mask=batch["text_mask"], subject_mask=batch["subject_mask"],
-                ref_images=batch["ref_images"], ref_audio=batch["ref_audio"],
-                subject_spans=batch["subject_spans"], speech_spans=batch["speech_spans"],
-                line_mask=batch["line_mask"], line_phonemes=batch["line_phonemes"],
-                phoneme_mask=batch.get("phoneme_mask", batch["line_phonemes"] > 0),
-                ref_image_mask=batch.get("ref_image_mask", batch["subject_mask"]))
-    cond = {k: v.to(device) for k, v in cond.items()}
-    if drop_text is not None and drop_text.any():
-        keep = ~drop_text.to(device)
-        if cond["text"].dim() == 2:  # ids: only a single space token remains valid
-            cond["text"] = torch.where(keep[:, None], cond["text"], torch.full_like(cond["text"], data.PAD_ID))
-            cond["text"][~keep, 0] = data.TOKEN_ID[" "]
-            cond["text_mask"] = cond["text_mask"] & keep[:, None]
-            cond["text_mask"][~keep, 0] = True
-        else:                        # precomputed embeddings: zeroed
-            cond["text"] = cond["text"] * keep[:, None, None]
-        cond["subject_spans"] = cond["subject_spans"] * keep[:, None, None]
-        cond["line_mask"] = cond["line_mask"] & keep[:, None]
-        cond["phoneme_mask"] = cond["phoneme_mask"] & keep[:, None, None]
-    if drop_refs is not None:
-        cond["subject_mask"] = cond["subject_mask"] & ~drop_refs.to(device)[:, None]
-        cond["ref_image_mask"] = cond["ref_image_mask"] & ~drop_refs.to(device)[:, None]
-    return cond
 
 
 # The curriculum. Omni-Customizer 5.1: stage 1 single-subject in-pair with the audio-only steps, stage 2
@@ -221,12 +205,14 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
               task_weights=(1.0, 0.0, 0.0)):
     """Rectified-flow loss on one batch (joint, or audio-only with video=False).
 
-    Returns (loss, stats) with per-sample t, loss_audio and (joint) loss_video, task."""
+    Returns (loss, stats): per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`:
+    reading them is a device sync, left to the logging steps)."""
     audio = batch["audio"].to(device)
     B = audio.shape[0]
     t = sample_t(B, tc, gen)
-    # independent caption / reference dropout: the negative passes of (multi-condition) CFG are then in-distribution
-    drop_text, drop_refs = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(2))
+    # independent prompt / reference-image / reference-voice dropout: every negative pass of (multi-condition)
+    # CFG is then in distribution (conditioning.py)
+    drop_text, drop_images, drop_voices = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(3))
     # DreamID-Omni's omni-task mix: each sample is R2AV / RV2AV / RA2V with these odds (default: all R2AV)
     tasks = torch.multinomial(torch.tensor(task_weights, dtype=torch.float), B, replacement=True, generator=gen)
     noise_a = torch.randn(audio.shape, generator=gen).to(device)
@@ -239,8 +225,9 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
         tv = t_dev.view(B, 1, 1, 1, 1)
         xt_v, target_v = (1 - tv) * x0_v + tv * noise_v, noise_v - x0_v          # v = noise - x0
         source, driving = task_inputs(batch, tasks, device)
-    cond = model_inputs(batch, device, drop_text.to(device), drop_refs.to(device))
-    pred_v, pred_a = net(xt_v, xt_a, t_dev, source_video=source, driving_audio=driving, **cond)
+    cond = Conditioning.from_batch(batch, source, driving).to(device)
+    cond = cond.drop_prompt(drop_text).drop_references(drop_images, voices=False).drop_references(drop_voices, images=False)
+    pred_v, pred_a = net(xt_v, xt_a, t_dev, cond)
     audio_mask = torch.ones(B, audio.shape[1], 1)
     video_mask = None
     if video and tc.masked_loss and "ref_frame" in batch:
@@ -249,12 +236,12 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     # RA2V is given its audio: only the video is generated, so only the video is scored
     audio_weight = (tasks != 2).float().to(device) if video else torch.ones(B, device=device)
     loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
-    stats = dict(t=t, loss_audio=loss_a.detach().cpu(), task=tasks)
+    stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
     if video:
         mask = torch.ones_like(x0_v[:, :, :1]) if video_mask is None else video_mask.to(device)
         loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4))
         loss = loss + tc.video_loss_weight * loss_v.mean()
-        stats["loss_video"] = loss_v.detach().cpu()
+        stats["loss_video"] = loss_v.detach()
     return loss, stats
 
 
@@ -321,24 +308,6 @@ def setup_distributed():
     return rank, world, device
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; one line for the user."""
-
-
-def load_checkpoint(path: str) -> dict:
-    """torch.load with weights_only=True; a corrupt or foreign file stops with one clear line."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint; train one with train.py --out_dir ...")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}); "
-                              "it may be truncated - use an earlier one or retrain") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise CheckpointError(f"{path}: is not a checkpoint written by train.py")
-    return ckpt
-
-
 def save_atomic(obj, path: str):
     """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
     tmp = path + ".tmp"
@@ -351,16 +320,309 @@ def full_tensor(x):
     return x.full_tensor() if hasattr(x, "full_tensor") else x
 
 
-def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> model_lib.TwinTower:
-    cfg = model_lib.ModelConfig(**ckpt["model_config"])
-    net = model_lib.TwinTower(cfg)
-    net.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
-    return net.eval()
+def autocast(device):
+    """bf16 autocast on CUDA; nothing on CPU (no gain there). Norms, modulation and RoPE stay fp32 inside."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------------
-# The loop
+# Building a run: configs -> model on the meta device -> wrap (compile, FSDP2) -> weights -> EMA, optimizer
 # ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+    tc: TrainConfig
+    mcfg: model_lib.ModelConfig
+    wcfg: data.WorldConfig
+    net: model_lib.TwinTower          # the module (FSDP2 shards it in place)
+    wrapped: torch.nn.Module          # what the forward goes through (DDP wraps `net`)
+    opt: torch.optim.Optimizer
+    ema: dict                         # name -> fp32 EMA weight, sharded like the parameter
+    frozen: set                       # parameter names an audio-only step must not update
+    rank: int
+    world: int
+    device: torch.device
+    step: int = 0
+
+    @property
+    def fsdp(self) -> bool:
+        return self.world > 1 and self.tc.fsdp
+
+
+def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, resume: dict | None,
+                init: dict | None):
+    """(ModelConfig, WorldConfig): a resumed run keeps its own; an --init_from checkpoint of ours brings its
+    model; otherwise the preset with the command line's overrides."""
+    if resume is not None:
+        return model_lib.config_from_checkpoint(resume), data.WorldConfig(**resume["world_config"])
+    wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
+    if init is not None:
+        return model_lib.config_from_checkpoint(init), wcfg
+    return dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {})), wcfg
+
+
+def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:
+    """The model on the meta device (no memory), wrapped per layer, then real storage on `device`.
+
+    torchtitan's order: activation checkpointing, compile each TwinLayer in place, FSDP2 (`fully_shard`
+    each TwinLayer -- both towers' block i, one all-gather unit -- then the root). Under FSDP2 each rank
+    then allocates only its shards: the 11.7B model is never whole on any rank."""
+    with torch.device("meta"):
+        net = model_lib.TwinTower(mcfg)
+    net.grad_ckpt = tc.grad_ckpt
+    if tc.compile:
+        for layer in net.layers:
+            layer.compile()
+    if world > 1 and tc.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        # bf16 compute with fp32 gradient reduction on GPUs; CPUs gain nothing from bf16, so fp32 there
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if device.type == "cuda" else MixedPrecisionPolicy()
+        for layer in net.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(net, mp_policy=mp)
+    return net.to_empty(device=device)
+
+
+def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
+    """Weights from (in order) the run's own checkpoint, --init_from (ours, or Ovi's safetensors: the
+    backbone from Ovi, our additions initialised), or a fresh initialisation from the seed. Each rank
+    fills only the rows it holds."""
+    if resume is not None:
+        model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
+    elif init is not None:
+        model_lib.load_state(net, init["model"], tc.init_from)
+    elif tc.init_from:  # Ovi's released weights
+        log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
+        fresh = model_lib.load_ovi_weights(net, tc.init_from, log=log)["fresh"]
+        net.init_weights(seed=tc.seed, only=set(fresh))
+    else:
+        net.init_weights(seed=tc.seed)
+
+
+def make_ema(net, source: dict | None) -> dict:
+    """The EMA of the weights, created once after wrapping: each entry is sharded like its parameter (FSDP2:
+    a DTensor shard), so no rank holds a full fp32 copy. Resumes from `source["ema"]` when there is one."""
+    ema = {n: p.detach().float().clone() for n, p in net.named_parameters()}
+    if source is not None and "ema" in source:
+        for n, e in ema.items():
+            model_lib.copy_rows(e, lambda a, b, t=source["ema"][n]: t[a:b])
+    return ema
+
+
+def make_optimizer(net, tc: TrainConfig):
+    """AdamW with two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the
+    backbone (cosine or constant, --backbone_lr_schedule)."""
+    new = [p for n, p in net.named_parameters() if n.startswith(model_lib.ADDITION_PREFIXES)]
+    old = [p for n, p in net.named_parameters() if not n.startswith(model_lib.ADDITION_PREFIXES)]
+    return torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
+                              dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
+
+
+def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, world: int, device) -> Run:
+    """Build (or resume) the run in tc.out_dir."""
+    ckpt_path = os.path.join(tc.out_dir, "ckpt.pt")
+    resume = model_lib.load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+    # --init_from of ours (e.g. the previous stage); Ovi's safetensors are read tensor by tensor in fill_weights
+    init = model_lib.load_checkpoint(tc.init_from) if tc.init_from and resume is None and \
+        not model_lib.is_ovi_checkpoint(tc.init_from) else None
+    mcfg, wcfg = run_configs(tc, model_overrides, world_overrides, resume, init)
+    torch.manual_seed(tc.seed)  # the same on every rank (weights come from init_weights' own generators)
+    net = build_model(mcfg, tc, world, device)
+    fill_weights(net, tc, resume, init)
+    wrapped = net
+    if world > 1 and not tc.fsdp:
+        # find_unused_parameters: task-input projections (and the video tower in audio-only steps) may idle
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    run = Run(tc, mcfg, wcfg, net, wrapped, make_optimizer(net, tc), make_ema(net, resume or init),
+              set(net.frozen_in_audio_only_steps()), rank, world, device)
+    if resume is not None:
+        if run.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            # strict=False: parameters that never had a gradient (unused task inputs) have no Adam state yet
+            set_optimizer_state_dict(net, run.opt, resume["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            run.opt.load_state_dict(resume["optimizer"])
+        run.step = resume["step"]
+        torch.set_rng_state(resume["rng"])  # noise and data are functions of the step; this covers the rest
+    return run
+
+
+def save(run: Run):
+    """Write ckpt.pt atomically. All ranks take part (FSDP2 gathers shards, one tensor at a time); rank 0 writes."""
+    if run.fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors on rank 0's host only
+        model_state = get_model_state_dict(run.net, options=options)
+        opt_state = get_optimizer_state_dict(run.net, run.opt, options=options)
+    else:
+        model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
+        opt_state = run.opt.state_dict()
+    ema_state = {}
+    for k, v in run.ema.items():   # every rank gathers each EMA tensor; rank 0 keeps it
+        full = full_tensor(v)
+        if run.rank == 0:
+            ema_state[k] = full.cpu()
+    if run.rank == 0:
+        tc, plan = run.tc, step_plan(run.step, run.tc)
+        save_atomic(dict(model=model_state, ema=ema_state, optimizer=opt_state, step=run.step,
+                         rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
+                         world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
+                         # for readers and tools: a resume recomputes these from `step` (step_plan)
+                         data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
+                                            audio_only_batches=plan["audio_index"] * tc.grad_accum)),
+                    os.path.join(tc.out_dir, "ckpt.pt"))
+    if run.world > 1:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop: data per stage, one optimizer step, logging that syncs only when it writes
+# ------------------------------------------------------------------------------------------------
+
+
+class StageData:
+    """Each rank's batches per (stage, kind): a new stream when the stage changes, positioned from the step
+    (step_plan), so a resumed run reads exactly the batches an uninterrupted one would."""
+
+    def __init__(self, run: Run):
+        self.run, self.loaders = run, {}
+
+    def __call__(self, plan: dict):
+        tc, audio_only = self.run.tc, plan["audio_only"]
+        key = (plan["stage"], audio_only)
+        if key not in self.loaders:
+            self.loaders.clear()  # a new stage: new streams
+            start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
+            world = dataclasses.replace(self.run.wcfg, **STAGES[plan["stage"]]["world"]) if plan["stage"] else self.run.wcfg
+            seed = tc.seed + 1000 * plan["stage"]
+            if tc.data == "toy":
+                dataset = data.ToyBatches(world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
+                                          rank=self.run.rank, start_batch=start, audio_only=audio_only)
+            else:
+                if audio_only:
+                    raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
+                dataset = shards.LatentShards(tc.data, tc.batch_size, seed=seed, rank=self.run.rank,
+                                              world=self.run.world, start_batch=start)
+            self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
+        return next(self.loaders[key])
+
+
+def gradient_sync(run: Run, last: bool):
+    """Accumulate locally over micro-steps; all-reduce (DDP) / reduce-scatter (FSDP2) on the last one only."""
+    if run.world == 1:
+        return contextlib.nullcontext()
+    if run.fsdp:
+        run.net.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if last else run.wrapped.no_sync()
+
+
+def train_step(run: Run, plan: dict, next_batch) -> dict:
+    """One optimizer step (grad_accum micro-steps), then the EMA. Returns device tensors (no sync)."""
+    tc = run.tc
+    for group in run.opt.param_groups:
+        group["lr"] = lr_at(run.step, tc, group["cosine"])
+    # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
+    gen = torch.Generator().manual_seed(hash((tc.seed, run.rank, run.step)) % (2 ** 63))
+    mix = STAGES[plan["stage"]]["task_mix"] if plan["stage"] in STAGES and STAGES[plan["stage"]]["task_mix"] \
+        else tc.task_mix
+    joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
+    out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint)
+    for micro in range(tc.grad_accum):
+        batch = next_batch(plan)
+        with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
+            loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
+                                    task_weights=[float(x) for x in mix.split(",")])
+        (loss / tc.grad_accum).backward()  # gradients add up over micro-steps: average them
+        out["loss"] = out["loss"] + loss.detach() / tc.grad_accum
+        out["loss_audio"] = out["loss_audio"] + stats["loss_audio"].mean() / tc.grad_accum
+        if joint:
+            out["loss_video"] = out["loss_video"] + stats["loss_video"].mean() / tc.grad_accum
+            out["t"].append(stats["t"])
+            out["per_sample"].append(stats["loss_video"] + stats["loss_audio"])
+    if not joint:  # the cross-tower pathway and the video tower stay exactly as they are
+        for n, p in run.net.named_parameters():
+            if n in run.frozen:
+                p.grad = None
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(run.net.parameters(), tc.grad_clip)  # before clipping
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    update_ema(run, joint)
+    return out
+
+
+@torch.no_grad()
+def update_ema(run: Run, joint: bool):
+    """ema <- decay * ema + (1 - decay) * weights, with a warm-up (early on the EMA follows closely, else a
+    short run's EMA is mostly the initial weights); frozen weights are skipped in audio-only steps."""
+    decay = ema_decay_at(run.step, run.tc)
+    for n, p in run.net.named_parameters():
+        if joint or n not in run.frozen:
+            run.ema[n].lerp_(p.detach().float(), 1 - decay)
+
+
+class Logger:
+    """Windows of step statistics kept as device tensors; `write` syncs once, at a log step.
+
+    A record: step, stage, mean losses of the joint steps (total, video, audio), of the audio-only steps,
+    joint samples/s, lr, grad norm, loss by t in quarters (minRF's diagnostic), minutes."""
+
+    def __init__(self, run: Run, path: str):
+        self.run, self.path, self.start = run, path, time.time()
+        self.reset()
+
+    def reset(self):
+        self.joint, self.audio_only, self.t, self.per_sample = [], [], [], []
+        self.samples, self.window_start, self.grad_norm = 0, time.time(), None
+
+    def add(self, out: dict):
+        if out["joint"]:
+            self.joint.append(torch.stack([torch.as_tensor(out[k], device=self.run.device)
+                                           for k in ("loss", "loss_video", "loss_audio")]))
+            self.t += out["t"]
+            self.per_sample += out["per_sample"]
+            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.world
+        else:
+            self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
+        self.grad_norm = out["grad_norm"]
+
+    def write(self, plan: dict) -> dict | None:
+        """Append a record to log.jsonl (rank 0) and reset the window; the one place that reads device values."""
+        if not self.joint:
+            return None
+        loss, loss_v, loss_a = torch.stack(self.joint).mean(0).tolist()
+        t = torch.cat(self.t)
+        per_sample = torch.cat(self.per_sample).cpu()
+        quarter = (t * 4).long().clamp(max=3)
+        record = dict(step=self.run.step, stage=plan["stage"], loss=loss, loss_video=loss_v, loss_audio=loss_a,
+                      samples_per_s=self.samples / max(time.time() - self.window_start, 1e-9),
+                      lr=lr_at(self.run.step - 1, self.run.tc), grad_norm=float(self.grad_norm),
+                      loss_by_t={f"{b / 4:.2f}-{(b + 1) / 4:.2f}": per_sample[quarter == b].mean().item()
+                                 for b in range(4) if (quarter == b).any()},
+                      minutes=(time.time() - self.start) / 60)
+        if self.audio_only:
+            record["loss_audio_only"] = torch.stack(self.audio_only).mean().item()
+        if self.run.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.reset()
+        return record
+
+
+def out_of_time(run: Run, start: float) -> bool:
+    """--max_minutes reached? Every rank must agree to stop, or the next collective hangs."""
+    late = run.tc.max_minutes > 0 and (time.time() - start) / 60 >= run.tc.max_minutes
+    if run.world > 1:
+        flag = torch.tensor([float(late)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        late = bool(flag.item())
+    return late
 
 
 def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides: dict | None = None,
@@ -370,204 +632,37 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     os.makedirs(tc.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(tc.out_dir, "ckpt.pt")
-    resume = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-    init = load_checkpoint(tc.init_from) if tc.init_from and resume is None else None  # e.g. the previous stage
-    if resume is not None:  # the run's own configuration wins: a resume continues the same run
-        mcfg = model_lib.ModelConfig(**resume["model_config"])
-        wcfg = data.WorldConfig(**resume["world_config"])
-    else:
-        mcfg = model_lib.ModelConfig(**init["model_config"]) if init else \
-            dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
-        wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
-    weights = resume if resume is not None else init  # where the weights come from, if anywhere
-
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    net = model_lib.TwinTower(mcfg).to(device)
-    net.grad_ckpt = tc.grad_ckpt
-    if weights is not None:
-        net.load_state_dict(weights["model"])
-    # EMA of the weights (kept in fp32 on every rank; DiT's six lines)
-    ema = {n: p.detach().clone().float() for n, p in net.named_parameters()}
-    if weights is not None and "ema" in weights:
-        ema = {n: weights["ema"][n].to(device).float() for n in ema}
-    if tc.compile:
-        for layer in net.layers:      # per block, in place (torchtitan's order: ckpt, compile, shard)
-            layer.compile()
-    wrapped = net  # what the forward goes through (DDP wraps; FSDP2 shards `net` in place)
-    if world > 1 and tc.fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        # bf16 compute with fp32 gradient reduction on GPUs; CPUs gain nothing from bf16, so fp32 there
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if device.type == "cuda" else MixedPrecisionPolicy()
-        for layer in net.layers:  # one all-gather unit per TwinLayer (both towers' block i), then the rest
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(net, mp_policy=mp)
-        ema = {n: p.detach().clone().float() for n, p in net.named_parameters()} if weights is None else \
-            {n: _shard_like(weights["ema"][n], p) for n, p in net.named_parameters()}
-    elif world > 1:
-        # find_unused_parameters: task-input projections (and the video tower in audio-only steps) may idle
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    # two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the backbone
-    new = [p for n, p in net.named_parameters() if n.startswith(model_lib.ADDITION_PREFIXES)]
-    old = [p for n, p in net.named_parameters() if not n.startswith(model_lib.ADDITION_PREFIXES)]
-    opt = torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
-                             dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
-    frozen_names = set(net.frozen_in_audio_only_steps())
-    frozen = [p for n, p in net.named_parameters() if n in frozen_names]
-    step = 0
-    if resume is not None:
-        opt_state = resume["optimizer"]
-        if world > 1 and tc.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            # strict=False: parameters that never had a gradient (unused task inputs) have no Adam state yet
-            set_optimizer_state_dict(net, opt, opt_state, options=StateDictOptions(full_state_dict=True, strict=False))
-        else:
-            opt.load_state_dict(opt_state)
-        step = resume["step"]
-        torch.set_rng_state(resume["rng"])  # noise and data are functions of the step; this covers the rest
-
-    # data: each rank its own stream per (stage, kind); positions follow from the step (step_plan)
-    loaders = {}
-
-    def next_batch(plan: dict, audio_only: bool):
-        key = (plan["stage"], audio_only)
-        if key not in loaders:
-            loaders.clear()  # a new stage: new streams
-            start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
-            stage_world = dataclasses.replace(wcfg, **STAGES[plan["stage"]]["world"]) if plan["stage"] else wcfg
-            seed = tc.seed + 1000 * plan["stage"]
-            if tc.data == "toy":
-                dataset = data.ToyBatches(stage_world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
-                                          rank=rank, start_batch=start, audio_only=audio_only)
-            else:
-                if audio_only:
-                    raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
-                dataset = shards.LatentShards(tc.data, tc.batch_size, seed=seed, rank=rank, world=world, start_batch=start)
-            loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
-        return next(loaders[key])
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-    def save():
-        """All ranks take part (FSDP gathers shards); rank 0 writes."""
-        if world > 1 and tc.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            opt_state = get_optimizer_state_dict(net, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        else:
-            opt_state = opt.state_dict()
-        state = {k: full_tensor(v).detach().cpu() for k, v in net.state_dict().items()}
-        ema_state = {k: full_tensor(v).cpu() for k, v in ema.items()}
-        if rank == 0:
-            plan_now = step_plan(step, tc)
-            save_atomic(dict(model=state, ema=ema_state, optimizer=opt_state, step=step, rng=torch.get_rng_state(),
-                             stage=plan_now["stage"], model_config=dataclasses.asdict(mcfg),
-                             world_config=dataclasses.asdict(wcfg), train_config=dataclasses.asdict(tc),
-                             # for readers and tools: a resume recomputes these from `step` (step_plan)
-                             data_position=dict(joint_batches=plan_now["joint_index"] * tc.grad_accum,
-                                                audio_only_batches=plan_now["audio_index"] * tc.grad_accum)),
-                        ckpt_path)
-        if world > 1:
-            dist.barrier()
-
+    run = start_run(tc, model_overrides, world_overrides, rank, world, device)
     log_path = os.path.join(tc.out_dir, "log.jsonl")
-    if resume is None and rank == 0 and os.path.exists(log_path):
+    if run.step == 0 and rank == 0 and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
-    max_steps = total_steps(tc)
-    losses, window, audio_window, bins = [], [], [], {}
-    start_time, window_start, samples_in_window = time.time(), time.time(), 0
-    progress = _progress_bar(None if tc.max_minutes > 0 else max_steps, step, rank)  # time-limited: no fake ETA
-    while step < max_steps:
-        plan = step_plan(step, tc)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc, group["cosine"])
-        # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
-        gen = torch.Generator().manual_seed(hash((tc.seed, rank, step)) % (2 ** 63))
-        mix = STAGES[plan["stage"]]["task_mix"] if plan["stage"] in STAGES and STAGES[plan["stage"]]["task_mix"] \
-            else tc.task_mix
-        task_weights = [float(x) for x in mix.split(",")]
-        joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
-        step_loss, step_v, step_a = 0.0, 0.0, 0.0
-        for micro in range(tc.grad_accum):
-            batch = next_batch(plan, plan["audio_only"])
-            last = micro == tc.grad_accum - 1
-            sync = contextlib.nullcontext()
-            if world > 1 and not last:  # accumulate locally; all-reduce once on the last micro-step
-                sync = wrapped.no_sync() if not tc.fsdp else contextlib.nullcontext()
-                if tc.fsdp:
-                    net.set_requires_gradient_sync(False)
-            elif world > 1 and tc.fsdp:
-                net.set_requires_gradient_sync(True)
-            with sync, autocast:
-                loss, stats = flow_loss(wrapped, batch, tc, gen, device, video=joint, task_weights=task_weights)
-            (loss / tc.grad_accum).backward()  # gradients add up over micro-steps: average them
-            step_loss += loss.item() / tc.grad_accum
-            step_a += stats["loss_audio"].mean().item() / tc.grad_accum
-            if joint:
-                step_v += stats["loss_video"].mean().item() / tc.grad_accum
-                for t_i, lv, la in zip(stats["t"].tolist(), stats["loss_video"].tolist(), stats["loss_audio"].tolist()):
-                    bins.setdefault(min(int(t_i * 4), 3), []).append(lv + la)
-                samples_in_window += tc.batch_size * world
-        if not joint:  # the cross-tower pathway and the video tower stay exactly as they are
-            for p in frozen:
-                p.grad = None
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)  # norm before clipping, logged
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            # warm-up: early on the EMA follows closely, else a short run's EMA is mostly the initial weights
-            decay = ema_decay_at(step, tc)
-            for n, p in net.named_parameters():
-                if joint or n not in frozen_names:
-                    ema[n].lerp_(p.detach().float(), 1 - decay)
-        step += 1
-        losses.append(step_loss)
-        (window if joint else audio_window).append((step_loss, step_v, step_a))
+    logger, next_batch, max_steps, losses = Logger(run, log_path), StageData(run), total_steps(tc), []
+    start = time.time()
+    progress = _progress_bar(None if tc.max_minutes > 0 else max_steps, run.step, rank)  # time-limited: no fake ETA
+    while run.step < max_steps:
+        plan = step_plan(run.step, tc)
+        out = train_step(run, plan, next_batch)
+        run.step += 1
+        losses.append(out["loss"])
+        logger.add(out)
         progress.update(1)
-        if (step % tc.log_every == 0 or step == max_steps) and window:
-            elapsed = time.time() - window_start
-            record = dict(step=step, stage=plan["stage"], loss=_mean(w[0] for w in window),
-                          loss_video=_mean(w[1] for w in window), loss_audio=_mean(w[2] for w in window),
-                          samples_per_s=samples_in_window / max(elapsed, 1e-9), lr=lr_at(step - 1, tc),
-                          grad_norm=float(grad_norm),
-                          loss_by_t={f"{b / 4:.2f}-{(b + 1) / 4:.2f}": _mean(v) for b, v in sorted(bins.items())},
-                          minutes=(time.time() - start_time) / 60)
-            if audio_window:
-                record["loss_audio_only"] = _mean(w[2] for w in audio_window)
-            if rank == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+        stop = False
+        if run.step % tc.log_every == 0 or run.step == max_steps:  # the only steps that wait for the device
+            record = logger.write(plan)
+            if record is not None:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}",
                                      stage=plan["stage"])
-            window, audio_window, bins, window_start, samples_in_window = [], [], {}, time.time(), 0
+            stop = out_of_time(run, start)
         if on_step is not None:
-            on_step(step, net)
-        out_of_time = tc.max_minutes > 0 and (time.time() - start_time) / 60 >= tc.max_minutes
-        if world > 1:  # every rank must agree to stop, or the next collective hangs
-            flag = torch.tensor([float(out_of_time)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if step % tc.ckpt_every == 0 or step == max_steps or out_of_time:  # every rank calls save(): collectives
-            save()
-        if out_of_time:
+            on_step(run.step, run.net)
+        if run.step % tc.ckpt_every == 0 or run.step == max_steps or stop:  # every rank calls save(): collectives
+            save(run)
+        if stop:
             break
     progress.close()
     if rank == 0:
         plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
-    return dict(step=step, losses=losses)
-
-
-def _shard_like(full: torch.Tensor, param):
-    """Place a full tensor as the same DTensor shards as `param` (resuming EMA under FSDP2)."""
-    from torch.distributed.tensor import distribute_tensor
-    return distribute_tensor(full.float().to(param.device), param.device_mesh, param.placements)
-
-
-def _mean(values) -> float:
-    """Mean of an iterable; 0 for an empty window (nothing logged yet)."""
-    values = list(values)
-    return sum(values) / max(1, len(values))
+    return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [])
 
 
 def _progress_bar(total, initial: int, rank: int):
@@ -604,7 +699,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (CheckpointError, shards.ShardError) as e:
+    except (model_lib.CheckpointError, shards.ShardError) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {os.path.join(tc.out_dir, 'ckpt.pt')}")

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model  # noqa: E402
 import train  # noqa: E402
+from conditioning import Conditioning  # noqa: E402
 from tiny import TINY, tiny_batch  # noqa: E402
 
 
@@ -37,13 +38,13 @@ def main(out_path, mode):
     t = torch.rand(4, generator=gen)
     noise_v, noise_a = torch.randn(batch["video"].shape, generator=gen), torch.randn(batch["audio"].shape, generator=gen)
     part = slice(rank * 4 // world, (rank + 1) * 4 // world)          # this rank's share of the global batch
-    cond = {k: v[part] for k, v in train.model_inputs(batch, "cpu").items()}
+    cond = Conditioning.from_batch(batch)[part]
     x_v, x_a = batch["video"][part], batch["audio"][part]
     tv = t[part]
     for _ in range(3):
         xt_v = (1 - tv.view(-1, 1, 1, 1, 1)) * x_v + tv.view(-1, 1, 1, 1, 1) * noise_v[part]
         xt_a = (1 - tv.view(-1, 1, 1)) * x_a + tv.view(-1, 1, 1) * noise_a[part]
-        pv, pa = wrapped(xt_v, xt_a, tv, **cond)
+        pv, pa = wrapped(xt_v, xt_a, tv, cond)
         loss = F.mse_loss(pv, noise_v[part] - x_v) + F.mse_loss(pa, noise_a[part] - x_a)
         loss.backward()
         opt.step()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import speech
 from data import WorldConfig, make_clip, sample_rng
 
 CFG = WorldConfig()
@@ -72,7 +73,7 @@ def test_caption_spans_and_phonemes_round_trip():
         assert ids[a] == data.S_ID and ids[b - 1] == data.E_ID
         text = data.detokenize(ids[a + 1: b - 1]).strip()
         phonemes = s["line_phonemes"][m][s["line_phonemes"][m] > 0].tolist()
-        assert phonemes == data.phoneme_ids(text)
+        assert phonemes == speech.phoneme_ids(text)
         assert s["line_speaker"][m].item() == lines[m][0]
 
 
@@ -109,8 +110,8 @@ def test_cross_pair_references_carry_identity_but_copy_no_frame():
 def test_cross_pair_voice_is_the_same_voice_saying_other_words():
     a = clip(4, cross_pair=1.0, scene="single")
     ident = a["identities"][0]
-    seg, _ = data.schedule_line("mamamama", 0, 0.1, 1.0)
-    wav, _ = data.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
+    seg, _ = speech.schedule_line("mamamama", 0, 0.1, 1.0)
+    wav, _ = speech.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
     assert abs(data_pitch(wav) - ident.pitch_hz) / ident.pitch_hz < 0.1
 
 
@@ -124,10 +125,10 @@ def data_pitch(wav: torch.Tensor, sr=16000) -> float:
 
 
 def test_mel_inverse_keeps_the_pitch():
-    seg, _ = data.schedule_line("aaaaaaaaaa", 0, 0.0, 1.0)
+    seg, _ = speech.schedule_line("aaaaaaaaaa", 0, 0.0, 1.0)
     ident = data.Identity.sample(np.random.default_rng(5))
-    wav, _ = data.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
-    back = data.mel_to_wav(data.wav_to_mel(wav, CFG), CFG)
+    wav, _ = speech.synthesize(seg, [ident], 16000, CFG, np.random.default_rng(0))
+    back = speech.mel_to_wav(speech.wav_to_mel(wav, CFG), CFG)
     assert abs(data_pitch(back) - data_pitch(wav)) / data_pitch(wav) < 0.08
 
 

@@ -6,16 +6,16 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import attention
 import model
 import train
+from conditioning import Conditioning
 from tiny import TINY, tiny_batch
 
 
 def forward(net, batch, t=None, **kw):
     t = torch.full((batch["audio"].shape[0],), 0.5) if t is None else t
-    cond = train.model_inputs(batch, "cpu")
-    cond.update(kw)
-    return net(batch["video"], batch["audio"], t, **cond)
+    return net(batch["video"], batch["audio"], t, Conditioning.from_batch(batch, **kw))
 
 
 def randomize(net):
@@ -87,8 +87,7 @@ def test_references_reach_the_output():
 def test_audio_only_forward_runs_without_video():
     net = model.TwinTower(TINY)
     batch = tiny_batch()
-    cond = train.model_inputs(batch, "cpu")
-    v, a = net(None, batch["audio"], torch.rand(2), **cond)
+    v, a = net(None, batch["audio"], torch.rand(2), Conditioning.from_batch(batch))
     assert v is None and a.shape == batch["audio"].shape
 
 
@@ -121,9 +120,9 @@ def test_sdpa_matches_the_math_reference_in_value_and_gradient():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
     key_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
-    fast = model.attention(q, k, v, key_mask)
+    fast = attention.attention(q, k, v, attention.key_padding(key_mask))
     grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
-    reference = model.attention_math(q, k, v, key_mask[:, None, None, :])
+    reference = attention.attention_math(q, k, v, attention.key_padding(key_mask))
     grads_ref = torch.autograd.grad(reference.square().sum(), (q, k, v))
     assert torch.allclose(fast, reference, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_fast, grads_ref))

@@ -5,14 +5,16 @@ import pytest
 import torch
 
 import data
+import speech
 import model
 import ocf
 import train
+from conditioning import Conditioning
 from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
 
 
 def test_phoneme_encoder_keeps_padding_exactly_zero():
-    enc = ocf.PhonemeEncoder(data.N_PHONEME_IDS, 16, layers=2)
+    enc = ocf.PhonemeEncoder(speech.N_PHONEME_IDS, 16, layers=2)
     ids = torch.tensor([[[3, 4, 5, 0, 0], [6, 0, 0, 0, 0]]])
     out = enc(ids, ids > 0)
     assert out[0, 0, 3:].abs().max() == 0 and out[0, 1, 1:].abs().max() == 0
@@ -25,9 +27,9 @@ def test_ocf_at_init_is_exactly_the_identity_on_text():
     torch.manual_seed(0)
     net = model.TwinTower(TINY)
     batch = tiny_batch(batch_size=2, scene="dialogue")
-    cond = train.model_inputs(batch, "cpu")
-    plain = net.text_encoder(cond["text"], cond["text_mask"])
-    enriched = net.encode_text(**cond)
+    cond = Conditioning.from_batch(batch)
+    plain = net.prompt.text_encoder(cond.text, cond.text_mask)
+    enriched = net.prompt(cond)
     assert torch.equal(plain, enriched)
 
 
@@ -83,5 +85,5 @@ def test_each_switch_combination_trains(tmp_path, switches):
     tc = train.TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, log_every=1, ckpt_every=100)
     out = train.train(tc, dict(TINY_OVERRIDES, **switches), TINY_WORLD_OVERRIDES)
     assert len(out["losses"]) == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
-    net = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "ckpt.pt")))
-    assert hasattr(net, "ocf") == switches["ocf"] and hasattr(net, "mtp_ca") == switches["mtp_ca"]
+    net = model.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert hasattr(net.prompt, "ocf") == switches["ocf"] and hasattr(net.prompt, "mtp_ca") == switches["mtp_ca"]

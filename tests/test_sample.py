@@ -8,7 +8,7 @@ import torch
 import data
 import model
 import sample
-import train
+from conditioning import Conditioning
 from tiny import TINY, TINY_WORLD, tiny_batch
 
 
@@ -23,7 +23,7 @@ def tiny_net():
 
 def run(net, seed, **kw):
     batch = tiny_batch(batch_size=1, scene="single")
-    return sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=3, seed=seed, **kw)
+    return sample.sample(net, Conditioning.from_batch(batch), batch["video"].shape, batch["audio"].shape, steps=3, seed=seed, **kw)
 
 
 def test_sampler_is_deterministic_per_seed():

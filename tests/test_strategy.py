@@ -9,6 +9,7 @@ import data
 import model
 import sample
 import train
+from conditioning import Conditioning
 from tiny import TINY, TINY_OVERRIDES, TINY_WORLD, tiny_batch, TINY_WORLD_OVERRIDES
 
 WORLD = TINY_WORLD_OVERRIDES
@@ -30,7 +31,7 @@ def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchang
     assert train.step_plan(1, train.TrainConfig(interleave_audio=1))["audio_only"]  # step 2 = audio-only
     before, after = snapshots[1], snapshots[2]
     frozen = set(model.TwinTower(TINY).frozen_in_audio_only_steps())
-    assert any("k_other" in n for n in frozen) and any(n.startswith("video_tower.") for n in frozen)
+    assert any("k_fusion" in n for n in frozen) and any(n.startswith("video_tower.") for n in frozen)
     for name in before:
         changed = not torch.equal(before[name], after[name])
         if name in frozen:
@@ -65,7 +66,7 @@ def test_curriculum_stages_switch_the_data_as_documented(tmp_path):
     train.train(tiny_train(out, curriculum=True, stage_steps="2,1,1"), TINY_OVERRIDES, WORLD)
     stages = [json.loads(line)["stage"] for line in open(out / "log.jsonl")]
     assert stages == [1, 2, 3]                          # stage 1's audio-only step logs with its joint step
-    assert train.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
+    assert model.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
 
 
 def test_new_modules_decay_to_a_tenth_while_a_constant_backbone_stays():
@@ -123,8 +124,9 @@ def test_each_task_samples_end_to_end(task, mode):
     source = torch.cat([clip["video"] * (1 - clip["source_mask"]), clip["source_mask"]], 1)[None] \
         if task == "rv2av" else None
     driving = clip["audio"][None] if task == "ra2v" else None
-    video, audio = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=2,
-                                 guidance=sample.Guidance(mode=mode), source_video=source, driving_audio=driving)
+    cond = Conditioning.from_batch(batch, source, driving)
+    video, audio = sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=2,
+                                 guidance=sample.Guidance(mode=mode))
     assert video.shape == batch["video"].shape and torch.isfinite(audio).all()
 
 
@@ -138,10 +140,11 @@ def test_rv2av_keeps_the_unmasked_source_region():
     batch = data.collate([clip])
     mask = clip["source_mask"]
     source = torch.cat([clip["video"] * (1 - mask), mask], 1)[None]
-    video, _ = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=4, source_video=source)
+    cond = Conditioning.from_batch(batch, source)
+    video, _ = sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=4)
     keep = (1 - mask).expand_as(clip["video"]).bool()
     assert (video[0][keep] - clip["video"][keep]).abs().max() < 1e-5          # outside the mask: the source
     assert (video[0][~keep] - clip["video"][~keep]).abs().mean() > 0.05        # inside: generated anew
-    free, _ = sample.sample(net, batch, batch["video"].shape, batch["audio"].shape, steps=4, source_video=source,
+    free, _ = sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=4,
                             keep_source=False)
     assert (free[0][keep] - clip["video"][keep]).abs().mean() > 0.05           # the switch is what keeps it
