@@ -413,15 +413,35 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     """One paired audio-video sample with captions, references, task inputs and ground truth."""
     roles = sample_roles(rng, cfg)
     idents = [Identity.sample(rng) for _ in roles]
-    n = len(roles)
     room = sample_room(rng)
     # language B: cfg.lang_b of ordinary clips, half of the complex ones (OC-Bench subset 3 is multilingual)
     language = "B" if (cfg.scene == "complex" and rng.random() < 0.5) or rng.random() < cfg.lang_b else "A"
-    # --- the script: dialogue turns among the voiced subjects, in time order, no overlap ---
+    wav, mouth_energy, lines, rates = speak_script(rng, cfg, roles, idents, room, language)
+    mouth_open, activity = lip_sync(mouth_energy, cfg)
+    frames, boxes, heads, radius = render_scene(rng, cfg, roles, idents, room, mouth_open)
+    cross = rng.random() < cfg.cross_pair
+    refs = make_references(rng, cfg, roles, idents, language, rates, lines, wav, frames, heads, radius, cross)
+    caption = make_caption(idents, roles, lines, room)
+    sample = dict(
+        video=torch.from_numpy(frames).permute(0, 3, 1, 2).float() * 2 - 1,           # (T, 3, H, W) in [-1, 1]
+        audio=speech.wav_to_mel(wav, cfg), wav=wav,                                   # (T_mel, n_mels)
+        source_mask=rv2av_mask(boxes, roles, cfg),    # RA2V's driving audio is `audio` itself
+        mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
+        boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
+        caption=caption, roles=roles, language=language, cross_pair=bool(cross),
+        line_times=[(who, start, end) for who, _, start, end in lines], identities=idents, **refs,
+    )
+    sample.update(caption_fields(caption))
+    return sample
+
+
+def speak_script(rng, cfg: WorldConfig, roles, idents, room, language):
+    """The script and its sound: dialogue turns among the voiced subjects, in time order, no overlap.
+    Returns (wav, per-subject mouth energy, lines [(who, text, start, end)], speaking rates)."""
     voiced = [k for k, r in enumerate(roles) if r != "silent"]
     n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))  # one turn each, or 1-2 lines alone
     order = [voiced[i % len(voiced)] for i in range(n_lines)]                # speakers take turns
-    rates = [rng.uniform(0.85, 1.15) for _ in range(n)]      # each subject's speaking rate
+    rates = [rng.uniform(0.85, 1.15) for _ in roles]          # each subject's speaking rate
     budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12  # seconds of speech per line, leaving pauses
     segments, lines, t = [], [], rng.uniform(0.05, 0.2)
     for who in order:
@@ -433,14 +453,25 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         lines.append((who, text, t, end))
         t = end + rng.uniform(0.08, 0.2)
     wav, mouth_energy = speech.synthesize(segments, idents, cfg.samples, cfg, rng, ambient=room)
-    # --- lip sync ground truth: mouth opening per video frame from the speaker's own energy ---
+    return wav, mouth_energy, lines, rates
+
+
+def lip_sync(mouth_energy: np.ndarray, cfg: WorldConfig):
+    """Lip-sync ground truth: mouth opening per video frame (K, T) from each subject's own speech energy,
+    and speech activity per mel frame (K, T_mel)."""
+    n = mouth_energy.shape[0]
     per_frame = cfg.sample_rate // (cfg.fps * speech.SYNTH_HOP)       # control frames per video frame (16)
     energy = mouth_energy[:, : cfg.frames * per_frame].reshape(n, cfg.frames, per_frame)
     mouth_open = np.clip(energy.mean(-1) / 0.45, 0, 1).astype(np.float32)           # (K, T)
     activity = mouth_energy[:, : cfg.mel_frames * 2].reshape(n, cfg.mel_frames, 2).mean(-1)  # (K, T_mel)
-    # --- layout: on-screen subjects side by side, maybe drifting ---
+    return mouth_open, activity
+
+
+def render_scene(rng, cfg: WorldConfig, roles, idents, room, mouth_open):
+    """The frames: on-screen subjects side by side at the bottom edge, maybe drifting, mouths per frame.
+    Returns (frames (T, H, W, 3), boxes (K, T, 4), head centres (K, T, 2), head radius)."""
+    n, size = len(roles), cfg.image_size
     on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
-    size = cfg.image_size
     radius = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(len(on_screen), 1)] * rng.uniform(0.9, 1.1)
     frames = np.repeat(render_room(size, room)[None], cfg.frames, axis=0)          # (T, H, W, 3)
     boxes = np.zeros((n, cfg.frames, 4), np.float32)
@@ -456,8 +487,14 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
             left, y = int(round(cx + vx * f - rgba.shape[1] / 2)), int(round(top + vy * f))
             boxes[k, f] = paste(frames[f], draw_mouth(rgba, mouth, mouth_open[k, f], idents[k].skin), y, left)
             heads[k, f] = (left + rgba.shape[1] / 2, y + head_dy)
-    # --- references, in <sub1>, <sub2>... order ---
-    cross = rng.random() < cfg.cross_pair
+    return frames, boxes, heads, radius
+
+
+def make_references(rng, cfg: WorldConfig, roles, idents, language, rates, lines, wav, frames, heads, radius,
+                    cross: bool) -> dict:
+    """References in <sub1>, <sub2>... order: in-pair (a crop of a frame, a stretch of the clip's audio)
+    or cross-pair (re-rendered portrait, the same voice saying other words), and where in-pair ones came from."""
+    n = len(roles)
     ref_images, ref_audio_wavs = [], []
     ref_frame = torch.full((n,), -1, dtype=torch.long)        # in-pair: the frame a reference was cropped from
     ref_audio_start = torch.full((n,), -1, dtype=torch.long)  # in-pair: first mel frame of the voice stretch
@@ -480,28 +517,21 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
             ref_wav = wav[start: start + ref_len]
             ref_audio_start[k] = start // cfg.hop
         ref_audio_wavs.append(ref_wav)
-    caption = make_caption(idents, roles, lines, room)
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1                    # (T, 3, H, W) in [-1, 1]
-    mel = speech.wav_to_mel(wav, cfg)                                                      # (T_mel, n_mels)
-    ref_mel = speech.wav_to_mel(torch.stack(ref_audio_wavs), cfg)                          # (K, T_ref, n_mels)
-    # --- DreamID-Omni task inputs: RV2AV masks every subject's box out of the source video ---
-    source_mask = torch.zeros(cfg.frames, 1, size, size)  # (T, 1, H, W), 1 = region the RV2AV model regenerates
-    for k in on_screen:
+    return dict(ref_images=torch.from_numpy(np.stack(ref_images)).permute(0, 3, 1, 2) * 2 - 1,  # (K, 3, r, r)
+                ref_audio=speech.wav_to_mel(torch.stack(ref_audio_wavs), cfg),                 # (K, T_ref, n_mels)
+                ref_frame=ref_frame, ref_audio_start=ref_audio_start)
+
+
+def rv2av_mask(boxes: np.ndarray, roles, cfg: WorldConfig) -> torch.Tensor:
+    """DreamID-Omni's RV2AV source mask (T, 1, H, W): 1 = every on-screen subject's box, the region to regenerate."""
+    source_mask = torch.zeros(cfg.frames, 1, cfg.image_size, cfg.image_size)
+    for k, role in enumerate(roles):
+        if role == "offscreen":
+            continue
         for f in range(cfg.frames):
             x0, y0, x1, y1 = boxes[k, f].astype(int)
             source_mask[f, :, y0:y1, x0:x1] = 1
-    sample = dict(
-        video=video.float(), audio=mel, wav=wav,
-        ref_images=torch.from_numpy(np.stack(ref_images)).permute(0, 3, 1, 2) * 2 - 1,  # (K, 3, r, r)
-        ref_audio=ref_mel, source_mask=source_mask,   # RA2V's driving audio is `audio` itself
-        ref_frame=ref_frame, ref_audio_start=ref_audio_start,
-        mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
-        boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
-        caption=caption, roles=roles, language=language, cross_pair=bool(cross),
-        line_times=[(who, start, end) for who, _, start, end in lines], identities=idents,
-    )
-    sample.update(caption_fields(caption))
-    return sample
+    return source_mask
 
 
 def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:

@@ -293,33 +293,46 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
     """Every metric for one clip. video (T, 3, H, W) in [-1, 1], mel (T_mel, n_mels) normalised;
     case: the toy world's sample the clip was asked for (identities, roles, lines, references)."""
     frames = ((video.float() + 1) / 2).clamp(0, 1)             # (T, 3, H, W) in [0, 1], like the renderer
-    roles, idents = case["roles"], case["identities"]
-    on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
-    out = {}
-    # --- faces and mouths ---
+    on_screen = [k for k, r in enumerate(case["roles"]) if r != "offscreen"]
+    out, mouths = score_faces(frames, case, on_screen, world)
+    out.update(score_words(mel, case, world))
+    segments = line_segments(mel, len(case["line_speaker"]))  # the generated lines, in order: where each was spoken
+    out.update(score_voices(mel, case, world, segments, mouths))
+    out.update(score_sync(mel, case, world, segments, mouths, on_screen))
+    out.update(score_picture(frames))
+    return out
+
+
+def score_faces(frames, case, on_screen, world):
+    """Face-Sim and Face-Cons of the on-screen subjects, and each one's mouth opening per frame (T,)."""
     sims, cons, mouths = [], [], {}
     for k in on_screen:  # off-screen speakers have no face to find
-        score, top, left, (rgb, weight, mouth) = face_track(frames, idents[k], len(on_screen), world.image_size)
+        ident = case["identities"][k]
+        score, top, left, (rgb, weight, mouth) = face_track(frames, ident, len(on_screen), world.image_size)
         sims.append(score.clamp_min(0).mean().item())
         crops = crop(frames, top, left, *weight.shape)                             # (T, 3, h, w)
         # mean absolute change of the face crop from its average, over the sprite's weighted pixels
         spread = ((crops - crops.mean(0, keepdim=True)).abs().mean(1) * weight).sum((1, 2)) / weight.sum()
         cons.append(1 - spread.mean().item())
-        mouths[k] = mouth_opening(frames, top, left, mouth, idents[k].skin)
-    out["face_sim"] = float(np.mean(sims)) if sims else float("nan")
-    out["face_cons"] = float(np.mean(cons)) if cons else float("nan")
-    # --- words: phoneme error rate, insertions (caption vocalization) ---
+        mouths[k] = mouth_opening(frames, top, left, mouth, ident.skin)
+    return dict(face_sim=float(np.mean(sims)) if sims else float("nan"),
+                face_cons=float(np.mean(cons)) if cons else float("nan")), mouths
+
+
+def score_words(mel, case, world):
+    """Phoneme error rate against the script, and insertions beyond it (caption vocalization)."""
     script = script_phonemes(case)        # what the caption asks to be said, lines in order
     heard = recognise(mel, world)         # what the generated sound says
     distance, inserted = edit_ops(heard, script)
-    out["per"] = distance / max(1, len(script))
-    out["vocalization"] = inserted / max(1, len(script))
-    # --- voices: timbre similarity and speaker confusion, line by line ---
+    return dict(per=distance / max(1, len(script)), vocalization=inserted / max(1, len(script)))
+
+
+def score_voices(mel, case, world, segments, mouths):
+    """T-Sim of each line's voice against its speaker's reference, and speaker confusion."""
     per_frame = world.mel_frames // world.frames
     speakers = case["line_speaker"].tolist()
-    refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(roles))]   # every subject's voice
-    segments = line_segments(mel, len(speakers))  # the generated lines, in order: where each was spoken
-    wav = speech.mel_to_wav(mel, world)             # once per clip: pitch is read from the waveform
+    refs = [voice_vector(case["ref_audio"][k], world) for k in range(len(case["roles"]))]   # every subject's voice
+    wav = speech.mel_to_wav(mel, world)           # once per clip: pitch is read from the waveform
     t_sims, confused = [], 0
     for m, who in enumerate(speakers):
         frames_m = segments[m] if m < len(segments) else torch.zeros(0, dtype=torch.long)
@@ -338,15 +351,18 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
             moving = {k: mouths[k][vf].mean().item() for k in mouths}
             wrong_mouth = max(v for k, v in moving.items() if k != who) > moving[who] + MOUTH_MARGIN
         confused += int(wrong_voice or wrong_mouth)
-    out["t_sim"] = float(np.mean(t_sims)) if t_sims else float("nan")
-    out["confusion"] = confused / max(1, len(speakers))
-    # --- sync: each on-screen speaker's mouth against the energy of its own lines, per video frame ---
+    return dict(t_sim=float(np.mean(t_sims)) if t_sims else float("nan"), confusion=confused / max(1, len(speakers)))
+
+
+def score_sync(mel, case, world, segments, mouths, on_screen):
+    """Sync-C / Sync-D: each on-screen speaker's mouth against the energy of its own lines, per video frame."""
     per_frame = world.mel_frames // world.frames
+    speakers = case["line_speaker"].tolist()
     loud = frame_energy(mel)
     loud = (loud - loud.min())[: world.frames * per_frame]                         # >= 0, per mel frame
     sync_c, sync_d = [], []
     for k in on_screen:
-        if roles[k] != "speaker":
+        if case["roles"][k] != "speaker":
             continue
         own = torch.zeros(loud.shape[0])
         for m, who in enumerate(speakers):
@@ -360,15 +376,16 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
         corr = {lag: _corr(mouths[k], energy, lag) for lag in range(-4, 5)}
         sync_c.append(corr[0])
         sync_d.append(float(abs(max(corr, key=corr.get))))
-    out["sync_c"] = float(np.mean(sync_c)) if sync_c else float("nan")
-    out["sync_d"] = float(np.mean(sync_d)) if sync_d else float("nan")
-    # --- picture quality ---
-    # gradient energy: blur lowers it, noise raises it; the world's own clips sit at REFERENCE_SHARPNESS
+    return dict(sync_c=float(np.mean(sync_c)) if sync_c else float("nan"),
+                sync_d=float(np.mean(sync_d)) if sync_d else float("nan"))
+
+
+def score_picture(frames):
+    """Sharpness (gradient energy against the world's own clips: blur lowers it, noise raises it) and flicker."""
     grad = (frames[..., 1:, :] - frames[..., :-1, :]).abs().mean() + (frames[..., 1:] - frames[..., :-1]).abs().mean()
     ratio = grad.item() / REFERENCE_SHARPNESS
-    out["sharpness"] = min(ratio, 1 / max(ratio, 1e-9))   # 1 = as sharp as the world; blur and noise both lose
-    out["flicker"] = 1 - (frames[1:] - frames[:-1]).abs().mean().item()
-    return out
+    return dict(sharpness=min(ratio, 1 / max(ratio, 1e-9)),   # 1 = as sharp as the world; blur and noise both lose
+                flicker=1 - (frames[1:] - frames[:-1]).abs().mean().item())
 
 
 REFERENCE_SHARPNESS = 0.075  # mean gradient energy of the world's own clips (tests/test_metrics.py checks it)

@@ -616,13 +616,13 @@ def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
     A name the map does not know, a shape that does not fit or a backbone weight the files lack stops
     with one line naming it. Returns {"loaded": [our names], "fresh": [our names]}.
     """
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import safe_open
     ours = dict(net.named_parameters())
     loaded = []
     for file in ovi_files(path):
         try:
             reader = safe_open(file, framework="pt", device="cpu")
-        except (SafetensorsError, OSError) as e:
+        except Exception as e:  # safetensors' own error, or the OS's: one line either way
             raise CheckpointError(f"{file}: not a readable .safetensors file ({str(e).splitlines()[0][:80]})") from None
         with reader:
             for key in reader.keys():

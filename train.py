@@ -507,8 +507,10 @@ class StageData:
             else:
                 if audio_only:
                     raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
-                dataset = shards.LatentShards(tc.data, tc.batch_size, seed=seed, rank=self.run.rank,
-                                              world=self.run.world, start_batch=start)
+                m = self.run.mcfg  # the shard's channels and prompt width must be the model's
+                dataset = shards.LatentShards(tc.data, tc.batch_size, shards.ShardSpec(m.video_channels, m.audio_channels,
+                                                                                     m.text_dim),
+                                              seed=seed, rank=self.run.rank, world=self.run.world, start_batch=start)
             self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
         return next(self.loaders[key])
 

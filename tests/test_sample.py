@@ -34,9 +34,17 @@ def test_sampler_is_deterministic_per_seed():
 
 def test_guidance_scale_one_is_the_conditional_prediction():
     net = tiny_net()
+    cond = Conditioning.from_batch(tiny_batch(batch_size=1, scene="single"))
+    batch = tiny_batch(batch_size=1, scene="single")
+    passes = sample.conditionings(cond, ["pos", "neg"])             # the two-pass batch CFG evaluates
+    t = torch.full((2,), 0.7)
+    v2, a2 = net(batch["video"].repeat(2, 1, 1, 1, 1), batch["audio"].repeat(2, 1, 1), t, passes)
+    v1, a1 = net(batch["video"], batch["audio"], t[:1], cond)      # the conditional alone
+    video, audio = sample.Guidance(mode="plain", cfg_video=1.0, cfg_audio=1.0).combine(
+        dict(pos=v2[:1], neg=v2[1:]), dict(pos=a2[:1], neg=a2[1:]))
+    assert torch.allclose(video, v1, atol=1e-5) and torch.allclose(audio, a1, atol=1e-5)
+    assert not torch.allclose(v2[1:], v1, atol=1e-4)               # the negative pass did differ
     plain = run(net, 0)
-    guided_off = run(net, 0, guidance=sample.Guidance(mode="plain", cfg_video=1.0, cfg_audio=1.0))
-    assert torch.equal(plain[1], guided_off[1])
     v = torch.randn(3)
     assert torch.allclose(sample.guide(v, torch.randn(3), 1.0), v, atol=1e-6)
     assert not torch.allclose(run(net, 0, guidance=sample.Guidance(mode="plain", cfg_video=3.0, cfg_audio=3.0))[1], plain[1])
@@ -96,4 +104,15 @@ def test_outputs_a_person_can_open(tmp_path):
     for name in ("video.gif", "audio.wav", "index.html", "ref1.png", "ref1.wav", "truth.gif"):
         assert os.path.getsize(tmp_path / name) > 0
     page = open(tmp_path / "index.html").read()
-    assert "&lt;sub1&gt;" in page and "video.gif" in page or "video.mp4" in page
+    assert "&lt;sub1&gt;" in page and ("video.gif" in page or "video.mp4" in page)
+
+
+def test_writing_outputs_never_deletes_what_it_did_not_write(tmp_path):
+    """--out_dir may be the run's own folder: the checkpoint and any other file there must survive."""
+    (tmp_path / "ckpt.pt").write_bytes(b"the user's checkpoint")
+    (tmp_path / "video.mp4").write_bytes(b"stale")  # an earlier run's output: replaced or removed
+    clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
+    sample.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+                         clip["ref_images"], clip["ref_audio"])
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"the user's checkpoint"
+    assert not (tmp_path / "video.mp4").exists() or (tmp_path / "video.mp4").read_bytes() != b"stale"

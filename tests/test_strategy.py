@@ -119,6 +119,9 @@ def test_multi_condition_cfg_reduces_to_the_conditional_prediction():
 def test_each_task_samples_end_to_end(task, mode):
     torch.manual_seed(0)
     net = model.TwinTower(TINY).eval()
+    with torch.no_grad():  # past the zero-inits (heads, task inputs), so the task inputs can show
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
     batch = data.collate([clip])
     source = torch.cat([clip["video"] * (1 - clip["source_mask"]), clip["source_mask"]], 1)[None] \
@@ -128,6 +131,9 @@ def test_each_task_samples_end_to_end(task, mode):
     video, audio = sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=2,
                                  guidance=sample.Guidance(mode=mode))
     assert video.shape == batch["video"].shape and torch.isfinite(audio).all()
+    plain, _ = sample.sample(net, Conditioning.from_batch(batch), batch["video"].shape, batch["audio"].shape, steps=2,
+                             guidance=sample.Guidance(mode=mode))
+    assert (task == "r2av") == torch.equal(video, plain)             # a task's input changes what is generated
 
 
 def test_rv2av_keeps_the_unmasked_source_region():
