@@ -90,12 +90,6 @@ def test_audio_only_forward_runs_without_video():
     assert v is None and a.shape == batch["audio"].shape
 
 
-def test_full_preset_counts_within_one_percent_of_ovi():
-    with torch.device("meta"):
-        counts = model.TwinTower(model.PRESETS["full"]).count_parameters()
-    assert abs(counts["backbone"] / model.OVI_PARAMETERS - 1) < 0.01
-
-
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_flop_formula_matches_flop_counter(stem):
     cfg = dataclasses.replace(TINY, audio_stem=stem, audio_patch=1 if stem == "conv" else 2, audio_stem_hidden=48)
