@@ -123,8 +123,7 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
         t = torch.full((B * n,), float(sigma), device=device)
         with autocast:
             v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched)  # (B * n, ...)
-        v, a = guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
-        return v, a
+        return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
     replace = keep_source and cond.source_video is not None
     if replace:

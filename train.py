@@ -33,9 +33,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -106,8 +108,6 @@ def _parse_bool(s: str) -> bool:
 
 def field_help(cls) -> dict:
     """{field: its trailing comment} read from the dataclass's source, so `--help` says what each flag does."""
-    import inspect
-    import re
     found = {}
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
