@@ -5,8 +5,10 @@
     python bench.py --compile             adds torch.compile per TwinLayer (first step ~100 s on CPU)
     python bench.py --config small --batch_size 32      on a GPU: bf16 autocast, MFU vs the device peak
     python bench.py --quality --ckpt out/toy/ckpt.pt --cases 8     the toy benchmark (metrics.py) on the three
-                                          subsets, means with 95% intervals; --ground_truth scores the world's own
-                                          clips (the ceiling); last line JSON, one key per subset/metric
+                                          subsets: noise (floor), ground truth (ceiling) and the model (mean +- 95%
+                                          interval) per metric on the same cases, and the model's fraction of the
+                                          way from floor to ceiling; --ground_truth: floor and ceiling only;
+                                          last line JSON, one key per subset/metric
     python bench.py --validate_metrics --cases 8    the metrics' check: the world's clips vs corrupted ones
     python bench.py --ablate --budget_steps 300 --seeds 2 --cases 4   Omni-Customizer Table 2's variants (and
                                           Syn-RoPE) trained for the same number of steps, then benchmarked
@@ -115,43 +117,67 @@ def bench_case(world: data.WorldConfig, subset: str, i: int) -> dict:
                           dataclasses.replace(world, scene=subset, cross_pair=1.0))
 
 
-def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, ground_truth: bool = False,
-            device="cpu", seed: int = 0, log=print) -> dict:
-    """Scores per subset: {subset: {metric: [per-case values]}}; generated from `net` unless ground_truth."""
+def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, device="cpu", seed: int = 0,
+            subsets=SUBSETS, log=print) -> dict:
+    """Scores per subset and source: {subset: {"model" | "truth" | "noise": {metric: [per-case values]}}}.
+
+    Every case is scored three ways on the same references and script: the model's sample (when `net` is
+    given), the world's own clip (the ceiling) and noise pixels and mel (the floor, metrics.noise), so the
+    fraction of the way from floor to ceiling is measured, not assumed."""
     guidance = guidance or sample_lib.Guidance(mode="plain")
     scores = {}
-    for subset in SUBSETS:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
-        rows = {m: [] for m in metrics.METRICS}
+    for subset in subsets:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
+        rows = {source: {m: [] for m in metrics.METRICS} for source in ("model", "truth", "noise")}
         for i in range(cases):
             case = bench_case(world, subset, i)
-            if ground_truth:
-                video, mel = case["video"], case["audio"]
-            else:
+            clips = dict(truth=(case["video"], case["audio"]), noise=metrics.noise(case, None, world)[:2])
+            if net is not None:
                 batch = data.collate([case])
                 # the model sees only what a user gives: caption and cross-pair references, never the clip
                 v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                          batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
                                          device=device)
-                video, mel = v[0].cpu(), a[0].cpu()
-            for m, value in metrics.score_clip(video, mel, case, world).items():
-                rows[m].append(value)
-        scores[subset] = rows
+                clips["model"] = (v[0].cpu(), a[0].cpu())
+            for source, (video, mel) in clips.items():
+                for m, value in metrics.score_clip(video, mel, case, world).items():
+                    rows[source][m].append(value)
+        scores[subset] = {source: r for source, r in rows.items() if r["face_sim"]}
         log(f"  scored {subset}: {cases} cases")
     return scores
 
 
+def fraction_of_way(model: float, truth: float, floor: float) -> float:
+    """How far the model got from the noise score to the ground-truth score: 0 = noise, 1 = truth (either
+    direction of better; NaN where the two are closer than MIN_GAP, so the fraction means nothing)."""
+    gap = truth - floor
+    return (model - floor) / gap if abs(gap) >= MIN_GAP else float("nan")
+
+
+MIN_GAP = 0.2  # truth and noise must be this far apart on a 0-1 scale for a fraction to mean anything
+
+
 def print_quality(scores: dict, title: str) -> dict:
-    """A table of means with 95% intervals; returns {"subset/metric": mean, "subset/metric_ci": half width}."""
-    flat = {}  # the JSON line: one key per subset/metric, plus its interval
+    """Per subset: noise, truth and the model (mean +- 95% interval) per metric, and the model's fraction of
+    the way from noise to truth. Returns the JSON fields: "subset/metric" (the model, or truth when no model
+    was scored), "_ci", "_truth", "_noise", "_fraction"."""
+    flat = {}
     print(title)
-    print(f"{'metric':14s}" + "".join(f"{s:>22s}" for s in scores) + "   (higher/lower is better)")
-    for m in metrics.METRICS:
-        cells = []
-        for subset, rows in scores.items():
-            mean, ci = metrics.mean_ci(rows[m])
-            flat[f"{subset}/{m}"], flat[f"{subset}/{m}_ci"] = mean, ci
-            cells.append(f"{mean:10.3f} +- {ci:<8.3f}")
-        print(f"{m:14s}" + "".join(f"{c:>22s}" for c in cells) + f"   {'higher' if metrics.HIGHER_IS_BETTER[m] else 'lower'}")
+    for subset, by_source in scores.items():
+        has_model = "model" in by_source
+        print(f"{subset:9s}{'metric':13s}{'noise':>9s}{'truth':>9s}" +
+              (f"{'model':>20s}{'fraction':>10s}" if has_model else "") + "   (better)")
+        for m in metrics.METRICS:
+            truth, _ = metrics.mean_ci(by_source["truth"][m])
+            floor, _ = metrics.mean_ci(by_source["noise"][m])
+            mean, ci = metrics.mean_ci(by_source["model" if has_model else "truth"][m])
+            key = f"{subset}/{m}"
+            flat.update({key: mean, f"{key}_ci": ci, f"{key}_truth": truth, f"{key}_noise": floor})
+            line = f"{'':9s}{m:13s}{floor:9.3f}{truth:9.3f}"
+            if has_model:
+                frac = fraction_of_way(mean, truth, floor)
+                flat[f"{key}_fraction"] = frac
+                line += f"{mean:11.3f} +- {ci:<5.3f}" + (f"{frac:9.0%}" if not np.isnan(frac) else f"{'(gap<0.2)':>10s}")
+            print(line + f"   {'higher' if metrics.HIGHER_IS_BETTER[m] else 'lower'}")
     return flat
 
 
@@ -188,7 +214,7 @@ def ablate(args, device):
             net = model_lib.model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"), device=device)
             scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, log=lambda *_: None)
             for m in ABLATION_METRICS:  # one number per seed: the mean over the three subsets
-                per_seed[m].append(float(np.nanmean([np.nanmean(scores[s][m]) for s in SUBSETS])))
+                per_seed[m].append(float(np.nanmean([np.nanmean(scores[s]["model"][m]) for s in SUBSETS])))
             print(f"{name:12s} seed {seed}: trained + scored in {time.time() - start:.0f} s")
         table[name] = per_seed
     print(f"\nTable 2 analog: {args.budget_steps} optimizer steps per variant, {args.seeds} seed(s), "
@@ -219,7 +245,9 @@ def parse_args():
     # --- quality ---
     parser.add_argument("--quality", action="store_true", help="run the toy benchmark instead of the speed one")
     parser.add_argument("--ckpt", help="--quality: the checkpoint to benchmark")
-    parser.add_argument("--ground_truth", action="store_true", help="--quality: score the world's own clips")
+    parser.add_argument("--ground_truth", action="store_true",
+                        help="--quality: score only the world's own clips and noise (no checkpoint)")
+    parser.add_argument("--subsets", default=",".join(SUBSETS), help="--quality: comma-separated subsets to score")
     parser.add_argument("--cases", type=int, default=8, help="cases per subset")
     parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "none"])
     parser.add_argument("--validate_metrics", action="store_true",
@@ -348,7 +376,7 @@ def quality_main(args):
         flat = ablate(args, device)
     else:
         if args.ground_truth:
-            world, net, title = data.WorldConfig(), None, "ground truth (the world's own clips)"
+            world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
             if not args.ckpt:
                 raise SystemExit("error: --quality needs --ckpt (or --ground_truth)")
@@ -360,8 +388,11 @@ def quality_main(args):
             world = data.WorldConfig(**ckpt["world_config"])  # the world the model was trained on
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)
-        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance,
-                         ground_truth=args.ground_truth, device=device)
+        subsets = args.subsets.split(",")
+        if not set(subsets) <= set(SUBSETS):
+            raise SystemExit(f"error: --subsets takes some of {','.join(SUBSETS)}, got {args.subsets!r}")
+        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
+                         subsets=subsets)
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))
