@@ -44,7 +44,6 @@ import train
 from conditioning import Conditioning
 
 SUBSETS = ("single", "dialogue", "complex")
-BENCH_SEED, BENCH_STREAM = 2024, 3
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 without sparsity, from NVIDIA's data sheets
 
@@ -111,14 +110,8 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_case(world: data.WorldConfig, subset: str, i: int) -> dict:
-    """Case i of a subset: held-out stream, cross-pair references (copying a reference cannot score)."""
-    return data.make_clip(data.sample_rng(BENCH_SEED, BENCH_STREAM, 0, i),
-                          dataclasses.replace(world, scene=subset, cross_pair=1.0))
-
-
 def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, device="cpu", seed: int = 0,
-            subsets=SUBSETS, log=print) -> dict:
+            subsets=SUBSETS, shift: float = 3.0, log=print) -> dict:
     """Scores per subset and source: {subset: {"model" | "truth" | "noise": {metric: [per-case values]}}}.
 
     Every case is scored three ways on the same references and script: the model's sample (when `net` is
@@ -129,14 +122,14 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
     for subset in subsets:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
         rows = {source: {m: [] for m in metrics.METRICS} for source in ("model", "truth", "noise")}
         for i in range(cases):
-            case = bench_case(world, subset, i)
+            case = data.held_out_case(world, subset, i)
             clips = dict(truth=(case["video"], case["audio"]), noise=metrics.noise(case, None, world)[:2])
             if net is not None:
                 batch = data.collate([case])
                 # the model sees only what a user gives: caption and cross-pair references, never the clip
                 v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                          batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
-                                         device=device)
+                                         device=device, shift=shift)
                 clips["model"] = (v[0].cpu(), a[0].cpu())
             for source, (video, mel) in clips.items():
                 for m, value in metrics.score_clip(video, mel, case, world).items():
@@ -212,7 +205,8 @@ def ablate(args, device):
             start = time.time()
             train.train(tc, variant["model"], {})
             net = model_lib.model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"), device=device)
-            scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, log=lambda *_: None)
+            scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, shift=tc.t_shift,
+                             log=lambda *_: None)
             for m in ABLATION_METRICS:  # one number per seed: the mean over the three subsets
                 per_seed[m].append(float(np.nanmean([np.nanmean(scores[s]["model"][m]) for s in SUBSETS])))
             print(f"{name:12s} seed {seed}: trained + scored in {time.time() - start:.0f} s")
@@ -375,6 +369,7 @@ def quality_main(args):
     if args.ablate:
         flat = ablate(args, device)
     else:
+        shift = 3.0
         if args.ground_truth:
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
@@ -386,13 +381,14 @@ def quality_main(args):
             except model_lib.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
             world = data.WorldConfig(**ckpt["world_config"])  # the world the model was trained on
-            title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, {args.guidance} guidance)"
+            shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
+            title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)
         subsets = args.subsets.split(",")
         if not set(subsets) <= set(SUBSETS):
             raise SystemExit(f"error: --subsets takes some of {','.join(SUBSETS)}, got {args.subsets!r}")
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
-                         subsets=subsets)
+                         subsets=subsets, shift=shift)
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))

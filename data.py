@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import dataclasses
 import math
 import os
 import re
@@ -618,6 +619,15 @@ def collate(samples: list[dict]) -> dict:
 def sample_rng(seed: int, stream: int, rank: int, index: int) -> np.random.Generator:
     """The generator of one sample: a pure function of its coordinates (no hidden state)."""
     return np.random.default_rng(np.random.SeedSequence([seed, stream, rank, index]))
+
+
+HELD_OUT_SEED, HELD_OUT_STREAM = 2024, 3  # the benchmark's stream: no training stream (0 paired, 1 audio-only) meets it
+
+
+def held_out_case(world: WorldConfig, subset: str, i: int) -> dict:
+    """Case i of a benchmark subset (single | dialogue | complex): held-out identities and cross-pair references,
+    so copying a reference cannot score. bench.py scores these; train.py's progress strip shows single case 0."""
+    return make_clip(sample_rng(HELD_OUT_SEED, HELD_OUT_STREAM, 0, i), dataclasses.replace(world, scene=subset, cross_pair=1.0))
 
 
 class ToyBatches(torch.utils.data.IterableDataset):

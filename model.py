@@ -97,6 +97,9 @@ class ModelConfig:
     syn_margin: float = 150.0      # Syn-RoPE's temporal margin between identities
     task_inputs: bool = True       # RV2AV source video / RA2V driving audio projections (zero-init)
     input_skip: bool = False       # toy: an identity-initialised linear map from each input token to its output
+    precond: str = "none"          # none (Ovi: the net's output is the velocity) | edm: c_skip(t) x_t + c_out(t) net
+    sigma_video: float = 0.4       # precond=edm: the video data's standard deviation (toy pixels: 0.39-0.41)
+    sigma_audio: float = 1.0       # precond=edm: the audio data's standard deviation (normalised log-mel: 1.0)
 
     @property
     def head_dim(self) -> int:
@@ -149,6 +152,24 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
     angles = 1000 * t.double()[:, None] * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
+
+
+def precondition(raw: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
+    """EDM's preconditioning (Karras et al. 2022, Sec. 5 / Table 1) carried over to rectified-flow velocity:
+    v_hat = c_skip(t) x_t + c_out(t) raw.
+
+    With x_t = (1 - t) x0 + t n, data of std sigma and v = n - x0, c_skip is the least-squares coefficient of v
+    on x_t, Cov(v, x_t) / Var(x_t) = (t - (1 - t) sigma^2) / A with A = (1 - t)^2 sigma^2 + t^2, and c_out the
+    standard deviation of what is left, sqrt(Var(v) - c_skip^2 A) = sigma / sqrt(A). The network then predicts
+    a unit-variance residual at every t: near t = 1 the skip carries the noise to the output (c_skip -> 1),
+    which a narrow toy tower cannot do well by itself (its patch tokens hold 192 numbers at width 192).
+    The loss stays Ovi's MSE on v. EDM's c_in is left out: the stems feed pre-norm blocks, and references and
+    task inputs share the stems unscaled. Computed in fp32."""
+    tt = t.float().view(-1, *([1] * (x_t.dim() - 1)))                              # (B, 1, ...) broadcasts
+    A = (1 - tt) ** 2 * sigma ** 2 + tt ** 2
+    c_skip = (tt - (1 - tt) * sigma ** 2) / A
+    c_out = sigma / A.sqrt()
+    return (c_skip * x_t.float() + c_out * raw.float()).to(raw.dtype)
 
 
 def modulate(x, shift, scale, n_content):
@@ -492,7 +513,11 @@ class TwinTower(nn.Module):
                 v, a = torch.utils.checkpoint.checkpoint(layer, v, a, ctx, use_reentrant=False)
             else:
                 v, a = layer(v, a, ctx)
-        return self.outputs(v, a, emb_v, emb_a, n_v, n_a, video, audio)
+        video_out, audio_out = self.outputs(v, a, emb_v, emb_a, n_v, n_a, video, audio)
+        if self.cfg.precond == "edm":
+            audio_out = precondition(audio_out, audio, t, self.cfg.sigma_audio)
+            video_out = None if video is None else precondition(video_out, video, t, self.cfg.sigma_video)
+        return video_out, audio_out
 
     def outputs(self, v, a, emb_v, emb_a, n_v, n_a, video, audio):
         """Heads on the content tokens, back to the inputs' shapes (+ the toy's optional input skip)."""

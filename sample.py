@@ -44,6 +44,17 @@ class InputError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
+OVI_SHIFT = 5.0  # Ovi's released sampler (720p)
+
+
+def trained_shift(ckpt: dict | None) -> float:
+    """The sampler's default shift: the one the model was trained with (train.py --t_shift), so sampling
+    spends its steps at the noise levels training visited (tests/test_sample.py). Ovi's weights: 5."""
+    if ckpt is None:
+        return OVI_SHIFT
+    return float(ckpt.get("train_config", {}).get("t_shift", 3.0))  # 3.0: checkpoints from before the field
+
+
 def schedule(steps: int, shift: float) -> torch.Tensor:
     """(steps + 1,) noise levels from 1 to 0, shifted toward noise: s*sigma / (1 + (s-1)*sigma)."""
     sigma = torch.linspace(1, 0, steps + 1)
@@ -366,7 +377,8 @@ def parse_args():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda (default when available; bf16 autocast) or cpu")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps (Ovi: 50)")
-    parser.add_argument("--shift", type=float, default=3.0, help="schedule shift (Ovi: 5 at 720p)")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="schedule shift (default: the shift the checkpoint was trained with, --t_shift; Ovi's: 5)")
     parser.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver")
     parser.add_argument("--task", choices=["r2av", "rv2av", "ra2v"], default="r2av", help="DreamID-Omni's tasks")
     parser.add_argument("--source_video", help="rv2av: the video to edit (.gif/.webp)")
@@ -411,8 +423,11 @@ def main():
                device=args.device, keep_source=args.keep_source)
     try:  # every input problem ends here as one line, before any model work
         if model_lib.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
+            run["shift"] = args.shift or (trained_shift(None) if model_lib.is_ovi_checkpoint(args.ckpt)
+                                          else trained_shift(model_lib.load_checkpoint(args.ckpt)))
             return sample_latents(args, run)
         ckpt = model_lib.load_checkpoint(args.ckpt)
+        run["shift"] = args.shift or trained_shift(ckpt)
         world = data.WorldConfig(**ckpt["world_config"])  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = toy_case(args, world)
         net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)

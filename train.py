@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 import data
 import model as model_lib
+import progress as progress_lib
 import shards
 from conditioning import Conditioning
 
@@ -70,7 +71,7 @@ class TrainConfig:
     ema_decay: float = 0.999           # EMA of the weights (after its warm-up); sampling uses the EMA
     t_mean: float = 0.0                # logit-normal t: sigmoid(N(t_mean, t_std))
     t_std: float = 1.0                 # logit-normal t: the normal's standard deviation
-    t_shift: float = 1.0               # >1 moves training time toward noise (SD3 / Ovi's shift)
+    t_shift: float = 3.0               # >1 moves training time toward noise (SD3); sample.py samples with the same shift
     video_loss_weight: float = 1.0     # weight of the video MSE in the loss
     audio_loss_weight: float = 1.0     # weight of the audio MSE in the loss
     cond_drop: float = 0.1             # drop the caption / references independently, so CFG has an unconditional
@@ -91,6 +92,8 @@ class TrainConfig:
     grad_ckpt: bool = False            # activation checkpointing per TwinLayer
     fsdp: bool = False                 # FSDP2 instead of DDP under torchrun
     threads: int = 0                   # torch CPU threads (0 = torch's default)
+    progress_every: float = 2.5        # minutes between progress-strip rows (progress.png, index.html); 0 = off
+    keep_snapshots: bool = False       # at every progress row also keep ckpt_minute{M}.pt (learning curves)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,8 +455,8 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
     return run
 
 
-def save(run: Run):
-    """Write ckpt.pt atomically. All ranks take part (FSDP2 gathers shards, one tensor at a time); rank 0 writes."""
+def save(run: Run, name: str = "ckpt.pt"):
+    """Write ckpt.pt (or `name`) atomically. All ranks take part (FSDP2 gathers shards, one tensor at a time); rank 0 writes."""
     if run.fsdp:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
@@ -476,7 +479,7 @@ def save(run: Run):
                          # for readers and tools: a resume recomputes these from `step` (step_plan)
                          data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
                                             audio_only_batches=plan["audio_index"] * tc.grad_accum)),
-                    os.path.join(tc.out_dir, "ckpt.pt"))
+                    os.path.join(tc.out_dir, name))
     if run.world > 1:
         dist.barrier()
 
@@ -617,6 +620,38 @@ class Logger:
         return record
 
 
+class ProgressStrip:
+    """progress.png / index.html (progress.py): a row every --progress_every minutes of this process's
+    training, and one at the end. Toy world only (latent shards have no decoder to look at)."""
+
+    def __init__(self, run: Run):
+        self.on = run.tc.progress_every > 0 and run.tc.data == "toy"
+        self.next_minute = run.tc.progress_every
+        if self.on:
+            self.strip = progress_lib.Progress(run.tc.out_dir, run.wcfg, run.tc.t_shift)
+            if run.rank == 0 and (run.step == 0 or not os.path.exists(self.strip.path)):
+                self.strip.start()  # a fresh run (or a resume without a strip): the truth row first
+
+    def maybe_add(self, run: Run, minutes: float, final: bool):
+        """Called at log steps on every rank (the EMA gather is a collective); a pure function of the clock
+        on rank 0, so every rank must agree: the decision is all-reduced like out_of_time's."""
+        if not self.on:
+            return
+        due = torch.tensor([float(minutes >= self.next_minute or final)], device=run.device)
+        if run.world > 1:
+            dist.all_reduce(due, op=dist.ReduceOp.MAX)
+        if not due.item():
+            return
+        while self.next_minute <= minutes:
+            self.next_minute += run.tc.progress_every
+        net = progress_lib.ema_model(run.ema, run.mcfg, run.rank)
+        if run.rank == 0:
+            self.strip.add(net, minutes, run.step)
+            progress_lib.plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))
+        if run.tc.keep_snapshots:  # the state at this minute, for bench.py --quality (every rank: collectives)
+            save(run, f"ckpt_minute{minutes:.1f}.pt")
+
+
 def out_of_time(run: Run, start: float) -> bool:
     """--max_minutes reached? Every rank must agree to stop, or the next collective hangs."""
     late = run.tc.max_minutes > 0 and (time.time() - start) / 60 >= run.tc.max_minutes
@@ -639,6 +674,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     if run.step == 0 and rank == 0 and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
     logger, next_batch, max_steps, losses = Logger(run, log_path), StageData(run), total_steps(tc), []
+    strip = ProgressStrip(run)
     start = time.time()
     progress = _progress_bar(None if tc.max_minutes > 0 else max_steps, run.step, rank)  # time-limited: no fake ETA
     while run.step < max_steps:
@@ -655,6 +691,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}",
                                      stage=plan["stage"])
             stop = out_of_time(run, start)
+            strip.maybe_add(run, (time.time() - start) / 60, final=stop or run.step == max_steps)
         if on_step is not None:
             on_step(run.step, run.net)
         if run.step % tc.ckpt_every == 0 or run.step == max_steps or stop:  # every rank calls save(): collectives
@@ -663,38 +700,13 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             break
     progress.close()
     if rank == 0:
-        plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
+        progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
     return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [])
 
 
 def _progress_bar(total, initial: int, rank: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="train")
-
-
-def plot_losses(log_path: str, png_path: str, size=(640, 360)):
-    """A loss-curve PNG drawn with pillow: total (black), video (blue), audio (red), log scale."""
-    from PIL import Image, ImageDraw
-    if not os.path.exists(log_path):
-        return
-    records = [json.loads(line) for line in open(log_path)]
-    if len(records) < 2:  # a line needs two points
-        return
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    W, H, pad = size[0], size[1], 40
-    steps = [r["step"] for r in records]
-    series = {"loss": "black", "loss_video": "blue", "loss_audio": "red"}
-    values = [math.log10(max(r[k], 1e-6)) for r in records for k in series]
-    lo, hi = min(values), max(values) + 1e-9
-    x_of = lambda s: pad + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (W - 2 * pad)  # noqa: E731
-    y_of = lambda v: H - pad - (math.log10(max(v, 1e-6)) - lo) / (hi - lo) * (H - 2 * pad)  # noqa: E731
-    draw.rectangle([pad, pad, W - pad, H - pad], outline="grey")
-    for key, colour in series.items():  # log scale: losses fall by orders of magnitude
-        draw.line([(x_of(r["step"]), y_of(r[key])) for r in records], fill=colour, width=2)
-    draw.text((pad, 10), f"loss (black), video (blue), audio (red); log10 {lo:.2f}..{hi:.2f}; "
-                         f"steps {steps[0]}..{steps[-1]}", fill="black")
-    img.save(png_path)
 
 
 def main():

@@ -129,3 +129,26 @@ def test_input_skip_starts_as_v_equals_x_t():
     batch = tiny_batch()
     v, a = forward(net, batch)
     assert torch.allclose(v, batch["video"]) and torch.allclose(a, batch["audio"])
+
+
+def test_edm_preconditioning_skips_the_linear_part_and_scales_the_rest_to_unit_variance():
+    """c_skip x_t is the least-squares predictor of v = n - x0 from x_t (data of std sigma), and c_out is the
+    standard deviation of what it leaves; an untrained edm model (zero heads) outputs exactly c_skip x_t."""
+    g = torch.Generator().manual_seed(0)
+    sigma = 0.4
+    x0, n = sigma * torch.randn(400_000, generator=g), torch.randn(400_000, generator=g)
+    for t in (0.05, 0.5, 0.95):
+        x_t, v = (1 - t) * x0 + t * n, n - x0
+        tt = torch.full((x_t.numel(),), t)
+        skip = model.precondition(torch.zeros_like(x_t), x_t, tt, sigma)            # c_skip x_t
+        one = model.precondition(torch.ones_like(x_t), torch.zeros_like(x_t), tt, sigma)  # c_out
+        slope = (v * x_t).mean() / (x_t * x_t).mean()
+        assert torch.allclose(skip, slope * x_t, rtol=0.02, atol=1e-3)
+        assert one[0].item() == pytest.approx((v - skip).std().item(), rel=0.02)
+    cfg = dataclasses.replace(TINY, precond="edm")
+    net = model.TwinTower(cfg).eval()
+    batch = tiny_batch(batch_size=2)
+    t = torch.tensor([0.3, 0.9])
+    pv, pa = net(batch["video"], batch["audio"], t, Conditioning.from_batch(batch))
+    assert torch.allclose(pa, model.precondition(torch.zeros_like(pa), batch["audio"], t, cfg.sigma_audio))
+    assert torch.allclose(pv, model.precondition(torch.zeros_like(pv), batch["video"], t, cfg.sigma_video))

@@ -116,3 +116,19 @@ def test_writing_outputs_never_deletes_what_it_did_not_write(tmp_path):
                          clip["ref_images"], clip["ref_audio"])
     assert (tmp_path / "ckpt.pt").read_bytes() == b"the user's checkpoint"
     assert not (tmp_path / "video.mp4").exists() or (tmp_path / "video.mp4").read_bytes() != b"stale"
+
+
+def test_sampling_visits_the_noise_levels_training_trained_at():
+    """The sampler's default shift is the trained one, and training's t distribution puts at least half as
+    much mass above each noise level as the sampler spends steps there (the patch-noise failure was 1.4% of
+    training samples above t = 0.9 against a quarter of the sampler's steps)."""
+    import train
+    tc = train.TrainConfig()
+    assert sample.trained_shift({"train_config": {"t_shift": tc.t_shift}}) == tc.t_shift
+    assert sample.trained_shift(None) == sample.OVI_SHIFT                           # Ovi's released sampler
+    t = train.sample_t(200_000, tc, torch.Generator().manual_seed(0))
+    sigmas = sample.schedule(30, tc.t_shift)[:-1]                                   # where the 30 steps start
+    for level in (0.5, 0.75, 0.9):
+        assert (t > level).float().mean() >= 0.5 * (sigmas > level).float().mean(), level
+    unshifted = train.sample_t(200_000, train.TrainConfig(t_shift=1.0), torch.Generator().manual_seed(0))
+    assert (unshifted > 0.9).float().mean() < 0.1 * (sigmas > 0.9).float().mean()  # the test can fail

@@ -1,0 +1,190 @@
+"""Watching a run learn: the progress strip, the loss plot and the run's index.html.
+
+Every --progress_every minutes (and at the end), train.py samples one fixed held-out case -- a single
+subject the model has never seen, with cross-pair references, like the benchmark's -- from the EMA
+weights, and appends a row to out_dir/progress.png: a few frames and the mel, labelled with the minute
+and step. The first row is the world's own clip for that case, so every row is read against the truth.
+out_dir/index.html shows the strip next to loss.png and refreshes itself while the run goes on.
+
+Nothing here changes training: the sample draws its own noise (a fixed seed) and leaves the global RNG,
+the data streams and the weights alone, so a run with the strip trains exactly like one without.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+
+import torch
+
+import data
+import model as model_lib
+
+STRIP_FRAMES = 4               # frames a row shows, evenly spaced from the first to the last
+SCALE = 3                      # pixels per toy pixel in the strip
+LABEL_W = 150                  # width of the label column
+
+
+def full_tensor(x):
+    """A plain tensor from a DTensor (FSDP2 shard; a collective) or a tensor."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
+def ema_model(ema: dict, mcfg: model_lib.ModelConfig, rank: int):
+    """A plain TwinTower on the CPU holding the EMA weights (rank 0), or None (other ranks). Every rank
+    must call it: under FSDP2 gathering each EMA tensor is a collective."""
+    full = {n: full_tensor(e) for n, e in ema.items()}  # every rank takes part in every gather
+    if rank != 0:
+        return None
+    with torch.device("meta"):
+        net = model_lib.TwinTower(mcfg)
+    net.to_empty(device="cpu")
+    model_lib.load_state(net, {n: e.cpu() for n, e in full.items()}, "EMA")
+    return net.eval()
+
+
+def strip_frames(T: int) -> list[int]:
+    """Indices of the frames a row shows: 0 and T - 1 and evenly between (16 frames: 0, 5, 10, 15)."""
+    return [round(i * (T - 1) / (STRIP_FRAMES - 1)) for i in range(STRIP_FRAMES)]
+
+
+def row_image(video: torch.Tensor, mel: torch.Tensor, label: str):
+    """One strip row: label | chosen frames | mel. video (T, 3, H, W) in [-1, 1], mel (T_mel, n_mels)."""
+    from PIL import Image, ImageDraw
+    frames = data.to_uint8(video[strip_frames(video.shape[0])])               # (4, H, W, 3)
+    sheet = data.contact_sheet(frames, scale=SCALE, columns=STRIP_FRAMES)
+    spectrogram = data.mel_image(mel, scale=1).resize((mel.shape[0] * 2, sheet.height))
+    row = Image.new("RGB", (LABEL_W + sheet.width + 8 + spectrogram.width, sheet.height + 4), "white")
+    row.paste(sheet, (LABEL_W, 2))
+    row.paste(spectrogram, (LABEL_W + sheet.width + 8, 2))
+    ImageDraw.Draw(row).multiline_text((4, 4), label, fill="black", spacing=2)
+    return row
+
+
+def append_row(png_path: str, row) -> None:
+    """progress.png grows downward by one row (a resumed run continues the same strip)."""
+    from PIL import Image
+    if os.path.exists(png_path):
+        with Image.open(png_path) as old:
+            old = old.convert("RGB")
+        strip = Image.new("RGB", (max(old.width, row.width), old.height + row.height), "white")
+        strip.paste(old, (0, 0))
+        strip.paste(row, (0, old.height))
+    else:
+        strip = row
+    tmp = png_path + ".tmp.png"
+    strip.save(tmp)
+    os.replace(tmp, png_path)  # a reader (the page) never sees half a file
+
+
+class Progress:
+    """The fixed held-out case, and a strip row for the EMA model at a given minute."""
+
+    def __init__(self, out_dir: str, world: data.WorldConfig, shift: float, sample_steps: int = 20):
+        self.out_dir, self.world, self.shift, self.sample_steps = out_dir, world, shift, sample_steps
+        self.case = data.held_out_case(world, "single", 0)
+        self.path = os.path.join(out_dir, "progress.png")
+
+    def start(self):
+        """A fresh run: the strip starts with the truth row; the page is written once."""
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        append_row(self.path, row_image(self.case["video"], self.case["audio"], "truth\n(the world's\nown clip)"))
+        write_index(self.out_dir, self.case["caption"])
+
+    @torch.no_grad()
+    def add(self, net, minutes: float, step: int):
+        """Sample the held-out case from `net` (the EMA model, CPU) and append its row."""
+        import sample as sample_lib  # sample.py imports train's neighbours; import late to keep startup light
+        from conditioning import Conditioning
+        batch = data.collate([self.case])
+        w = self.world
+        video, mel = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
+                                       batch["audio"].shape, steps=self.sample_steps, seed=0, shift=self.shift,
+                                       guidance=sample_lib.Guidance(mode="plain"))  # as the benchmark samples
+        append_row(self.path, row_image(video[0], mel[0], f"minute {minutes:.1f}\nstep {step}\nEMA, CFG, "
+                                                          f"{self.sample_steps} steps\n{w.frames} frames: "
+                                                          f"{', '.join(str(f) for f in strip_frames(w.frames))}"))
+
+
+def write_index(out_dir: str, caption: str):
+    """The run's page: the progress strip and the loss plot, reloaded every 30 s."""
+    page = f"""<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="30">
+<title>training {html.escape(out_dir)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} code{{white-space:pre-wrap}}</style>
+<h2>progress: the EMA model's sample of one held-out case (cross-pair references)</h2>
+<p><code>{html.escape(caption)}</code></p>
+<p><img src="progress.png"></p>
+<h2>loss</h2><p><img src="loss.png"></p>"""
+    with open(os.path.join(out_dir, "index.html"), "w") as f:
+        f.write(page)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loss plot: log-scale axes with ticks and a legend, drawn with Pillow
+# ------------------------------------------------------------------------------------------------
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round numbers (1, 2, 5 x 10^k steps) covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Round values (1, 2, 5 x 10^k; every digit when that gives fewer than three) whose log10 is in [lo, hi]."""
+    for mantissas in ((1, 2, 5), range(1, 10)):
+        ticks = [m * 10.0 ** k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mantissas
+                 if lo <= math.log10(m * 10.0 ** k) <= hi]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+SERIES = {"loss": ("black", "total"), "loss_video": ("blue", "video"), "loss_audio": ("red", "audio"),
+          "loss_audio_only": ("orange", "audio-only steps")}
+
+
+def plot_losses(log_path: str, png_path: str, size=(720, 400)):
+    """loss.png from log.jsonl: step on x, loss on a log10 y axis, one line per series, ticks and a legend."""
+    from PIL import Image, ImageDraw
+    if not os.path.exists(log_path):
+        return
+    records = [json.loads(line) for line in open(log_path)]
+    if len(records) < 2:  # a line needs two points
+        return
+    series = {k: v for k, v in SERIES.items() if all(k in r for r in records)}
+    W, H = size
+    left, right, top, bottom = 64, 16, 24, 48
+    steps = [r["step"] for r in records]
+    logs = [math.log10(max(r[k], 1e-6)) for r in records for k in series]
+    lo, hi = min(logs), max(logs)
+    lo, hi = (lo - 0.05, hi + 0.05) if hi - lo < 0.1 else (lo, hi)
+    x_of = lambda s: left + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (W - left - right)  # noqa: E731
+    y_of = lambda lv: H - bottom - (lv - lo) / (hi - lo) * (H - top - bottom)                   # noqa: E731
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([left, top, W - right, H - bottom], outline="grey")
+    for s in nice_ticks(steps[0], steps[-1]):                                    # x axis: optimizer steps
+        draw.line([(x_of(s), H - bottom), (x_of(s), H - bottom + 4)], fill="black")
+        draw.text((x_of(s) - 10, H - bottom + 6), f"{s:g}", fill="black")
+    draw.text(((W - left) // 2, H - 18), "optimizer step", fill="black")
+    for value in log_ticks(lo, hi):                                              # y axis: the loss, log scale
+        y = y_of(math.log10(value))
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.line([(left + 1, y), (W - right - 1, y)], fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{value:.3g}", fill="black")
+    for key, (colour, _) in series.items():
+        draw.line([(x_of(r["step"]), y_of(math.log10(max(r[key], 1e-6)))) for r in records], fill=colour, width=2)
+    for i, (colour, name) in enumerate(series.values()):                         # legend, top right
+        y = top + 8 + 14 * i
+        draw.line([(W - right - 150, y + 6), (W - right - 130, y + 6)], fill=colour, width=3)
+        draw.text((W - right - 124, y), name, fill="black")
+    draw.text((left, 6), "training loss (log scale)", fill="black")
+    img.save(png_path)
+
