@@ -1,7 +1,12 @@
 """Training: rectified-flow matching of both streams, on the toy world or on precomputed latent shards.
 
 Flow matching (rectified flow, as in Ovi): x_t = (1 - t) x0 + t noise, the model predicts the
-velocity v = noise - x0, t ~ logit-normal, optionally shifted toward noise: t' = s t / (1 + (s-1) t).
+velocity v = noise - x0, t ~ logit-normal shifted toward noise: t' = s t / (1 + (s-1) t), s = --t_shift.
+The shift is SD3's resolution shift, and a toy patch token needs it as a high-resolution image does: a
+token averages 64 pixels x 3 channels, so the noise's patch mean looks like signal. Unshifted, 1.4% of
+training samples fall above t = 0.9 while the sampler starts every clip at t = 1; the model then
+amplifies the starting noise into saturated patches. s = 3 puts 14% there, and sample.py samples with
+the shift the model was trained with (tests/test_sample.py checks that the two agree).
 Loss = w_video * MSE(video) + w_audio * MSE(audio) over content tokens only (references are not
 predicted). Losses are also logged in bins of t (minRF's cheap diagnostic).
 
@@ -23,6 +28,9 @@ Training strategy (each a flag, defaults as in the papers):
   learning rates     (Omni-Customizer 5.1) the new modules (OCF, MTP-CA, phoneme encoder) decay on a cosine
                      to a tenth; --backbone_lr_schedule cosine (toy: trained from scratch) or constant (the
                      paper's pretrained backbone)
+
+Watching it learn: every --progress_every minutes the EMA model samples one held-out case into
+out_dir/progress.png (a row per minute mark, under the truth's row) and out_dir/index.html (progress.py).
 
 Every rank draws its own noise (seeded by seed, rank and step) and its own data stream. A checkpoint
 holds model, EMA, optimizer, step, RNG and data position; it is written atomically, and a run killed

@@ -41,7 +41,7 @@ def test_ema_warms_up_so_short_runs_are_not_stuck_at_the_initial_weights():
 
 def test_shifted_t_moves_toward_noise():
     gen = torch.Generator().manual_seed(0)
-    plain = train.sample_t(4000, train.TrainConfig(), gen)
+    plain = train.sample_t(4000, train.TrainConfig(t_shift=1.0), gen)
     shifted = train.sample_t(4000, train.TrainConfig(t_shift=3.0), torch.Generator().manual_seed(0))
     assert 0.45 < plain.mean() < 0.55 and shifted.mean() > plain.mean() + 0.1
 
