@@ -134,7 +134,7 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
             for source, (video, mel) in clips.items():
                 for m, value in metrics.score_clip(video, mel, case, world).items():
                     rows[source][m].append(value)
-        scores[subset] = {source: r for source, r in rows.items() if r["face_sim"]}
+        scores[subset] = {source: r for source, r in rows.items() if r["face_sim"]}  # no model: floor and ceiling
         log(f"  scored {subset}: {cases} cases")
     return scores
 

@@ -20,27 +20,20 @@ import torch
 
 import data
 import model as model_lib
+import sample as sample_lib
+from conditioning import Conditioning
 
 STRIP_FRAMES = 4               # frames a row shows, evenly spaced from the first to the last
 SCALE = 3                      # pixels per toy pixel in the strip
 LABEL_W = 150                  # width of the label column
 
 
-def full_tensor(x):
-    """A plain tensor from a DTensor (FSDP2 shard; a collective) or a tensor."""
-    return x.full_tensor() if hasattr(x, "full_tensor") else x
-
-
-def ema_model(ema: dict, mcfg: model_lib.ModelConfig, rank: int):
-    """A plain TwinTower on the CPU holding the EMA weights (rank 0), or None (other ranks). Every rank
-    must call it: under FSDP2 gathering each EMA tensor is a collective."""
-    full = {n: full_tensor(e) for n, e in ema.items()}  # every rank takes part in every gather
-    if rank != 0:
-        return None
-    with torch.device("meta"):
+def ema_model(ema: dict, mcfg: model_lib.ModelConfig):
+    """A plain TwinTower on the CPU holding the EMA weights (full tensors: train.py gathers FSDP2 shards)."""
+    with torch.device("meta"):  # no second initialisation: the weights are overwritten at once
         net = model_lib.TwinTower(mcfg)
     net.to_empty(device="cpu")
-    model_lib.load_state(net, {n: e.cpu() for n, e in full.items()}, "EMA")
+    model_lib.load_state(net, {n: e.cpu() for n, e in ema.items()}, "EMA")
     return net.eval()
 
 
@@ -54,6 +47,7 @@ def row_image(video: torch.Tensor, mel: torch.Tensor, label: str):
     from PIL import Image, ImageDraw
     frames = data.to_uint8(video[strip_frames(video.shape[0])])               # (4, H, W, 3)
     sheet = data.contact_sheet(frames, scale=SCALE, columns=STRIP_FRAMES)
+    # the mel stretched to the frames' height, two pixels per mel frame: time runs left to right as in the frames
     spectrogram = data.mel_image(mel, scale=1).resize((mel.shape[0] * 2, sheet.height))
     row = Image.new("RGB", (LABEL_W + sheet.width + 8 + spectrogram.width, sheet.height + 4), "white")
     row.paste(sheet, (LABEL_W, 2))
@@ -83,12 +77,13 @@ class Progress:
 
     def __init__(self, out_dir: str, world: data.WorldConfig, shift: float, sample_steps: int = 20):
         self.out_dir, self.world, self.shift, self.sample_steps = out_dir, world, shift, sample_steps
+        # the benchmark's first single-subject case: an identity training never sees, cross-pair references
         self.case = data.held_out_case(world, "single", 0)
         self.path = os.path.join(out_dir, "progress.png")
 
     def start(self):
         """A fresh run: the strip starts with the truth row; the page is written once."""
-        if os.path.exists(self.path):
+        if os.path.exists(self.path):  # our own file from an earlier run in this folder
             os.remove(self.path)
         append_row(self.path, row_image(self.case["video"], self.case["audio"], "truth\n(the world's\nown clip)"))
         write_index(self.out_dir, self.case["caption"])
@@ -96,10 +91,9 @@ class Progress:
     @torch.no_grad()
     def add(self, net, minutes: float, step: int):
         """Sample the held-out case from `net` (the EMA model, CPU) and append its row."""
-        import sample as sample_lib  # sample.py imports train's neighbours; import late to keep startup light
-        from conditioning import Conditioning
-        batch = data.collate([self.case])
+        batch = data.collate([self.case])  # a batch of one, as bench.py asks for each case
         w = self.world
+        # seed 0 every time: each row starts from the same noise, so rows differ only by the weights
         video, mel = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                        batch["audio"].shape, steps=self.sample_steps, seed=0, shift=self.shift,
                                        guidance=sample_lib.Guidance(mode="plain"))  # as the benchmark samples

@@ -641,8 +641,8 @@ class ProgressStrip:
                 self.strip.start()  # a fresh run (or a resume without a strip): the truth row first
 
     def maybe_add(self, run: Run, minutes: float, final: bool):
-        """Called at log steps on every rank (the EMA gather is a collective); a pure function of the clock
-        on rank 0, so every rank must agree: the decision is all-reduced like out_of_time's."""
+        """Called at log steps on every rank: gathering the EMA is a collective, so all ranks must agree that a
+        row is due; their clocks differ slightly, so the decision is all-reduced like out_of_time's."""
         if not self.on:
             return
         due = torch.tensor([float(minutes >= self.next_minute or final)], device=run.device)
@@ -652,9 +652,9 @@ class ProgressStrip:
             return
         while self.next_minute <= minutes:
             self.next_minute += run.tc.progress_every
-        net = progress_lib.ema_model(run.ema, run.mcfg, run.rank)
+        ema = {n: full_tensor(e) for n, e in run.ema.items()}  # every rank takes part in every gather
         if run.rank == 0:
-            self.strip.add(net, minutes, run.step)
+            self.strip.add(progress_lib.ema_model(ema, run.mcfg), minutes, run.step)
             progress_lib.plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))
         if run.tc.keep_snapshots:  # the state at this minute, for bench.py --quality (every rank: collectives)
             save(run, f"ckpt_minute{minutes:.1f}.pt")
