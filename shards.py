@@ -65,6 +65,8 @@ def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
                 raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
             if isinstance(expect, str):
                 sizes[dim] = size
+        if t.is_floating_point() and not torch.isfinite(t).all():  # NaN / inf would poison every weight
+            raise ShardError(f"{path}: field '{name}' holds NaN or inf values; re-export the shard")
     return sizes["N"]
 
 
@@ -107,13 +109,19 @@ class LatentShards(torch.utils.data.IterableDataset):
         b, epoch = 0, 0
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+            largest = 0  # batches come from one shard at a time: a shard smaller than a batch gives none
             for p in order:
                 shard = self.load(self.paths[p], self.spec)
                 n = shard["video"].shape[0]
+                largest = max(largest, n)
                 perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, int(p)]).permutation(n))
                 for i in range(0, n - self.batch_size + 1, self.batch_size):
                     if b >= self.start_batch:
                         idx = perm[i: i + self.batch_size]
                         yield {k: v[idx] for k, v in shard.items()}
                     b += 1
+            if largest < self.batch_size:  # a whole pass without one batch: the next pass would be the same
+                raise ShardError(f"no shard of {len(self.paths)} file(s) holds a batch of {self.batch_size} samples "
+                                 f"(the largest holds {largest}): lower --batch_size to at most {largest} or "
+                                 f"write larger shards")
             epoch += 1

@@ -660,6 +660,36 @@ class ProgressStrip:
             save(run, f"ckpt_minute{minutes:.1f}.pt")
 
 
+class Diverged(RuntimeError):
+    """The loss or a gradient became NaN / inf; nothing from that step on is saved."""
+
+
+def track_divergence(first_bad: torch.Tensor, out: dict, step: int) -> torch.Tensor:
+    """The first step whose loss or gradient norm was not finite (-1 = none yet), kept on the device so
+    watching for NaN costs no sync; it is read at log and checkpoint steps (check_finite)."""
+    grad_norm = full_tensor(out["grad_norm"])  # FSDP2: a DTensor scalar (every rank calls this each step)
+    finite = torch.isfinite(torch.as_tensor(out["loss"])) & torch.isfinite(grad_norm)
+    return torch.where(~finite.to(first_bad.device) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+
+
+def check_finite(run: Run, first_bad: torch.Tensor):
+    """Stop with one line if any step since the start went non-finite, or if the weights did (a huge step
+    can overflow them with finite gradients). Every rank must call it: the verdict is all-reduced."""
+    bad = first_bad.clone()
+    weights_bad = torch.zeros((), device=run.device)
+    for p in run.net.parameters():  # local shards under FSDP2; the all-reduce covers the rest
+        local = p.to_local() if hasattr(p, "to_local") else p
+        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(local.detach())).any().float())
+    if run.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)
+    if bad.item() >= 0 or weights_bad.item():
+        where = f"at step {bad.item() + 1}" if bad.item() >= 0 else f"in the weights by step {run.step}"
+        raise Diverged(f"training diverged: NaN/inf {where} (lr {lr_at(max(0, bad.item()), run.tc):.3g}). Likely a "
+                       f"learning rate too high (--lr) or NaN/inf in the data; nothing was saved after it, so "
+                       f"{os.path.join(run.tc.out_dir, 'ckpt.pt')} still holds the last finite state")
+
+
 def out_of_time(run: Run, start: float) -> bool:
     """--max_minutes reached? Every rank must agree to stop, or the next collective hangs."""
     late = run.tc.max_minutes > 0 and (time.time() - start) / 60 >= run.tc.max_minutes
@@ -683,17 +713,23 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         os.remove(log_path)  # a fresh run starts a fresh log
     logger, next_batch, max_steps, losses = Logger(run, log_path), StageData(run), total_steps(tc), []
     strip = ProgressStrip(run)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # NaN watch (track_divergence)
     start = time.time()
     progress = _progress_bar(None if tc.max_minutes > 0 else max_steps, run.step, rank)  # time-limited: no fake ETA
     while run.step < max_steps:
         plan = step_plan(run.step, tc)
         out = train_step(run, plan, next_batch)
+        first_bad = track_divergence(first_bad, out, run.step)
         run.step += 1
         losses.append(out["loss"])
         logger.add(out)
         progress.update(1)
         stop = False
-        if run.step % tc.log_every == 0 or run.step == max_steps:  # the only steps that wait for the device
+        logging = run.step % tc.log_every == 0 or run.step == max_steps
+        saving = run.step % tc.ckpt_every == 0 or run.step == max_steps
+        if logging or saving:  # the only steps that wait for the device
+            check_finite(run, first_bad)  # before anything is written: a diverged run keeps its last good ckpt.pt
+        if logging:
             record = logger.write(plan)
             if record is not None:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}",
@@ -702,7 +738,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             strip.maybe_add(run, (time.time() - start) / 60, final=stop or run.step == max_steps)
         if on_step is not None:
             on_step(run.step, run.net)
-        if run.step % tc.ckpt_every == 0 or run.step == max_steps or stop:  # every rank calls save(): collectives
+        if saving or stop:  # every rank calls save(): collectives
             save(run)
         if stop:
             break
@@ -721,7 +757,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (model_lib.CheckpointError, shards.ShardError) as e:
+    except (model_lib.CheckpointError, shards.ShardError, Diverged) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {os.path.join(tc.out_dir, 'ckpt.pt')}")

@@ -37,3 +37,25 @@ def test_bad_shards_are_named_in_one_line(tmp_path):
         with pytest.raises(shards.ShardError) as err:
             next(iter(shards.LatentShards(str(tmp_path / f"{name}.pt"), batch_size=1)))
         assert f"{name}.pt" in str(err.value) and field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_shard_holding_nan_is_refused(tmp_path):
+    poisoned = tiny_shard()
+    poisoned["audio"][1, 3, 0] = float("nan")
+    torch.save(poisoned, tmp_path / "nan.pt")
+    with pytest.raises(shards.ShardError, match="'audio' holds NaN or inf"):
+        next(iter(shards.LatentShards(str(tmp_path / "nan.pt"), batch_size=1)))
+
+
+def test_shards_smaller_than_a_batch_stop_with_one_line_instead_of_hanging(tmp_path):
+    import signal
+    for i in range(2):
+        shards.write_shard(str(tmp_path / f"s{i}.pt"), tiny_shard(n=3))
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the loader hung"))  # the bug was an endless loop
+    signal.alarm(30)
+    try:
+        with pytest.raises(shards.ShardError, match="lower --batch_size to at most 3") as err:
+            next(iter(shards.LatentShards(str(tmp_path / "*.pt"), batch_size=4)))
+    finally:
+        signal.alarm(0)
+    assert "\n" not in str(err.value)

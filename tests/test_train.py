@@ -114,3 +114,21 @@ def test_fsdp_training_saves_and_resumes(tmp_path):
     one_rank = model.TwinTower(model.config_from_checkpoint(ckpt))
     assert {n: p.shape for n, p in net.named_parameters()} == {n: p.shape for n, p in one_rank.named_parameters()}
     assert all(torch.equal(ckpt["ema"][n], p) for n, p in net.named_parameters())  # the full EMA was gathered
+
+
+def test_a_diverged_run_stops_with_one_line_and_keeps_its_last_finite_checkpoint(tmp_path, monkeypatch):
+    """A NaN loss (a learning rate far too high, or NaN data) must not train on to 'done' and overwrite
+    ckpt.pt with non-finite weights: the run stops at the next log / checkpoint step, naming the step."""
+    train.train(tiny_config(tmp_path, max_steps=2, ckpt_every=2, interleave_audio=0), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    real = train.flow_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+    monkeypatch.setattr(train, "flow_loss", poisoned)
+    with pytest.raises(train.Diverged) as err:
+        train.train(tiny_config(tmp_path, max_steps=6, ckpt_every=3, log_every=3, interleave_audio=0),
+                    TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    assert "at step 3" in str(err.value) and "--lr" in str(err.value) and "\n" not in str(err.value)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
