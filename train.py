@@ -138,15 +138,65 @@ def add_dataclass_flags(parser, cls, defaults_none: bool = False):
                             help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+SCENES = ("mixed", "single", "dialogue", "complex")
+
+
+def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
+    """Every flag value that cannot make a run, each as one line naming the flag and what it needs."""
+    problems = []
+    for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
+        if getattr(tc, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
+    for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps"):
+        if getattr(tc, name) < 0:
+            problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
+    if not (tc.lr > 0 and tc.t_shift > 0 and tc.t_std > 0):
+        problems.append(f"--lr, --t_shift and --t_std must be positive, got {tc.lr}, {tc.t_shift}, {tc.t_std}")
+    if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
+        problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
+    if tc.config not in model_lib.PRESETS:
+        problems.append(f"--config must be one of {', '.join(model_lib.PRESETS)}, got {tc.config!r}")
+    if tc.stage not in (0, *STAGES):
+        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(STAGES)}, got {tc.stage}")
+    try:
+        mix = [float(x) for x in tc.task_mix.split(",")]
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
+    if tc.backbone_lr_schedule not in ("cosine", "constant"):
+        problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
+    if world_overrides.get("scene", "mixed") not in SCENES:
+        problems.append(f"--scene must be one of {', '.join(SCENES)}, got {world_overrides['scene']!r}")
+    base = model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"])
+    dim, heads = model_overrides.get("dim", base.dim), model_overrides.get("heads", base.heads)
+    if heads < 1 or dim % heads or (dim // heads) % 2:
+        problems.append(f"--heads {heads} must divide --dim {dim} into an even head width (RoPE rotates pairs)")
+    if os.path.exists(tc.out_dir) and not os.path.isdir(tc.out_dir):
+        problems.append(f"--out_dir {tc.out_dir} is a file; give a folder")
+    return problems
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     add_dataclass_flags(parser, TrainConfig)
     add_dataclass_flags(parser, model_lib.ModelConfig, defaults_none=True)   # override the preset
     add_dataclass_flags(parser, data.WorldConfig, defaults_none=True)         # override the toy world
     args = vars(parser.parse_args(argv))
     tc = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     pick = lambda cls: {f.name: args[f.name] for f in dataclasses.fields(cls) if args[f.name] is not None}  # noqa: E731
-    return tc, pick(model_lib.ModelConfig), pick(data.WorldConfig)
+    model_overrides, world_overrides = pick(model_lib.ModelConfig), pick(data.WorldConfig)
+    problems = config_problems(tc, model_overrides, world_overrides)
+    if problems:  # all of them at once, one line each, before any work
+        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
+    return tc, model_overrides, world_overrides
 
 
 # ------------------------------------------------------------------------------------------------
