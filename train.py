@@ -157,8 +157,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps"):
         if getattr(tc, name) < 0:
             problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
-    if not (tc.lr > 0 and tc.t_shift > 0 and tc.t_std > 0):
-        problems.append(f"--lr, --t_shift and --t_std must be positive, got {tc.lr}, {tc.t_shift}, {tc.t_std}")
+    if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
+        problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
     if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
         problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
     if tc.config not in model_lib.PRESETS:
