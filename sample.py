@@ -362,8 +362,46 @@ def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
     return Conditioning.from_batch(one), tuple(one["video"].shape), tuple(one["audio"].shape)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description="Generate a clip with sound from a caption and references.")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_bool(s: str) -> bool:
+    """true/false and their usual spellings; anything else is an error (a typo must not read as false)."""
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def flag_problems(args) -> list[str]:
+    """Flag values that cannot make a sample, one line each; checked before any model work (a bad --out_dir
+    used to be found only after sampling had finished)."""
+    problems = []
+    if args.steps < 1:
+        problems.append(f"--steps must be at least 1, got {args.steps}")
+    if args.seed < 0:
+        problems.append(f"--seed must be 0 or more, got {args.seed}")
+    if args.shift is not None and args.shift <= 0:
+        problems.append(f"--shift must be positive, got {args.shift}")
+    out = args.out_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        problems.append(f"--out_dir {out} is a file; give a folder")
+    else:
+        parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(parent):  # the nearest folder that exists is where it will be created
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK):
+            problems.append(f"--out_dir {out}: {parent} is not writable; give a folder you can write to")
+    return problems
+
+
+def parse_args(argv=None):
+    parser = OneLineParser(description="Generate a clip with sound from a caption and references.")
     parser.add_argument("--ckpt", required=True, help="our ckpt.pt (train.py), or Ovi's .safetensors / index / folder")
     parser.add_argument("--caption", help="structured caption with <subk> anchors and <S> ... <E> lines")
     parser.add_argument("--ref_image", action="append", default=[], help="reference image, once per subject")
@@ -384,7 +422,7 @@ def parse_args():
     parser.add_argument("--source_video", help="rv2av: the video to edit (.gif/.webp)")
     parser.add_argument("--source_mask", help="rv2av: mask animation, white = the region to regenerate")
     parser.add_argument("--driving_audio", help="ra2v: the sound track to animate (.wav)")
-    parser.add_argument("--keep_source", type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=True,
+    parser.add_argument("--keep_source", type=parse_bool, default=True,
                         help="rv2av: keep the region outside the mask as the source (replacement); true|false")
     parser.add_argument("--guidance", choices=["plain", "multi", "none"], default="plain",
                         help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form")
@@ -395,7 +433,11 @@ def parse_args():
                                 help=f"guidance scale ({'plain' if field.name.startswith('cfg') else 'multi'})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    problems = flag_problems(args)
+    if problems:  # all at once, before any model work
+        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
+    return args
 
 
 def toy_case(args, world: data.WorldConfig):

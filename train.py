@@ -58,6 +58,7 @@ import model as model_lib
 import progress as progress_lib
 import shards
 from conditioning import Conditioning
+from sample import OneLineParser, parse_bool  # the command-line helpers the entry points share
 
 
 @dataclass
@@ -109,14 +110,6 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------
 
 
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
 def field_help(cls) -> dict:
     """{field: its trailing comment} read from the dataclass's source, so `--help` says what each flag does."""
     found = {}
@@ -131,18 +124,11 @@ def add_dataclass_flags(parser, cls, defaults_none: bool = False):
     """One flag per field of `cls`, typed like the field, with the field's comment as its help."""
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
-        kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), None)
+        kind = parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), None)
         kind = kind or (type(f.default) if f.default is not None else str)
         default = "the preset's" if defaults_none else f.default
         parser.add_argument(f"--{f.name}", type=kind, default=None if defaults_none else f.default,
                             help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 SCENES = ("mixed", "single", "dialogue", "complex")

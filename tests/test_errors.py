@@ -42,3 +42,30 @@ def test_an_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsys):
 def test_the_defaults_are_valid():
     tc, model_overrides, world_overrides = train.parse_args([])
     assert train.config_problems(tc, model_overrides, world_overrides) == []
+
+
+BAD_SAMPLE_FLAGS = [
+    (["--steps", "-1"], "--steps must be at least 1"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--shift", "0"], "--shift must be positive"),
+    (["--guidance", "loud"], "argument --guidance: invalid choice"),
+    (["--keep_source", "ture"], "expected true/false, got 'ture'"),
+    ([], "the following arguments are required: --ckpt"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_SAMPLE_FLAGS)
+def test_a_bad_sample_flag_is_one_line_before_any_model_work(argv, message, capsys):
+    import sample
+    with pytest.raises(SystemExit) as done:
+        sample.parse_args((["--ckpt", "x.pt"] if argv else []) + argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_sample_refuses_an_out_dir_that_is_a_file_before_sampling(tmp_path, capsys):
+    import sample
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--ckpt", "x.pt", "--out_dir", str(tmp_path / "file")])
+    assert "is a file; give a folder" in capsys.readouterr().err
