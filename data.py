@@ -53,7 +53,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import speech  # the toy's speech: phonemes, languages, voices, log-mel
 

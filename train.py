@@ -38,7 +38,6 @@ at any moment resumes from it and produces the same following losses (noise is a
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import inspect
@@ -51,7 +50,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import data
 import model as model_lib
