@@ -101,6 +101,30 @@ class WorldConfig:
 
 
 MAX_SUBJECTS = 4  # the tokenizer knows <sub1>..<sub4>
+SCENES = ("mixed", "single", "dialogue", "complex")
+
+
+def world_problems(cfg: WorldConfig) -> list[str]:
+    """Every field value that cannot make a world, one line each, named as its command-line flag."""
+    problems = []
+    for name in ("image_size", "fps", "n_mels", "ref_image_size", "hop"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if not (8000 <= cfg.sample_rate <= 48000 and 0 < cfg.hop < cfg.n_fft <= cfg.sample_rate):
+        problems.append(f"--sample_rate must be 8000-48000 Hz and --hop < --n_fft; got {cfg.sample_rate}, "
+                        f"{cfg.hop}, {cfg.n_fft}")
+    if not (cfg.clip_seconds > 0 and cfg.ref_audio_seconds > 0 and cfg.frames >= 1 and cfg.ref_mel_frames >= 1):
+        problems.append(f"--clip_seconds and --ref_audio_seconds must hold at least a frame; got {cfg.clip_seconds}, "
+                        f"{cfg.ref_audio_seconds}")
+    if not 1 <= cfg.min_subjects <= cfg.max_subjects <= 3:  # the tokenizer knows 4 anchors; scenes lay out 3 people
+        problems.append("--min_subjects and --max_subjects need 1 <= min <= max <= 3 (the toy world's scenes hold 3); "
+                        f"got {cfg.min_subjects}, {cfg.max_subjects}")
+    for name in ("cross_pair", "lang_b", "lang_b_audio_only", "silent_prob", "offscreen_prob", "move_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            problems.append(f"--{name} is a probability, in [0, 1]; got {getattr(cfg, name)}")
+    if cfg.scene not in SCENES:
+        problems.append(f"--scene must be one of {', '.join(SCENES)}, got {cfg.scene!r}")
+    return problems
 
 # ------------------------------------------------------------------------------------------------
 # Identities: a continuous space of faces and voices
@@ -300,6 +324,9 @@ class CaptionError(ValueError):
     """A caption that cannot be tokenized; the message is one line for the user."""
 
 
+MAX_CAPTION_CHARS = 2000  # the toy world's longest captions (three subjects, three lines) run to ~500
+
+
 def tokenize(caption: str) -> list[int]:
     """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
     ids = []
@@ -328,13 +355,19 @@ def parse_caption(caption: str) -> dict:
     end of that clause (up to '.'), i.e. "label <subk>: looks, voice." Lines: each `<S> ... <E>`
     with the subject whose anchor most recently precedes it. Spans are [start, end) token indices.
     """
+    if len(caption) > MAX_CAPTION_CHARS:  # attention is quadratic in tokens: 100,000 characters would run for minutes
+        raise CaptionError(f"caption has {len(caption):,} characters; the limit is {MAX_CAPTION_CHARS:,} "
+                           "(describe each subject in a clause, then the lines)")
     ids = tokenize(caption)
     subject_spans, lines = {}, []  # subject index -> [start, end); line dicts in caption order
     clause_start, open_line, last_subject = 0, None, None
     period = TOKEN_ID["."]
     for i, tok in enumerate(ids):
         name = VOCAB[tok]
-        if name.startswith("<sub") and open_line is None:
+        if name.startswith("<sub") and open_line is not None:  # the speaker is named before the line, not in it
+            raise CaptionError(f"caption has {name} inside a line <S> ... <E>: name the speaker before the line, "
+                               f"e.g. '{name} says <S> ka ta <E>'")
+        if name.startswith("<sub"):
             last_subject = int(name[4:-1]) - 1
             if last_subject not in subject_spans:
                 end = next((j + 1 for j in range(i, len(ids)) if ids[j] == period), len(ids))

@@ -135,6 +135,37 @@ PRESETS = {
                         audio_scale=0.19676, text_dim=4096, text_layers=0, task_inputs=False,
                         ocf_dim=1024, ocf_heads=16, phoneme_layers=4),
 }
+
+
+CHOICES = {"audio_stem": ("linear", "conv"), "ocf_rope": ("sa_mrope", "1d"), "ref_rope": ("plain", "syn"),
+           "precond": ("none", "edm")}
+
+
+def config_problems(cfg: ModelConfig) -> list[str]:
+    """Every field value that cannot build a model, one line each, named as its command-line flag."""
+    problems = []
+    for name in ("dim", "layers", "heads", "ffn", "freq_dim", "video_channels", "patch_t", "patch_h", "patch_w",
+                 "audio_channels", "audio_patch", "text_dim", "text_vocab", "phoneme_vocab", "ocf_heads"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("text_layers", "ocf_layers", "phoneme_layers", "ocf_dim", "audio_stem_hidden"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    for name in ("eps", "rope_theta", "sigma_video", "sigma_audio", "audio_scale"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"--{name} must be positive, got {getattr(cfg, name)}")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(cfg, name)!r}")
+    # RoPE rotates pairs of a head's channels, split over (t, h, w): a head needs an even width of 6 or more
+    if cfg.heads >= 1 and (cfg.dim % cfg.heads or cfg.head_dim % 2 or cfg.head_dim < 6):
+        problems.append(f"--heads {cfg.heads} must divide --dim {cfg.dim} into an even head width of 6 or more "
+                        "(RoPE rotates pairs over t, h, w)")
+    if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
+        problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
+    if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
+        problems.append(f"--text_heads {cfg.text_heads} must divide --text_dim {cfg.text_dim}")
+    return problems
 OVI_PARAMETERS = 11_660_753_108
 # ours, not Ovi's backbone: the prompt side (toy text encoder, phoneme encoder, OCF, MTP-CA), task inputs,
 # the toy's input skip
@@ -630,7 +661,9 @@ def ovi_files(path: str) -> list[str]:
 
 
 def is_ovi_checkpoint(path: str) -> bool:
-    return path.endswith((".safetensors", ".json")) or os.path.isdir(path)
+    """Ovi's release: one .safetensors, a sharded set's index .json, or a folder holding .safetensors."""
+    return path.endswith((".safetensors", ".json")) or (os.path.isdir(path) and
+                                                        bool(glob.glob(os.path.join(path, "*.safetensors"))))
 
 
 def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
@@ -691,11 +724,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; one line for the user."""
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, need: tuple = ()) -> dict:
     """torch.load with weights_only=True, memory-mapped (tensors are read when used); a corrupt or
-    foreign file stops with one clear line."""
+    foreign file, or one that lacks an entry in `need` (e.g. a resume needs "optimizer"), stops with one
+    clear line."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint; train one with train.py --out_dir ...")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder with no .safetensors (Ovi's) in it; give a checkpoint file, "
+                              f"e.g. {os.path.join(path, 'ckpt.pt')}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
@@ -703,16 +740,49 @@ def load_checkpoint(path: str) -> dict:
                               "it may be truncated - use an earlier one or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: is not a checkpoint written by train.py")
+    for key in ("model", "ema"):
+        state = ckpt.get(key, {})
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: its '{key}' is not a dict of tensors; not written by train.py")
+    missing = [key for key in need if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: lacks '{missing[0]}' (train.py writes model, ema, optimizer, step, rng, "
+                              "model_config, world_config); it was written by another tool or an older version")
     return ckpt
 
 
-def config_from_checkpoint(ckpt: dict) -> ModelConfig:
-    """The ModelConfig a checkpoint was trained with; keys this version does not know stop with one line."""
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(ckpt["model_config"]) - known)
+def check_finite(state: dict, path: str):
+    """A checkpoint whose weights hold NaN or inf would only make noise (or crash deep in Griffin-Lim)."""
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: weight '{name}' holds NaN or inf (a diverged run); use an earlier "
+                                  "checkpoint, e.g. a ckpt_minute*.pt snapshot")
+
+
+def dataclass_from_checkpoint(cls, fields, path: str, problems=None):
+    """A config dataclass from a checkpoint's dict of its fields (model_config, world_config): an unknown
+    key, a value of the wrong type or one that `problems` refuses stops with one line."""
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: its {cls.__name__} is a {type(fields).__name__}, not a dict; not written by train.py")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(known))
     if unknown:
-        raise CheckpointError(f"checkpoint config has unknown key(s) {unknown}: written by another version of model.py")
-    return ModelConfig(**ckpt["model_config"])
+        raise CheckpointError(f"{path}: its {cls.__name__} has unknown key(s) {unknown}: written by another version "
+                              "of this code")
+    for name, value in fields.items():  # bool is an int in Python; anything else must match the default's type
+        default = known[name].default
+        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+            raise CheckpointError(f"{path}: its {cls.__name__}.{name} is {value!r}, expected a {type(default).__name__}")
+    cfg = cls(**fields)
+    bad = problems(cfg) if problems else []
+    if bad:
+        raise CheckpointError(f"{path}: its {cls.__name__} cannot build a model ({bad[0]})")
+    return cfg
+
+
+def config_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with (checked like the command line's)."""
+    return dataclass_from_checkpoint(ModelConfig, ckpt["model_config"], path, config_problems)
 
 
 def load_state(net: TwinTower, state: dict, what: str = "checkpoint"):
@@ -739,8 +809,10 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> Twin
         net.init_weights(only=load_ovi_weights(net, path)["fresh"])
         return net.eval()
     ckpt = load_checkpoint(path)
-    net = TwinTower(config_from_checkpoint(ckpt))
-    load_state(net, ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"], path)
+    net = TwinTower(config_from_checkpoint(ckpt, path))
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    check_finite(state, path)
+    load_state(net, state, path)
     return net.to(device).eval()
 
 

@@ -32,11 +32,8 @@ import torch
 import data
 import model as model_lib
 import speech
+from inputs import InputError, load_frames, load_image, load_wav
 from model import Conditioning
-
-
-class InputError(ValueError):
-    """Bad user input; the message is one line naming the problem and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,51 +157,6 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
 # ------------------------------------------------------------------------------------------------
 
 
-def load_image(path: str, size: int) -> torch.Tensor:
-    """Any image file -> (3, size, size) in [-1, 1]; resized (a note is printed) and made RGB."""
-    from PIL import Image, UnidentifiedImageError
-    if not os.path.exists(path):
-        raise InputError(f"--ref_image {path}: no such file")
-    try:
-        img = Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        raise InputError(f"--ref_image {path}: not a readable image (use PNG or JPEG)") from None
-    if img.size != (size, size):
-        print(f"note: --ref_image {path} is {img.size[0]}x{img.size[1]}; resized to {size}x{size}")
-        img = img.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
-
-
-def load_wav(path: str, sample_rate: int) -> torch.Tensor:
-    """A PCM .wav (8/16/24/32-bit, any rate, any channels) -> mono float waveform at `sample_rate`."""
-    import wave
-    if not os.path.exists(path):
-        raise InputError(f"--ref_audio {path}: no such file")
-    try:
-        with wave.open(path, "rb") as f:
-            channels, width, rate, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
-            raw = f.readframes(n)
-    except (wave.Error, EOFError):
-        raise InputError(f"--ref_audio {path}: not a readable PCM .wav file (convert it, e.g. with sox or ffmpeg)") from None
-    if width == 3:  # 24-bit: numpy has no int24, so pad a zero low byte and read little-endian int32
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        pcm = (np.pad(b, ((0, 0), (1, 0))).view("<i4")[:, 0] / 2 ** 31).astype(np.float32)
-    else:
-        dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
-        pcm = np.frombuffer(raw, dtype).astype(np.float32)
-        pcm = (pcm - 128) / 128 if width == 1 else pcm / 2 ** (8 * width - 1)
-    wav = torch.from_numpy(pcm.reshape(-1, channels).mean(1))       # (samples,): interleaved channels, averaged
-    if channels > 1:
-        print(f"note: --ref_audio {path} has {channels} channels; mixed down to mono")
-    if rate != sample_rate:
-        import torchaudio.functional as AF
-        print(f"note: --ref_audio {path} is {rate} Hz; resampled to {sample_rate} Hz")
-        wav = AF.resample(wav, rate, sample_rate)
-    if wav.numel() == 0:  # a header with no frames: nothing to take a voice from
-        raise InputError(f"--ref_audio {path}: the file holds no audio")
-    return wav
-
-
 def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str], world: data.WorldConfig) -> dict:
     """Caption + reference files -> a batch of one (the same keys as a training batch)."""
     try:
@@ -214,6 +166,8 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
     n = len(fields["subject_spans"])
     if n == 0:  # the model is conditioned per subject; a caption without anchors has nothing to bind
         raise InputError("--caption names no subject: describe each one as 'label <sub1>: looks, voice.'")
+    if len(fields["speech_spans"]) == 0:  # every training clip has a spoken line; MTP-CA needs one to align
+        raise InputError("--caption has no spoken line: give each speaker's words as '<sub1> says <S> ka ta <E>'")
     for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
         if len(paths) != n:
             raise InputError(f"the caption names {n} subject(s) (<sub1>..<sub{n}>) but {len(paths)} {flag} "
@@ -221,7 +175,7 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
     ref_len = world.ref_mel_frames * world.hop  # the model was trained on voice clips of exactly this length
     voices = []
     for p in audio_paths:
-        wav = load_wav(p, world.sample_rate)[:ref_len]
+        wav = load_wav(p, world.sample_rate, max_seconds=ref_len / world.sample_rate + 0.1)[:ref_len]
         voices.append(torch.nn.functional.pad(wav, (0, ref_len - wav.numel())))  # cut / pad to the ref length
     sample = dict(fields, ref_images=torch.stack([load_image(p, world.ref_image_size) for p in image_paths]),
                   ref_audio=speech.wav_to_mel(torch.stack(voices), world))
@@ -303,22 +257,6 @@ def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.Worl
     return True
 
 
-def load_frames(path: str, world: data.WorldConfig, flag: str) -> torch.Tensor:
-    """A .gif/.webp (or any multi-frame image) -> (T, 3, H, W) in [-1, 1] at the world's size and length."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError
-    if not os.path.exists(path):
-        raise InputError(f"{flag} {path}: no such file")
-    try:
-        frames = [f.convert("RGB").resize((world.image_size, world.image_size), Image.NEAREST)
-                  for f in ImageSequence.Iterator(Image.open(path))]
-    except (UnidentifiedImageError, OSError):
-        raise InputError(f"{flag} {path}: not a readable animation (use .gif or .webp)") from None
-    if len(frames) < world.frames:
-        print(f"note: {flag} {path} has {len(frames)} frames; the last one is repeated to {world.frames}")
-    frames = (frames + frames[-1:] * world.frames)[: world.frames]  # hold the last frame, then cut to length
-    return torch.from_numpy(np.stack([np.asarray(f, np.float32) for f in frames]) / 127.5 - 1).permute(0, 3, 1, 2)
-
-
 def task_condition(args, world: data.WorldConfig, truth: dict | None):
     """(source_video (1, T, 4, H, W) or None, driving_audio (1, T_a, n_mels) or None) for --task."""
     if args.task == "rv2av":
@@ -327,8 +265,9 @@ def task_condition(args, world: data.WorldConfig, truth: dict | None):
         else:
             if not (args.source_video and args.source_mask):
                 raise InputError("--task rv2av needs --source_video and --source_mask (white = region to regenerate)")
-            video = load_frames(args.source_video, world, "--source_video")
-            mask = (load_frames(args.source_mask, world, "--source_mask").mean(1, keepdim=True) > 0).float()
+            video = load_frames(args.source_video, world.frames, world.image_size, "--source_video")
+            mask = load_frames(args.source_mask, world.frames, world.image_size, "--source_mask")
+            mask = (mask.mean(1, keepdim=True) > 0).float()  # (T, 1, H, W): white = regenerate
         # (1, T, C+1, H, W): the masked-out video plus the mask as a channel, as in training
         return torch.cat([video * (1 - mask), mask], dim=1)[None], None
     if args.task == "ra2v":
@@ -336,7 +275,8 @@ def task_condition(args, world: data.WorldConfig, truth: dict | None):
             return None, truth["audio"][None]
         if not args.driving_audio:
             raise InputError("--task ra2v needs --driving_audio (a .wav)")
-        wav = load_wav(args.driving_audio, world.sample_rate)[: world.samples]
+        wav = load_wav(args.driving_audio, world.sample_rate, world.samples / world.sample_rate + 0.1,
+                       "--driving_audio")[: world.samples]
         wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))  # exactly one clip long
         return None, speech.wav_to_mel(wav, world)[None]
     return None, None
@@ -352,7 +292,8 @@ def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
     audio shape). For Ovi-size models, which read VAE latents and umT5 features rather than the toy world."""
     import shards  # real data only; the toy path never needs it
     try:
-        shard = shards.LatentShards.load(path, shards.ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim))
+        shard = shards.LatentShards.load(path, shards.ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim,
+                                                         cfg.phoneme_vocab))
     except shards.ShardError as e:
         raise InputError(str(e)) from None
     n = shard["video"].shape[0]
@@ -468,9 +409,10 @@ def main():
             run["shift"] = args.shift or (trained_shift(None) if model_lib.is_ovi_checkpoint(args.ckpt)
                                           else trained_shift(model_lib.load_checkpoint(args.ckpt)))
             return sample_latents(args, run)
-        ckpt = model_lib.load_checkpoint(args.ckpt)
+        ckpt = model_lib.load_checkpoint(args.ckpt, need=("world_config",))
         run["shift"] = args.shift or trained_shift(ckpt)
-        world = data.WorldConfig(**ckpt["world_config"])  # sizes, rates and mel settings the model knows
+        world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
+                                                    data.world_problems)  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = toy_case(args, world)
         net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
     except (InputError, model_lib.CheckpointError) as e:

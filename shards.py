@@ -38,11 +38,17 @@ SHARD_FIELDS = {
 }
 
 
+FLOAT_FIELDS = ("video", "audio", "text_emb", "ref_images", "ref_audio")   # any float dtype; read as float32
+BOOL_FIELDS = ("text_mask", "subject_mask", "line_mask")                   # True = real; a float mask would be
+INDEX_FIELDS = ("subject_spans", "speech_spans", "line_speaker", "line_phonemes")  # read as an additive bias
+
+
 @dataclass
 class ShardSpec:
     C_v: int = 48
     C_a: int = 20
     D_text: int = 4096
+    phoneme_vocab: int = 19    # line_phonemes ids are < this (the model's phoneme table)
 
 
 class ShardError(ValueError):
@@ -65,9 +71,45 @@ def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
                 raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
             if isinstance(expect, str):
                 sizes[dim] = size
-        if t.is_floating_point() and not torch.isfinite(t).all():  # NaN / inf would poison every weight
-            raise ShardError(f"{path}: field '{name}' holds NaN or inf values; re-export the shard")
+    check_dtypes(shard, path)
+    check_indices(shard, path, spec)
     return sizes["N"]
+
+
+def check_dtypes(shard: dict, path: str):
+    """Floats where values are, bools where masks are, integers where indices are; no NaN / inf (one
+    would poison every weight at the first step)."""
+    for name in FLOAT_FIELDS:
+        if not shard[name].is_floating_point():
+            raise ShardError(f"{path}: field '{name}' is {shard[name].dtype}, expected a float dtype; re-export the shard")
+        if not torch.isfinite(shard[name]).all():
+            raise ShardError(f"{path}: field '{name}' holds NaN or inf values; re-export the shard")
+    for name in BOOL_FIELDS:
+        if shard[name].dtype != torch.bool:
+            raise ShardError(f"{path}: field '{name}' is {shard[name].dtype}; store masks as torch.bool (True = real)")
+    for name in INDEX_FIELDS:
+        if shard[name].is_floating_point() or shard[name].is_complex() or shard[name].dtype == torch.bool:
+            raise ShardError(f"{path}: field '{name}' is {shard[name].dtype}; store indices as torch.long")
+
+
+def check_indices(shard: dict, path: str, spec: ShardSpec):
+    """Every real subject and line, and every span, points inside the sample; each sample has at least one
+    subject and one line (the prompt side binds references to descriptors and lines to speakers)."""
+    n_subjects, n_lines = shard["subject_mask"].shape[1], shard["line_mask"].shape[1]
+    if n_subjects == 0 or n_lines == 0 or shard["line_phonemes"].shape[2] == 0:
+        raise ShardError(f"{path}: holds {n_subjects} subject(s), {n_lines} line(s), "
+                         f"{shard['line_phonemes'].shape[2]} phoneme(s) per line; each needs at least one")
+    length = shard["text_mask"].shape[1]
+    for name, mask in (("subject_spans", shard["subject_mask"]), ("speech_spans", shard["line_mask"])):
+        start, end = shard[name][..., 0][mask], shard[name][..., 1][mask]        # real entries only
+        if ((start < 0) | (end > length) | (start >= end)).any():
+            raise ShardError(f"{path}: field '{name}' has a span outside 0 <= start < end <= {length} (text tokens)")
+    speaker = shard["line_speaker"][shard["line_mask"]]
+    if ((speaker < 0) | (speaker >= n_subjects)).any():
+        raise ShardError(f"{path}: field 'line_speaker' names a subject outside 0..{n_subjects - 1}")
+    ids = shard["line_phonemes"]
+    if ((ids < 0) | (ids >= spec.phoneme_vocab)).any():
+        raise ShardError(f"{path}: field 'line_phonemes' has ids outside 0..{spec.phoneme_vocab - 1} (the model's table)")
 
 
 def write_shard(path: str, shard: dict, spec: ShardSpec = ShardSpec()):
@@ -103,7 +145,7 @@ class LatentShards(torch.utils.data.IterableDataset):
         if not isinstance(shard, dict):
             raise ShardError(f"{path}: holds a {type(shard).__name__}, expected a dict of tensors")
         check_shard(shard, path, spec)
-        return shard
+        return {k: v.float() if k in FLOAT_FIELDS else v for k, v in shard.items() if k in SHARD_FIELDS}
 
     def __iter__(self):
         b, epoch = 0, 0

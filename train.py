@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import inspect
 import json
 import math
@@ -129,7 +130,6 @@ def add_dataclass_flags(parser, cls, defaults_none: bool = False):
                             help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
 
 
-SCENES = ("mixed", "single", "dialogue", "complex")
 
 
 def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
@@ -157,14 +157,41 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
     if tc.backbone_lr_schedule not in ("cosine", "constant"):
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
-    if world_overrides.get("scene", "mixed") not in SCENES:
-        problems.append(f"--scene must be one of {', '.join(SCENES)}, got {world_overrides['scene']!r}")
-    base = model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"])
-    dim, heads = model_overrides.get("dim", base.dim), model_overrides.get("heads", base.heads)
-    if heads < 1 or dim % heads or (dim // heads) % 2:
-        problems.append(f"--heads {heads} must divide --dim {dim} into an even head width (RoPE rotates pairs)")
+    mcfg = dataclasses.replace(model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"]), **model_overrides)
+    wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
+    problems += model_lib.config_problems(mcfg) + data.world_problems(wcfg)
+    if tc.data == "toy" and not problems:
+        problems += toy_fit_problems(mcfg, wcfg, tc.config)
     if os.path.exists(tc.out_dir) and not os.path.isdir(tc.out_dir):
         problems.append(f"--out_dir {tc.out_dir} is a file; give a folder")
+    return problems
+
+
+def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:
+    """What a model needs of the toy world it trains on: RGB pixels, mels as its audio channels, and
+    sizes its patches tile exactly (a video token is patch_t x patch_h x patch_w pixels, an audio token
+    audio_patch mel frames; each video frame spans a whole number of mel frames, for lip sync)."""
+    if mcfg.video_channels != 3:
+        return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
+                "(--data 'shards/*.pt', see shards.py), not on the toy world's RGB pixels"]
+    problems = []
+    if mcfg.audio_channels != wcfg.n_mels:
+        problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
+    for name in ("image_size", "ref_image_size"):
+        if getattr(wcfg, name) % mcfg.patch_h or getattr(wcfg, name) % mcfg.patch_w:
+            problems.append(f"--{name} {getattr(wcfg, name)} must be a multiple of --patch_h and --patch_w "
+                            f"({mcfg.patch_h}, {mcfg.patch_w})")
+    if abs(wcfg.clip_seconds * wcfg.fps - wcfg.frames) > 1e-6 or wcfg.sample_rate % (wcfg.fps * wcfg.hop):
+        problems.append(f"--clip_seconds x --fps must be whole frames, and --sample_rate a multiple of --fps x --hop "
+                        f"(whole mel frames per video frame); got {wcfg.clip_seconds} s, {wcfg.fps} fps, "
+                        f"{wcfg.sample_rate} Hz, hop {wcfg.hop}")
+    elif wcfg.frames % mcfg.patch_t:
+        problems.append(f"the clip's {wcfg.frames} frames (--clip_seconds x --fps) must be a multiple of --patch_t {mcfg.patch_t}")
+    for what, n in (("clip", wcfg.mel_frames), ("reference voice", wcfg.ref_mel_frames)):
+        if n % mcfg.audio_patch:
+            problems.append(f"the {what}'s {n} mel frames must be a multiple of --audio_patch {mcfg.audio_patch}")
+    if wcfg.ref_audio_seconds > wcfg.clip_seconds:  # a reference voice is cut from another utterance of a clip's length
+        problems.append(f"--ref_audio_seconds {wcfg.ref_audio_seconds} must be at most --clip_seconds {wcfg.clip_seconds}")
     return problems
 
 
@@ -390,6 +417,7 @@ class Run:
     world: int
     device: torch.device
     step: int = 0
+    log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
 
     @property
     def fsdp(self) -> bool:
@@ -401,11 +429,21 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     """(ModelConfig, WorldConfig): a resumed run keeps its own; an --init_from checkpoint of ours brings its
     model; otherwise the preset with the command line's overrides."""
     if resume is not None:
-        return model_lib.config_from_checkpoint(resume), data.WorldConfig(**resume["world_config"])
+        path = os.path.join(tc.out_dir, "ckpt.pt")
+        return (model_lib.config_from_checkpoint(resume, path),
+                model_lib.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
+    asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
-        return model_lib.config_from_checkpoint(init), wcfg
-    return dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {})), wcfg
+        mcfg = model_lib.config_from_checkpoint(init, tc.init_from)
+        differ = [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
+        if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
+            raise model_lib.CheckpointError(
+                f"--init_from {tc.init_from} is a different model from --config {tc.config} with these flags ("
+                + ", ".join(f"{n} {getattr(mcfg, n)} there, {getattr(asked, n)} here" for n in differ[:3])
+                + "): give the --config and size flags it was trained with")
+        return mcfg, wcfg
+    return asked, wcfg
 
 
 def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:
@@ -466,10 +504,25 @@ def make_optimizer(net, tc: TrainConfig):
                               dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
 
 
+RESUME_NEEDS = ("optimizer", "step", "rng", "world_config")  # what a resume reads besides the weights
+
+
+def remove_partial_writes(out_dir: str):
+    """A kill during save_atomic / append_row leaves NAME.tmp (or NAME.tmp.png) beside the intact file:
+    harmless, but clutter; remove ours (only names this program writes) when the run starts again."""
+    for path in sum((glob.glob(os.path.join(out_dir, p)) for p in ("*.pt.tmp", "*.jsonl.tmp", "*.png.tmp.png")), []):
+        os.remove(path)
+        print(f"note: removed {path}, a partial write left by an interrupted run")
+
+
 def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, world: int, device) -> Run:
     """Build (or resume) the run in tc.out_dir."""
     ckpt_path = os.path.join(tc.out_dir, "ckpt.pt")
-    resume = model_lib.load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+    if rank == 0:
+        remove_partial_writes(tc.out_dir)
+    resume = model_lib.load_checkpoint(ckpt_path, need=RESUME_NEEDS) if os.path.exists(ckpt_path) else None
+    if resume is not None and tc.init_from and rank == 0:  # the run's own weights move on from where it stopped
+        print(f"note: resuming {ckpt_path} at step {resume['step']}; --init_from {tc.init_from} is not read again")
     # --init_from of ours (e.g. the previous stage); Ovi's safetensors are read tensor by tensor in fill_weights
     init = model_lib.load_checkpoint(tc.init_from) if tc.init_from and resume is None and \
         not model_lib.is_ovi_checkpoint(tc.init_from) else None
@@ -493,6 +546,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         else:
             run.opt.load_state_dict(resume["optimizer"])
         run.step = resume["step"]
+        run.log_window = resume.get("log_window", {})
         torch.set_rng_state(resume["rng"])  # noise and data are functions of the step; this covers the rest
     return run
 
@@ -518,6 +572,7 @@ def save(run: Run, name: str = "ckpt.pt"):
         save_atomic(dict(model=model_state, ema=ema_state, optimizer=opt_state, step=run.step,
                          rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
                          world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
+                         log_window=run.log_window,
                          # for readers and tools: a resume recomputes these from `step` (step_plan)
                          data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
                                             audio_only_batches=plan["audio_index"] * tc.grad_accum)),
@@ -554,7 +609,7 @@ class StageData:
                     raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
                 m = self.run.mcfg  # the shard's channels and prompt width must be the model's
                 dataset = shards.LatentShards(tc.data, tc.batch_size, shards.ShardSpec(m.video_channels, m.audio_channels,
-                                                                                     m.text_dim),
+                                                                                     m.text_dim, m.phoneme_vocab),
                                               seed=seed, rank=self.run.rank, world=self.run.world, start_batch=start)
             self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
         return next(self.loaders[key])
@@ -623,6 +678,25 @@ class Logger:
     def __init__(self, run: Run, path: str):
         self.run, self.path, self.start = run, path, time.time()
         self.reset()
+        if run.log_window:
+            self.load(run.log_window)
+
+    def state(self) -> dict:
+        """The open window as CPU tensors, saved with the checkpoint: a resumed run's next record covers
+        the same steps as an uninterrupted run's (with log_every not dividing ckpt_every it would not)."""
+        cat = lambda xs, empty: torch.cat(xs).cpu() if xs else empty  # noqa: E731
+        return dict(joint=torch.stack(self.joint).cpu() if self.joint else torch.zeros(0, 3),
+                    audio_only=torch.stack(self.audio_only).cpu() if self.audio_only else torch.zeros(0),
+                    t=cat(self.t, torch.zeros(0)), per_sample=cat(self.per_sample, torch.zeros(0)),
+                    samples=torch.tensor(self.samples))
+
+    def load(self, state: dict):
+        device = self.run.device
+        self.joint = list(state["joint"].to(device))           # rows of (loss, loss_video, loss_audio)
+        self.audio_only = list(state["audio_only"].to(device))
+        self.t = [state["t"].to(device)] if state["t"].numel() else []
+        self.per_sample = [state["per_sample"].to(device)] if state["per_sample"].numel() else []
+        self.samples = int(state["samples"])
 
     def reset(self):
         self.joint, self.audio_only, self.t, self.per_sample = [], [], [], []
@@ -743,8 +817,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     os.makedirs(tc.out_dir, exist_ok=True)
     run = start_run(tc, model_overrides, world_overrides, rank, world, device)
     log_path = os.path.join(tc.out_dir, "log.jsonl")
-    if run.step == 0 and rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
+    if rank == 0 and os.path.exists(log_path):
+        keep_log_until(log_path, run.step)  # a fresh run starts a fresh log; a resume drops records it will redo
     logger, next_batch, max_steps, losses = Logger(run, log_path), StageData(run), total_steps(tc), []
     strip = ProgressStrip(run)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # NaN watch (track_divergence)
@@ -773,6 +847,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         if on_step is not None:
             on_step(run.step, run.net)
         if saving or stop:  # every rank calls save(): collectives
+            run.log_window = logger.state()
             save(run)
         if stop:
             break
@@ -780,6 +855,25 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     if rank == 0:
         progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
     return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [])
+
+
+def complete_record(line: str) -> bool:
+    """False for the half-written last line a kill during an append leaves behind."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def keep_log_until(path: str, step: int):
+    """Keep the log records up to `step` (the checkpoint's): a run killed after logging step 20 but before
+    saving step 30 resumes from an earlier save and writes step 20 again; the log must not hold it twice."""
+    with open(path) as f:
+        kept = [line for line in f if complete_record(line) and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def _progress_bar(total, initial: int, rank: int):

@@ -69,3 +69,161 @@ def test_sample_refuses_an_out_dir_that_is_a_file_before_sampling(tmp_path, caps
     with pytest.raises(SystemExit):
         sample.parse_args(["--ckpt", "x.pt", "--out_dir", str(tmp_path / "file")])
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+BAD_WORLD_AND_MODEL_FLAGS = [
+    (["--image_size", "30"], "--image_size 30 must be a multiple of --patch_h"),
+    (["--clip_seconds", "1.1"], "--clip_seconds x --fps must be whole frames"),
+    (["--n_mels", "30"], "--audio_channels 40 must equal --n_mels 30"),
+    (["--config", "full"], "train it on latent shards"),
+    (["--max_subjects", "4"], "the toy world's scenes hold 3"),
+    (["--cross_pair", "2"], "--cross_pair is a probability"),
+    (["--ref_audio_seconds", "3"], "--ref_audio_seconds 3.0 must be at most --clip_seconds"),
+    (["--audio_stem", "lstm"], "--audio_stem must be one of linear | conv"),
+    (["--ocf_heads", "5"], "--ocf_heads 5 must divide"),
+    (["--layers", "0"], "--layers must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_WORLD_AND_MODEL_FLAGS)
+def test_a_model_or_world_that_cannot_be_built_is_refused_by_its_flags(argv, message, capsys):
+    """A size the patches do not tile or a world the scenes cannot render used to end in a reshape
+    traceback at the first step (or, for --config full on the toy world, an hour building 11.7B weights)."""
+    with pytest.raises(SystemExit) as done:
+        train.parse_args(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------
+# Through sample.py's main(): the user's files and checkpoints
+# ------------------------------------------------------------------------------------------------
+
+CAPTION = "the one in red <sub1>: red shirt, deep voice. <sub1> says <S> ka ta <E>"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny trained checkpoint, a good reference image and wav, and bad variants of each."""
+    import wave
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+    d = tmp_path_factory.mktemp("inputs")
+    train.train(train.TrainConfig(out_dir=str(d / "run"), batch_size=2, max_steps=1, progress_every=0),
+                TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(d / "face.png")
+    with wave.open(str(d / "voice.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes((np.random.default_rng(0).standard_normal(8000) * 3000).astype("<i2").tobytes())
+    voice = (d / "voice.wav").read_bytes()
+    (d / "rate0.wav").write_bytes(voice[:24] + (0).to_bytes(4, "little") + voice[28:])
+    (d / "alaw.wav").write_bytes(voice[:20] + (6).to_bytes(2, "little") + voice[22:])
+    (d / "header_only.wav").write_bytes(voice[:30])
+    (d / "folder.wav").mkdir()
+    Image.new("L", (9000, 9000)).save(d / "huge.png")          # a few KB on disk, 243 MB decoded
+    (d / "cut.png").write_bytes((d / "face.png").read_bytes()[:40])
+    ckpt = torch.load(d / "run" / "ckpt.pt", weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "world_config"}, d / "no_world.pt")
+    torch.save(dict(ckpt, model_config=dict(ckpt["model_config"], heads=5)), d / "bad_heads.pt")
+    torch.save(dict(ckpt, world_config=dict(ckpt["world_config"], colour=1)), d / "unknown_world.pt")
+    nan = {k: torch.full_like(v, float("nan")) for k, v in ckpt["ema"].items()}
+    torch.save(dict(ckpt, ema=nan, model=nan), d / "nan.pt")
+    torch.save(dict(ckpt, model=[1, 2]), d / "not_tensors.pt")
+    return d
+
+
+BAD_SAMPLE_INPUTS = [  # (what is wrong, flags, a fragment of the one line)
+    ("reference wav at 0 Hz", dict(ref_audio="rate0.wav"), "the wav header says 0 Hz"),
+    ("A-law wav", dict(ref_audio="alaw.wav"), "format 0x0006"),
+    ("wav with no data chunk", dict(ref_audio="header_only.wav"), "no 'data' chunk"),
+    ("a folder named .wav", dict(ref_audio="folder.wav"), "is a folder; give a file"),
+    ("missing wav", dict(ref_audio="nowhere.wav"), "no such file"),
+    ("9000x9000 png", dict(ref_image="huge.png"), "the image is 9000x9000"),
+    ("truncated png", dict(ref_image="cut.png"), "not a readable image"),
+    ("caption without a line", dict(caption="the one in red <sub1>: red shirt."), "has no spoken line"),
+    ("anchor inside a line", dict(caption="a <sub1>: red. <S> ku <sub1> ta <E>"), "<sub1> inside a line"),
+    ("100,000-character caption", dict(caption="a <sub1>: red. <S> " + "ka " * 33000 + "<E>"), "the limit is 2,000"),
+    ("checkpoint without world_config", dict(ckpt="no_world.pt"), "lacks 'world_config'"),
+    ("checkpoint whose heads do not divide dim", dict(ckpt="bad_heads.pt"), "cannot build a model (--heads 5"),
+    ("checkpoint with an unknown world key", dict(ckpt="unknown_world.pt"), "unknown key(s) ['colour']"),
+    ("checkpoint of NaN weights", dict(ckpt="nan.pt"), "holds NaN or inf"),
+    ("checkpoint whose model is not tensors", dict(ckpt="not_tensors.pt"), "is not a dict of tensors"),
+    ("a run folder as --ckpt", dict(ckpt="run"), "is a folder with no .safetensors"),
+]
+
+
+@pytest.mark.parametrize("what, flags, message", BAD_SAMPLE_INPUTS, ids=[c[0] for c in BAD_SAMPLE_INPUTS])
+def test_a_bad_file_stops_sample_py_with_one_line(files, what, flags, message, monkeypatch):
+    import sys
+
+    import sample
+    given = dict(ckpt=str(files / "run" / "ckpt.pt"), caption=CAPTION, ref_image="face.png", ref_audio="voice.wav")
+    given.update(flags)
+    argv = ["sample.py", "--ckpt", str(files / given["ckpt"]), "--caption", given["caption"], "--steps", "1",
+            "--ref_image", str(files / given["ref_image"]), "--ref_audio", str(files / given["ref_audio"]),
+            "--out_dir", str(files / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as done:
+        sample.main()
+    line = str(done.value.code)
+    assert line.startswith("error: ") and message in line and "\n" not in line, line
+
+
+def test_good_files_sample(files, monkeypatch, capsys):
+    """The table's baseline: the same command with good files writes the page (so a refusal above is the
+    bad file's doing)."""
+    import sys
+
+    import sample
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--ckpt", str(files / "run" / "ckpt.pt"), "--caption", CAPTION,
+                                      "--steps", "1", "--ref_image", str(files / "face.png"),
+                                      "--ref_audio", str(files / "voice.wav"), "--out_dir", str(files / "out")])
+    sample.main()
+    assert "wrote" in capsys.readouterr().out and (files / "out" / "index.html").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Through train.py's main(): checkpoints to resume or start from
+# ------------------------------------------------------------------------------------------------
+
+
+def run_train(monkeypatch, *flags):
+    import sys
+
+    from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+    size = [f"--{k}={v}" for k, v in {**TINY_OVERRIDES, **TINY_WORLD_OVERRIDES}.items()]
+    monkeypatch.setattr(sys, "argv", ["train.py", "--batch_size", "2", "--progress_every", "0", *size, *flags])
+    train.main()
+
+
+def test_resuming_a_checkpoint_without_optimizer_state_is_one_line(files, tmp_path, monkeypatch):
+    import torch
+    ckpt = torch.load(files / "run" / "ckpt.pt", weights_only=True)
+    (tmp_path / "run").mkdir()
+    torch.save({k: v for k, v in ckpt.items() if k != "optimizer"}, tmp_path / "run" / "ckpt.pt")
+    with pytest.raises(SystemExit) as done:
+        run_train(monkeypatch, "--out_dir", str(tmp_path / "run"), "--max_steps", "2")
+    assert "lacks 'optimizer'" in str(done.value.code) and "\n" not in str(done.value.code)
+
+
+def test_init_from_another_model_size_is_refused_not_silently_trained(files, tmp_path, monkeypatch):
+    """--init_from a checkpoint of another size used to train that size under the asked preset's name."""
+    with pytest.raises(SystemExit) as done:
+        run_train(monkeypatch, "--out_dir", str(tmp_path / "s2"), "--max_steps", "2", "--init_from",
+                  str(files / "run" / "ckpt.pt"), "--dim", "64")
+    line = str(done.value.code)
+    assert "is a different model" in line and "dim 32 there, 64 here" in line and "\n" not in line
+
+
+def test_init_from_on_a_resume_says_it_is_not_read_again(files, tmp_path, monkeypatch, capsys):
+    import shutil
+    shutil.copytree(files / "run", tmp_path / "run")
+    run_train(monkeypatch, "--out_dir", str(tmp_path / "run"), "--max_steps", "2", "--init_from",
+              str(files / "run" / "ckpt.pt"))
+    assert "is not read again" in capsys.readouterr().out

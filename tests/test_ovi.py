@@ -209,7 +209,7 @@ def test_train_init_from_a_bad_file_fails_in_one_line(tmp_path):
     import subprocess
     import sys
     done = subprocess.run([sys.executable, "train.py", "--config", "full", "--init_from", str(bad), "--out_dir",
-                           str(tmp_path / "run"), "--dim", "32", "--layers", "1", "--heads", "2", "--ffn", "48",
+                           str(tmp_path / "run"), "--data", str(tmp_path / "*.pt"), "--dim", "32", "--layers", "1", "--heads", "2", "--ffn", "48",
                            "--audio_stem_hidden", "24", "--text_dim", "16", "--ocf_dim", "16", "--ocf_heads", "2"],
                           cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr

@@ -80,7 +80,7 @@ def test_inputs_are_resized_resampled_and_downmixed(tmp_path):
     ("a <sub1>: x. <sub1> says <S> t@ <E>", 1, 1, "character"),
     ("a <sub1>: x. <sub1> says <S> ta <E>", "missing", 1, "no such file"),
     ("a <sub1>: x. <sub1> says <S> ta <E>", "garbage", 1, "not a readable image"),
-    ("a <sub1>: x. <sub1> says <S> ta <E>", 1, "garbage", "not a readable PCM"),
+    ("a <sub1>: x. <sub1> says <S> ta <E>", 1, "garbage", "not a .wav file"),
 ])
 def test_bad_inputs_stop_with_one_clear_line(tmp_path, caption, images, audios, message):
     write_png(tmp_path / "ok.png")

@@ -9,7 +9,8 @@ def tiny_shard(n=3, k=2, m=1):
     return dict(video=torch.randn(n, 2, 48, 4, 4), audio=torch.randn(n, 10, 20), text_emb=torch.randn(n, 7, 4096),
                 text_mask=torch.ones(n, 7, dtype=torch.bool), ref_images=torch.randn(n, k, 48, 4, 4),
                 ref_audio=torch.randn(n, k, 5, 20), subject_mask=torch.ones(n, k, dtype=torch.bool),
-                subject_spans=torch.zeros(n, k, 2, dtype=torch.long), speech_spans=torch.zeros(n, m, 2, dtype=torch.long),
+                subject_spans=torch.tensor([[i, i + 1] for i in range(k)], dtype=torch.long).reshape(k, 2).expand(n, k, 2),
+                speech_spans=torch.tensor([[k, 7]] * m, dtype=torch.long).reshape(m, 2).expand(n, m, 2),
                 line_speaker=torch.zeros(n, m, dtype=torch.long), line_mask=torch.ones(n, m, dtype=torch.bool),
                 line_phonemes=torch.ones(n, m, 6, dtype=torch.long))
 
@@ -59,3 +60,46 @@ def test_shards_smaller_than_a_batch_stop_with_one_line_instead_of_hanging(tmp_p
     finally:
         signal.alarm(0)
     assert "\n" not in str(err.value)
+
+
+def replaced(field, value):
+    s = tiny_shard()
+    s[field] = value
+    return s
+
+
+BAD_SHARDS = [  # (what is wrong, shard, a fragment of the one line)
+    ("int masks", replaced("text_mask", torch.ones(3, 7, dtype=torch.long)), "store masks as torch.bool"),
+    ("float text_mask", replaced("text_mask", torch.ones(3, 7)), "store masks as torch.bool"),
+    ("float phoneme ids", replaced("line_phonemes", torch.ones(3, 1, 6)), "store indices as torch.long"),
+    ("integer video", replaced("video", torch.zeros(3, 2, 48, 4, 4, dtype=torch.long)), "expected a float dtype"),
+    ("phoneme id past the table", replaced("line_phonemes", torch.full((3, 1, 6), 19)), "ids outside 0..18"),
+    ("negative phoneme id", replaced("line_phonemes", torch.full((3, 1, 6), -1)), "ids outside 0..18"),
+    ("span past the text", replaced("speech_spans", torch.tensor([[[2, 9]]]).expand(3, 1, 2)), "span outside"),
+    ("empty span", replaced("subject_spans", torch.zeros(3, 2, 2, dtype=torch.long)), "span outside"),
+    ("speaker who is not a subject", replaced("line_speaker", torch.full((3, 1), 2)), "outside 0..1"),
+    ("no subjects", tiny_shard(k=0), "0 subject(s)"),
+    ("no lines", tiny_shard(m=0), "0 line(s)"),
+]
+
+
+@pytest.mark.parametrize("what, shard, message", BAD_SHARDS, ids=[c[0] for c in BAD_SHARDS])
+def test_a_shard_of_wrong_types_or_ranges_is_named_in_one_line(tmp_path, what, shard, message):
+    """Before: an int mask crashed deep in attention, a float text_mask silently flipped the meaning of
+    padding, out-of-range ids indexed past the embedding table."""
+    torch.save(shard, tmp_path / "s.pt")
+    with pytest.raises(shards.ShardError) as err:
+        shards.LatentShards.load(str(tmp_path / "s.pt"), shards.ShardSpec())
+    assert "s.pt" in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_padding_entries_are_not_range_checked_and_float64_is_read_as_float32(tmp_path):
+    """Masked-out subjects and lines may hold anything (zeros, usually); any float dtype is accepted."""
+    s = tiny_shard(k=2)
+    s["subject_mask"][:, 1] = False
+    s["subject_spans"] = s["subject_spans"].clone()
+    s["subject_spans"][:, 1] = 0                    # a padded subject's empty span: fine
+    s["video"] = s["video"].double()
+    torch.save(s, tmp_path / "s.pt")
+    loaded = shards.LatentShards.load(str(tmp_path / "s.pt"), shards.ShardSpec())
+    assert loaded["video"].dtype == torch.float32 and torch.equal(loaded["video"], s["video"].float())

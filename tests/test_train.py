@@ -62,18 +62,27 @@ def test_a_fixed_batch_is_overfit():
     assert losses[-1] < losses[0] / 5
 
 
-def test_killed_run_resumes_with_identical_losses(tmp_path):
-    straight = train.train(tiny_config(tmp_path / "a"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)["losses"]
+def test_killed_run_resumes_with_identical_losses_and_log(tmp_path):
+    """Losses bitwise, and the log reads as if the run never stopped: log_every 2 does not divide ckpt_every
+    3, so the record at step 4 spans the checkpoint (the window is saved with it), and the record the killed
+    run wrote at step 4 after its last save is not kept twice."""
+    cfg = dict(log_every=2, interleave_audio=2)
+    straight = train.train(tiny_config(tmp_path / "a", **cfg), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)["losses"]
 
     def crash(step, net):
         if step == 5:  # dies after step 5, whose checkpoint was never written (last one: step 3)
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES, on_step=crash)
-    resumed = train.train(tiny_config(tmp_path / "b"), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+        train.train(tiny_config(tmp_path / "b", **cfg), TINY_OVERRIDES, TINY_WORLD_OVERRIDES, on_step=crash)
+    (tmp_path / "b" / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill during save would leave
+    resumed = train.train(tiny_config(tmp_path / "b", **cfg), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
     assert resumed["losses"] == straight[3:]          # steps 4, 5, 6 exactly as in the straight run
-    records = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
-    assert {"step", "loss", "loss_video", "loss_audio", "samples_per_s"} <= set(records[0])
+    assert not (tmp_path / "b" / "ckpt.pt.tmp").exists()
+    clocked = ("samples_per_s", "minutes")            # wall-clock fields differ between any two runs
+    read = lambda run: [{k: v for k, v in json.loads(line).items() if k not in clocked}  # noqa: E731
+                        for line in open(tmp_path / run / "log.jsonl")]
+    assert read("a") == read("b") and [r["step"] for r in read("a")] == [2, 4]  # 5 and 6: audio-only steps
+    assert all("loss_audio_only" in r for r in read("b"))
     assert os.path.exists(tmp_path / "a" / "loss.png")
 
 
