@@ -23,7 +23,6 @@ a device missing from PEAK_FLOPS shows MFU as unknown rather than a guess.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -41,6 +40,7 @@ import model as model_lib
 import sample as sample_lib
 import train
 from conditioning import Conditioning
+from inputs import OneLineParser, out_dir_problems
 
 SUBSETS = ("single", "dialogue", "complex")
 
@@ -224,9 +224,9 @@ def ablate(args, device):
     return flat
 
 
-def parse_args():
+def parse_args(argv=None):
     """The command line: speed by default, --quality, --validate_metrics, --ablate."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     # --- speed ---
     parser.add_argument("--config", default="toy", choices=list(model_lib.PRESETS))
     parser.add_argument("--batch_size", type=int, default=8)
@@ -250,7 +250,27 @@ def parse_args():
     parser.add_argument("--seeds", type=int, default=2, help="--ablate: seeds per variant")
     parser.add_argument("--lr", type=float, default=2e-3, help="--ablate: learning rate")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the variants train")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    problems = flag_problems(args)
+    if problems:  # all of them, one line each, before any work
+        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
+    return args
+
+
+def flag_problems(args) -> list[str]:
+    """Flag values that cannot make a benchmark, one line each."""
+    problems = [f"--{name} must be at least 1, got {getattr(args, name)}"
+                for name in ("batch_size", "steps", "sample_steps", "cases", "budget_steps", "seeds")
+                if getattr(args, name) < 1]
+    problems += [f"--{name} must be 0 or more, got {getattr(args, name)}" for name in ("warmup", "threads", "lr")
+                 if getattr(args, name) < 0]
+    if args.quality and not (args.ckpt or args.ground_truth):
+        problems.append("--quality needs --ckpt (or --ground_truth for the world's own scores)")
+    if not set(args.subsets.split(",")) <= set(SUBSETS):
+        problems.append(f"--subsets takes some of {','.join(SUBSETS)}, got {args.subsets!r}")
+    if args.ablate:
+        problems += out_dir_problems(args.out_dir)
+    return problems
 
 
 def main():
@@ -372,20 +392,17 @@ def quality_main(args):
         if args.ground_truth:
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
-            if not args.ckpt:
-                raise SystemExit("error: --quality needs --ckpt (or --ground_truth)")
             try:
-                ckpt = model_lib.load_checkpoint(args.ckpt)
+                ckpt = model_lib.load_checkpoint(args.ckpt, need=("world_config",))
                 net = model_lib.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
+                world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
+                                                            data.world_problems)  # the world it was trained on
             except model_lib.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
-            world = data.WorldConfig(**ckpt["world_config"])  # the world the model was trained on
             shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)
         subsets = args.subsets.split(",")
-        if not set(subsets) <= set(SUBSETS):
-            raise SystemExit(f"error: --subsets takes some of {','.join(SUBSETS)}, got {args.subsets!r}")
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
                          subsets=subsets, shift=shift)
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")

@@ -43,7 +43,6 @@ Real data (precomputed latents) is its own concept: shards.py.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import dataclasses
 import math
@@ -748,12 +747,17 @@ def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Preview the toy world as files a person can open.")
+    from inputs import OneLineParser, out_dir_problems  # the entry points' one-line flag errors
+    parser = OneLineParser(description="Preview the toy world as files a person can open.")
     parser.add_argument("--out_dir", default="preview", help="where to write the files")
     parser.add_argument("--clips", type=int, default=4, help="how many clips")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scene", default="mixed", choices=["mixed", "single", "dialogue", "complex"])
+    parser.add_argument("--scene", default="mixed", choices=SCENES)
     args = parser.parse_args()
+    problems = out_dir_problems(args.out_dir) + [f"--{n} must be at least {low}, got {getattr(args, n)}"
+                                                 for n, low in (("clips", 1), ("seed", 0)) if getattr(args, n) < low]
+    if problems:
+        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
     preview(args.out_dir, args.clips, args.seed, WorldConfig(scene=args.scene))
 
 

@@ -36,7 +36,6 @@ one key map (OVI_RENAMES), into a plain model or into FSDP2 shards without a ful
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -885,7 +884,8 @@ def full_token_counts(subjects: int = 2):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Parameter counts and training FLOPs per preset.")
+    from inputs import OneLineParser  # one line per bad flag, like every entry point
+    parser = OneLineParser(description="Parameter counts and training FLOPs per preset.")
     parser.add_argument("--config", choices=list(PRESETS), nargs="*", default=list(PRESETS), help="presets to count")
     args = parser.parse_args()
     for name in args.config:

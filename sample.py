@@ -20,7 +20,6 @@ index.html showing references, caption and result (and the toy world's own clip 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import html
@@ -32,7 +31,7 @@ import torch
 import data
 import model as model_lib
 import speech
-from inputs import InputError, load_frames, load_image, load_wav
+from inputs import InputError, OneLineParser, load_frames, load_image, load_wav, out_dir_problems, parse_bool
 from model import Conditioning
 
 
@@ -303,22 +302,6 @@ def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
     return Conditioning.from_batch(one), tuple(one["video"].shape), tuple(one["audio"].shape)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def parse_bool(s: str) -> bool:
-    """true/false and their usual spellings; anything else is an error (a typo must not read as false)."""
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
 def flag_problems(args) -> list[str]:
     """Flag values that cannot make a sample, one line each; checked before any model work (a bad --out_dir
     used to be found only after sampling had finished)."""
@@ -329,15 +312,7 @@ def flag_problems(args) -> list[str]:
         problems.append(f"--seed must be 0 or more, got {args.seed}")
     if args.shift is not None and args.shift <= 0:
         problems.append(f"--shift must be positive, got {args.shift}")
-    out = args.out_dir
-    if os.path.exists(out) and not os.path.isdir(out):
-        problems.append(f"--out_dir {out} is a file; give a folder")
-    else:
-        parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
-        while not os.path.exists(parent):  # the nearest folder that exists is where it will be created
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            problems.append(f"--out_dir {out}: {parent} is not writable; give a folder you can write to")
+    problems += out_dir_problems(args.out_dir)
     return problems
 
 

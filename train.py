@@ -57,7 +57,7 @@ import model as model_lib
 import progress as progress_lib
 import shards
 from conditioning import Conditioning
-from sample import OneLineParser, parse_bool  # the command-line helpers the entry points share
+from inputs import OneLineParser, out_dir_problems, parse_bool  # the entry points' shared helpers
 
 
 @dataclass
@@ -162,9 +162,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     problems += model_lib.config_problems(mcfg) + data.world_problems(wcfg)
     if tc.data == "toy" and not problems:
         problems += toy_fit_problems(mcfg, wcfg, tc.config)
-    if os.path.exists(tc.out_dir) and not os.path.isdir(tc.out_dir):
-        problems.append(f"--out_dir {tc.out_dir} is a file; give a folder")
-    return problems
+    return problems + out_dir_problems(tc.out_dir)
 
 
 def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:

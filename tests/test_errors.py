@@ -227,3 +227,27 @@ def test_init_from_on_a_resume_says_it_is_not_read_again(files, tmp_path, monkey
     run_train(monkeypatch, "--out_dir", str(tmp_path / "run"), "--max_steps", "2", "--init_from",
               str(files / "run" / "ckpt.pt"))
     assert "is not read again" in capsys.readouterr().out
+
+
+OTHER_ENTRY_POINTS = [  # (module, flags, a fragment of the one line)
+    ("bench", ["--batch_size", "0"], "--batch_size must be at least 1"),
+    ("bench", ["--quality"], "--quality needs --ckpt"),
+    ("bench", ["--quality", "--ckpt", "x.pt", "--subsets", "single,duet"], "--subsets takes some of"),
+    ("bench", ["--cases", "-2"], "--cases must be at least 1"),
+    ("bench", ["--guidance", "loud"], "invalid choice"),
+    ("data", ["--clips", "0"], "--clips must be at least 1"),
+    ("data", ["--scene", "garden"], "invalid choice"),
+    ("model", ["--config", "huge"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("module, argv, message", OTHER_ENTRY_POINTS)
+def test_the_other_entry_points_refuse_a_bad_flag_in_one_line(module, argv, message, monkeypatch, capsys):
+    import importlib
+    import sys
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(sys, "argv", [f"{module}.py", *argv])
+    with pytest.raises(SystemExit) as done:
+        mod.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and err.count("\n") == 1 and "usage:" not in err
