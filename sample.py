@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import html
+import math
 import os
 
 import numpy as np
@@ -312,6 +313,14 @@ def flag_problems(args) -> list[str]:
         problems.append(f"--seed must be 0 or more, got {args.seed}")
     if args.shift is not None and args.shift <= 0:
         problems.append(f"--shift must be positive, got {args.shift}")
+    problems += [f"--{name} must be a finite number, got {value}" for name, value in vars(args).items()
+                 if isinstance(value, float) and not math.isfinite(value)]   # NaN passes every comparison
+    if args.latent_index < 0:
+        problems.append(f"--latent_index must be 0 or more, got {args.latent_index}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu")
+    elif args.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        problems.append(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     problems += out_dir_problems(args.out_dir)
     return problems
 

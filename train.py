@@ -138,9 +138,20 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
         if getattr(tc, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
-    for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps"):
+    for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
+                 "workers", "threads", "weight_decay", "video_loss_weight", "audio_loss_weight"):
         if getattr(tc, name) < 0:
             problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
+    for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison above
+            problems.append(f"--{name} must be a finite number, got {value}")
+    if not tc.grad_clip > 0:  # clip_grad_norm_ to 0 would zero every gradient
+        problems.append(f"--grad_clip must be positive, got {tc.grad_clip}")
+    if tc.video_loss_weight + tc.audio_loss_weight <= 0:
+        problems.append("--video_loss_weight and --audio_loss_weight are both 0: the run would learn nothing")
+    budgets = tc.stage_steps.split(",")
+    if not (1 <= len(budgets) <= len(STAGES) and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
+        problems.append(f"--stage_steps takes 1 to {len(STAGES)} positive step counts a,b,c[,d]; got {tc.stage_steps!r}")
     if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
         problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
     if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
@@ -336,10 +347,8 @@ def total_steps(tc: TrainConfig) -> int:
 
 
 def stage_budgets(tc: TrainConfig) -> list[int]:
-    budgets = [int(x) for x in tc.stage_steps.split(",")]
-    if not 1 <= len(budgets) <= len(STAGES):
-        raise SystemExit(f"error: --stage_steps takes 1 to {len(STAGES)} numbers, got {tc.stage_steps!r}")
-    return budgets
+    """Steps per curriculum stage (config_problems has checked the flag)."""
+    return [int(x) for x in tc.stage_steps.split(",")]
 
 
 def step_plan(step: int, tc: TrainConfig) -> dict:

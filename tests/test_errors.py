@@ -20,6 +20,13 @@ BAD_TRAIN_FLAGS = [
     (["--scene", "garden"], "--scene must be one of"),
     (["--lr", "fast"], "argument --lr: invalid float value"),
     (["--no_such_flag"], "unrecognized arguments"),
+    (["--threads", "-1"], "--threads must be 0 or more"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--weight_decay", "-1"], "--weight_decay must be 0 or more"),
+    (["--t_mean", "nan"], "--t_mean must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--stage_steps", "300,x"], "--stage_steps takes 1 to 4 positive step counts"),
+    (["--video_loss_weight", "0", "--audio_loss_weight", "0"], "the run would learn nothing"),
 ]
 
 
@@ -50,6 +57,9 @@ BAD_SAMPLE_FLAGS = [
     (["--shift", "0"], "--shift must be positive"),
     (["--guidance", "loud"], "argument --guidance: invalid choice"),
     (["--keep_source", "ture"], "expected true/false, got 'ture'"),
+    (["--cfg_video", "nan"], "--cfg_video must be a finite number"),
+    (["--latent_index", "-1"], "--latent_index must be 0 or more"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
     ([], "the following arguments are required: --ckpt"),
 ]
 
