@@ -24,6 +24,7 @@ a device missing from PEAK_FLOPS shows MFU as unknown rather than a guess.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -242,7 +243,8 @@ def parse_args(argv=None):
                         help="--quality: score only the world's own clips and noise (no checkpoint)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="--quality: comma-separated subsets to score")
     parser.add_argument("--cases", type=int, default=8, help="cases per subset")
-    parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "none"])
+    parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "presence", "none"],
+                        help="--quality: the same for every model compared (plain: Ovi's CFG at scale 2)")
     parser.add_argument("--validate_metrics", action="store_true",
                         help="score the world's own clips and corrupted ones (each metric must notice)")
     parser.add_argument("--ablate", action="store_true", help="train and benchmark the Table 2 variants")
@@ -300,6 +302,7 @@ def speed_main(args):
         variants.append(("compiled_sdpa", "sdpa", True))
     results.update(bench_training(args, cfg, world, device, variants))
     results.update(bench_sampling(args, cfg, world, device))
+    results.update(bench_identity_cache(args, cfg, world, device))
     print_speed(results, args, variants)
 
 
@@ -353,6 +356,31 @@ def bench_sampling(args, cfg, world, device) -> dict:
     return out
 
 
+def bench_identity_cache(args, cfg, world, device, repeats: int = 3) -> dict:
+    """Identity-as-Presence sampling with the identity keys/values computed once per clip (IdentityCache)
+    against recomputing them at every step: median seconds per clip of each, alternated, with the
+    released guidance (2 passes), for a one- and a two-subject case; also checks they agree."""
+    net = model_lib.TwinTower(dataclasses.replace(cfg, ref_mode="presence")).to(device).eval()
+    shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
+    guidance = sample_lib.Guidance(mode="presence")
+    out = {}
+    for scene in ("single", "dialogue"):
+        clip = data.make_clip(data.sample_rng(0, 2, 0, 0), dataclasses.replace(world, scene=scene))
+        cond = Conditioning.from_batch(data.collate([clip]))
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for cached in (True, False):
+                start = time.perf_counter()
+                result = sample_lib.sample(net, cond, *shapes, steps=args.sample_steps, guidance=guidance,
+                                           device=device, identity_cache=cached)
+                times[cached].append(time.perf_counter() - start)
+                out.setdefault(f"presence_{scene}_results", []).append(result)
+        a, b = out.pop(f"presence_{scene}_results")[:2]
+        out[f"presence_{scene}"] = dict(cached_s=statistics.median(times[True]), uncached_s=statistics.median(times[False]),
+                                        subjects=cond.subjects, max_abs_diff=max((x - y).abs().max().item() for x, y in zip(a, b)))
+    return out
+
+
 def print_speed(results: dict, args, variants):
     print(f"device {results['device']} ({results['threads']} threads), preset {args.config}, batch {args.batch_size}")
     print(f"data generation      {results['data_clips_per_s']:7.1f} clips/s   audio-only {results['data_audio_only_per_s']:.1f}/s")
@@ -365,6 +393,10 @@ def print_speed(results: dict, args, variants):
     print(f"peak memory          {results['peak_memory_mb']:.0f} MB")
     print(f"sampling ({args.sample_steps} steps) {results['sample_s_per_clip_no_cfg']:.2f} s/clip, "
           f"with CFG (2 passes) {results['sample_s_per_clip_cfg']:.2f} s/clip")
+    for scene in ("single", "dialogue"):
+        r = results[f"presence_{scene}"]
+        print(f"presence sampling, {r['subjects']} subject(s): identity cached {r['cached_s']:.2f} s/clip, recomputed "
+              f"{r['uncached_s']:.2f} s/clip ({r['uncached_s'] / r['cached_s']:.2f}x; outputs differ by {r['max_abs_diff']:.1e})")
     print(json.dumps(results))
 
 

@@ -99,6 +99,12 @@ class ModelConfig:
     precond: str = "none"          # none (Ovi: the net's output is the velocity) | edm: c_skip(t) x_t + c_out(t) net
     sigma_video: float = 0.4       # precond=edm: the video data's standard deviation (toy pixels: 0.39-0.41)
     sigma_audio: float = 1.0       # precond=edm: the audio data's standard deviation (normalised log-mel: 1.0)
+    # how references enter (Identity-as-Presence Sec. 3 / Fig. 3 against the concatenation of the others)
+    ref_mode: str = "concat"       # concat: extra tokens of the content sequence | presence: a separate identity stream
+    identity_embed: bool = True    # presence: a learned embedding per subject slot on identity tokens (its Fig. 5)
+    decouple_video: bool = True    # presence: the video identity stream has its own weights (the release)
+    decouple_audio: bool = False   # presence: the audio identity stream too (ours; the release decouples video)
+    voice_offset: float = 256.0    # presence: audio-token position of the first reference voice (release: 630)
 
     @property
     def head_dim(self) -> int:
@@ -132,12 +138,12 @@ PRESETS = {
     "full": ModelConfig(dim=3072, layers=30, heads=24, ffn=14336, video_channels=48, patch_t=1, patch_h=2,
                         patch_w=2, audio_channels=20, audio_patch=1, audio_stem="conv", audio_stem_hidden=8192,
                         audio_scale=0.19676, text_dim=4096, text_layers=0, task_inputs=False,
-                        ocf_dim=1024, ocf_heads=16, phoneme_layers=4),
+                        ocf_dim=1024, ocf_heads=16, phoneme_layers=4, voice_offset=630.0),
 }
 
 
 CHOICES = {"audio_stem": ("linear", "conv"), "ocf_rope": ("sa_mrope", "1d"), "ref_rope": ("plain", "syn"),
-           "precond": ("none", "edm")}
+           "precond": ("none", "edm"), "ref_mode": ("concat", "presence")}
 
 
 def config_problems(cfg: ModelConfig) -> list[str]:
@@ -162,13 +168,21 @@ def config_problems(cfg: ModelConfig) -> list[str]:
                         "(RoPE rotates pairs over t, h, w)")
     if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
         problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
+    if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
+        problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
     if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
         problems.append(f"--text_heads {cfg.text_heads} must divide --text_dim {cfg.text_dim}")
     return problems
 OVI_PARAMETERS = 11_660_753_108
 # ours, not Ovi's backbone: the prompt side (toy text encoder, phoneme encoder, OCF, MTP-CA), task inputs,
 # the toy's input skip
-ADDITION_PREFIXES = ("prompt.", "source_embed.", "driving_embed.", "video_skip.", "audio_skip.")
+ADDITION_PREFIXES = ("prompt.", "source_embed.", "driving_embed.", "video_skip.", "audio_skip.",
+                     "video_identity_embed.", "audio_identity_embed.")
+
+
+def is_addition(name: str) -> bool:
+    """A parameter Ovi does not have: our prompt side, task inputs, and the presence identity stream."""
+    return name.startswith(ADDITION_PREFIXES) or ".identity." in name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,7 +229,18 @@ def gate(y, g, n_content):
     return torch.cat([y[:, :n_content] * g[:, :1].to(y.dtype), y[:, n_content:] * g[:, 1:].to(y.dtype)], dim=1)
 
 
-class SelfAttention(nn.Module):
+class Heads:
+    """What reading keys needs (mixed into SelfAttention and IdentityKeys): split heads, rotated keys."""
+
+    def split(self, x):  # (B, S, D) -> (B, H, S, hd)
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def keys_values(self, x, cos, sin):
+        """(k rotated, v), each (B, H, S, hd)."""
+        return rope.apply_rope(self.split(self.norm_k(self.k(x))), cos, sin), self.split(self.v(x))
+
+
+class SelfAttention(Heads, nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.dim
@@ -223,14 +248,15 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(d, eps=cfg.eps), nn.RMSNorm(d, eps=cfg.eps)
 
-    def split(self, x):  # (B, S, D) -> (B, H, S, hd)
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+    def queries(self, x, cos, sin):
+        return rope.apply_rope(self.split(self.norm_q(self.q(x))), cos, sin)     # (B, H, S, hd)
+
+    def out(self, y):  # (B, H, S, hd) -> (B, S, D)
+        return self.o(y.transpose(1, 2).flatten(2))
 
     def forward(self, x, cos, sin, key_mask):
-        q = rope.apply_rope(self.split(self.norm_q(self.q(x))), cos, sin)
-        k = rope.apply_rope(self.split(self.norm_k(self.k(x))), cos, sin)
-        out = attention(q, k, self.split(self.v(x)), key_padding(key_mask))        # (B, H, S, hd)
-        return self.o(out.transpose(1, 2).flatten(2))
+        k, v = self.keys_values(x, cos, sin)
+        return self.out(attention(self.queries(x, cos, sin), k, v, key_padding(key_mask)))
 
 
 class CrossAttention(SelfAttention):
@@ -260,12 +286,46 @@ class CrossAttention(SelfAttention):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
-class Block(nn.Module):
-    """One tower's layer: modulated self-attention, (unmodulated) cross-attention, modulated FFN."""
+class IdentityKeys(Heads, nn.Module):
+    """The last layer's identity stream: it is only read (its keys and values), never updated -- nothing
+    after the last layer reads identity tokens -- so it has no q, o or FFN to train."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.dim
+        self.heads = cfg.heads
+        self.k, self.v = nn.Linear(d, d), nn.Linear(d, d)
+        self.norm_k = nn.RMSNorm(d, eps=cfg.eps)
+
+
+class IdentityStream(nn.Module):
+    """Identity-as-Presence's decoupled parameters of one tower's identity tokens: their own q/k/v/o and
+    q/k norms, FFN and modulation bias (the release decouples the video tower's). Initialised as copies of
+    the content weights (TwinTower.init_weights), so training starts from the shared-weight model."""
+
+    def __init__(self, cfg: ModelConfig, last: bool):
+        super().__init__()
+        d = cfg.dim
+        self.self_attn = IdentityKeys(cfg) if last else SelfAttention(cfg)
+        if not last:
+            self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn, d))
+        self.modulation = nn.Parameter(torch.zeros(1, 2 if last else 6, d))  # keys need only shift/scale
+
+
+class Block(nn.Module):
+    """One tower's layer: modulated self-attention, (unmodulated) cross-attention, modulated FFN.
+
+    With ref_mode "presence" the tokens are [content (n) | identity] and the self-attention is
+    asymmetric (Identity-as-Presence): content queries read [content, identity] keys, identity queries
+    only their own subject's identity keys; identity tokens skip the text and cross-tower attention.
+    """
+
+    def __init__(self, cfg: ModelConfig, decoupled: bool = False, last: bool = False):
+        super().__init__()
+        d = cfg.dim
+        self.last = last
+        if cfg.ref_mode == "presence" and decoupled:
+            self.identity = IdentityStream(cfg, last)
         self.norm1 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(cfg)
         self.norm3 = nn.LayerNorm(d, eps=cfg.eps)
@@ -285,15 +345,68 @@ class Block(nn.Module):
         _, _, _, shift, scale, g = self.mod(e)
         return x + gate(self.ffn(modulate(self.norm2(x), shift, scale, n)), g, n)
 
+    # --- Identity-as-Presence ----------------------------------------------------------------------
+    def identity_weights(self):
+        """The identity stream's weights: its own (decoupled) or the content's (shared)."""
+        return getattr(self, "identity", self)
+
+    def identity_mod(self, e):
+        """(B, rows, D) fp32: the t = 0 modulation row plus the identity stream's own bias."""
+        bias = self.identity_weights().modulation.float()[0]
+        return e[:, 1, : bias.shape[0]] + bias
+
+    def presence_self_part(self, x, e, rope_cs, key_mask, n, subjects, kv=None):
+        """x = [content (n) | identity of `subjects` subjects], or content only when `kv`, this layer's
+        identity keys/values from an IdentityCache, is given. Returns (x, identity (k, v))."""
+        cos, sin = rope_cs
+        shift, scale, g, _, _, _ = self.mod(e)                           # row 0 of each: the content's t
+        content = x[:, :n]
+        h = modulate(self.norm1(content), shift, scale, n)
+        k, v = self.self_attn.keys_values(h, cos[:, :n], sin[:, :n])     # (B, H, n, hd)
+        if kv is None:
+            identity, kv = self.identity_self_part(x[:, n:], e, cos[:, n:], sin[:, n:], subjects)
+        else:
+            identity = x[:, n:]                                          # (B, 0, D): the cache holds it
+        y = attention(self.self_attn.queries(h, cos[:, :n], sin[:, :n]), torch.cat([k, kv[0]], 2),
+                      torch.cat([v, kv[1]], 2), key_padding(key_mask))  # content reads [content, identity]
+        return torch.cat([content + gate(self.self_attn.out(y), g, n), identity], 1), kv
+
+    def identity_self_part(self, ident, e, cos, sin, subjects):
+        """Identity tokens (B, K*m, D) read only their own subject's identity tokens (never the content,
+        never another subject: a subject's identity does not depend on who else is in the scene). Returns
+        (updated identity, its (k, v) (B, H, K*m, hd) for the content to read)."""
+        w, mod = self.identity_weights(), self.identity_mod(e)
+        h = (self.norm1(ident).float() * (1 + mod[:, 1:2]) + mod[:, 0:1]).to(ident.dtype)
+        kv = w.self_attn.keys_values(h, cos, sin)
+        if self.last or subjects == 0:  # nothing reads identity tokens after the last layer
+            return ident, kv
+        # (B, H, K*m, hd) -> (B*K, H, m, hd): one attention per subject, no mask needed
+        per_subject = lambda t: t.unflatten(2, (subjects, -1)).transpose(1, 2).flatten(0, 1)  # noqa: E731
+        y = attention(per_subject(w.self_attn.queries(h, cos, sin)), per_subject(kv[0]), per_subject(kv[1]))
+        y = y.unflatten(0, (-1, subjects)).transpose(1, 2).flatten(2, 3)                    # (B, H, K*m, hd)
+        return ident + w.self_attn.out(y) * mod[:, 2:3].to(ident.dtype), kv
+
+    def identity_ffn_part(self, ident, e):
+        if self.last or ident.shape[1] == 0:
+            return ident
+        w, mod = self.identity_weights(), self.identity_mod(e)
+        h = (self.norm2(ident).float() * (1 + mod[:, 4:5]) + mod[:, 3:4]).to(ident.dtype)
+        return ident + w.ffn(h) * mod[:, 5:6].to(ident.dtype)
+
 
 class TwinLayer(nn.Module):
     """Layer i of both towers: the unit of activation checkpointing, compile and FSDP sharding."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
-        self.video, self.audio = Block(cfg), Block(cfg)
+        self.index, self.presence = index, cfg.ref_mode == "presence"
+        last = index == cfg.layers - 1
+        self.video = Block(cfg, cfg.decouple_video, last)
+        self.audio = Block(cfg, cfg.decouple_audio, last)
 
     def forward(self, v, a, ctx: dict):
+        if self.presence:
+            return self.forward_presence(v, a, ctx)
         if v is not None:
             v = self.video.self_part(v, ctx["e_v"], ctx["rope_v"], ctx["mask_v"], ctx["n_v"])
         a = self.audio.self_part(a, ctx["e_a"], ctx["rope_a"], ctx["mask_a"], ctx["n_a"])
@@ -305,6 +418,42 @@ class TwinLayer(nn.Module):
                                           ctx["mask_a"], ctx["rope_v"], ctx["rope_a"])
             v = self.video.ffn_part(v, ctx["e_v"], ctx["n_v"])
         return v, self.audio.ffn_part(a_new, ctx["e_a"], ctx["n_a"])
+
+    def forward_presence(self, v, a, ctx: dict):
+        """Identity-as-Presence: asymmetric self-attention, then text / cross-tower attention and the FFN of
+        the content; identity tokens go through their own FFN. With a filled IdentityCache the identity
+        tokens are absent and their keys/values come from the cache."""
+        cache, n_v, n_a, K = ctx["cache"], ctx["n_v"], ctx["n_a"], ctx["subjects"]
+        cached = cache.layers[self.index] if cache is not None and cache.filled else (None, None)
+        kv_v = None
+        if v is not None:
+            v, kv_v = self.video.presence_self_part(v, ctx["e_v"], ctx["rope_v"], ctx["mask_v"], n_v, K, cached[0])
+        a, kv_a = self.audio.presence_self_part(a, ctx["e_a"], ctx["rope_a"], ctx["mask_a"], n_a, K, cached[1])
+        if cache is not None and not cache.filled:
+            cache.layers[self.index] = (kv_v, kv_a)
+        content = lambda rope_cs, n: tuple(x[:, :n] for x in rope_cs)  # noqa: E731  (content positions only)
+        rope_a = content(ctx["rope_a"], n_a)
+        v_c, a_c = (v[:, :n_v] if v is not None else None), a[:, :n_a]
+        a_new = a_c + self.audio.cross_attn(self.audio.norm3(a_c), ctx["text_a"], ctx["text_mask"], v_c,
+                                            None if v is None else ctx["mask_v"][:, :n_v], rope_a,
+                                            None if v is None else content(ctx["rope_v"], n_v))
+        if v is not None:
+            v_c = v_c + self.video.cross_attn(self.video.norm3(v_c), ctx["text_v"], ctx["text_mask"], a_c,
+                                              ctx["mask_a"][:, :n_a], content(ctx["rope_v"], n_v), rope_a)
+            v = torch.cat([self.video.ffn_part(v_c, ctx["e_v"], n_v),
+                           self.video.identity_ffn_part(v[:, n_v:], ctx["e_v"])], 1)
+        return v, torch.cat([self.audio.ffn_part(a_new, ctx["e_a"], n_a),
+                             self.audio.identity_ffn_part(a[:, n_a:], ctx["e_a"])], 1)
+
+
+class IdentityCache:
+    """Identity-as-Presence at sampling time: identity tokens read only themselves and always sit at t = 0,
+    so their keys and values in every layer are the same at every sampling step (and in every guidance
+    pass, which are batched). The first forward of a clip fills this; later ones skip the identity
+    tokens and read their keys and values from here."""
+
+    def __init__(self):
+        self.layers, self.filled = {}, False   # layer index -> (video (k, v) or None, audio (k, v))
 
 
 class ConvAudioStem(nn.Module):
@@ -360,7 +509,9 @@ class Tower(nn.Module):
 ZERO_INIT = ("video_tower.time_proj.", "audio_tower.time_proj.",  # gates start at exactly 0 (adaLN-zero)
              "video_tower.head.", "audio_tower.head.",            # the model first predicts v = 0
              "source_embed.", "driving_embed.",                   # task inputs start as no-ops
-             "prompt.ocf.back.", "prompt.mtp_ca.o.")              # OCF and MTP-CA start as the identity
+             "prompt.ocf.back.", "prompt.mtp_ca.o.",              # OCF and MTP-CA start as the identity
+             "video_identity_embed.", "audio_identity_embed.")    # presence: the shared-weight model at start
+MAX_SLOTS = 4  # identity-embedding slots: the toy tokenizer's <sub1>..<sub4>
 
 
 class TwinTower(nn.Module):
@@ -385,7 +536,10 @@ class TwinTower(nn.Module):
             self.audio_skip = nn.Linear(cfg.audio_token_dim, cfg.audio_token_dim, bias=False)
         self.video_tower = Tower(cfg, cfg.video_patch_dim)
         self.audio_tower = Tower(cfg, cfg.audio_token_dim)
-        self.layers = nn.ModuleList(TwinLayer(cfg) for _ in range(cfg.layers))
+        if cfg.ref_mode == "presence" and cfg.identity_embed:  # "identity embedding applied to identity latents"
+            self.video_identity_embed = nn.Embedding(MAX_SLOTS, d)
+            self.audio_identity_embed = nn.Embedding(MAX_SLOTS, d)
+        self.layers = nn.ModuleList(TwinLayer(cfg, i) for i in range(cfg.layers))
         self._rope_tables = {}  # (layout key) -> cos/sin tables: positions depend only on the shapes
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
@@ -404,6 +558,11 @@ class TwinTower(nn.Module):
         Each value is drawn from its own generator seeded by (seed, name), so it does not depend on
         the order parameters are built in, or on how FSDP shards them.
         """
+        if ".identity." in name:  # presence: a copy of the content weight it mirrors (the last layer's is cut)
+            twin_name = name.replace(".identity.", ".")
+            twin = self.get_parameter(twin_name)
+            value = self.initial_value(twin_name, self.get_submodule(twin_name.rsplit(".", 1)[0]), twin, seed)
+            return value[tuple(slice(0, s) for s in p.shape)]
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         shape = tuple(p.shape)
         leaf = name.rsplit(".", 1)[-1]
@@ -436,6 +595,18 @@ class TwinTower(nn.Module):
                 if only is None or name in only:
                     value = self.initial_value(name, module, p, seed)
                     copy_rows(p, lambda a, b, v=value: v[a:b])
+        self.copy_identity_from_content(only)
+
+    @torch.no_grad()
+    def copy_identity_from_content(self, only=None):
+        """Presence: each decoupled identity weight (in `only`) becomes a copy of the content weight it
+        mirrors, as it stands now -- after Ovi's weights were loaded, a copy of Ovi's. Each rank copies the
+        rows it holds (twin and copy are sharded alike)."""
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+        for name, p in self.named_parameters():
+            if ".identity." in name and (only is None or name in only):
+                twin = local(self.get_parameter(name.replace(".identity.", ".")))
+                local(p).copy_(twin[tuple(slice(0, s) for s in local(p).shape)])
 
     # --- patchify: pixels / latents <-> tokens -----------------------------------------------------
     def patchify_video(self, x):
@@ -464,8 +635,16 @@ class TwinTower(nn.Module):
         return shape[-4] // c.patch_t, shape[-2] // c.patch_h, shape[-1] // c.patch_w  # (B, T, C, H, W)
 
     # --- the two token streams -----------------------------------------------------------------------
-    def audio_tokens(self, audio, cond: Conditioning):
-        """[content | reference voices]: tokens (B, S_a, D), key mask (B, S_a), n content, T_r per voice."""
+    def identity_slots(self, ref, B: int, K: int, table: str):
+        """Presence: add subject k's learned identity embedding to its tokens; ref (B*K, m, D)."""
+        ref = ref.unflatten(0, (B, K))                                             # (B, K, m, D)
+        if self.cfg.ref_mode == "presence" and self.cfg.identity_embed:
+            ref = ref + getattr(self, table).weight[:K, None].to(ref.dtype)
+        return ref.flatten(1, 2)                                                   # (B, K*m, D)
+
+    def audio_tokens(self, audio, cond: Conditioning, cached: bool = False):
+        """[content | reference voices]: tokens (B, S_a, D), key mask (B, S_a), n content, T_r per voice.
+        cached (presence, IdentityCache filled): the voices' tokens are left out, their mask kept."""
         a = self.embed_audio(audio)                                                # (B, n_a, D)
         if cond.driving_audio is not None and self.cfg.task_inputs:               # RA2V
             a = a + self.driving_embed(self.patchify_audio(cond.driving_audio))
@@ -473,14 +652,17 @@ class TwinTower(nn.Module):
         mask = torch.ones(B, n_a, dtype=torch.bool, device=a.device)
         if K == 0:
             return a, mask, n_a, 0
+        T_r = cond.ref_audio.shape[2] // (1 if self.cfg.audio_stem == "conv" else self.cfg.audio_patch)
+        mask = torch.cat([mask, cond.voice_mask.repeat_interleave(T_r, dim=1)], dim=1)
+        if cached:
+            return a, mask, n_a, T_r
         ref = self.embed_audio(cond.ref_audio.flatten(0, 1))                       # (B*K, T_r, D)
-        T_r = ref.shape[1]
-        tokens = torch.cat([a, ref.reshape(B, K * T_r, -1)], dim=1)                # (B, n_a + K*T_r, D)
-        return tokens, torch.cat([mask, cond.voice_mask.repeat_interleave(T_r, dim=1)], dim=1), n_a, T_r
+        tokens = torch.cat([a, self.identity_slots(ref, B, K, "audio_identity_embed")], dim=1)  # (B, n_a + K*T_r, D)
+        return tokens, mask, n_a, T_r
 
-    def video_tokens(self, video, cond: Conditioning):
+    def video_tokens(self, video, cond: Conditioning, cached: bool = False):
         """[content | one clean latent frame per reference image]: tokens (B, S_v, D), key mask, n content,
-        the reference grid (h', w')."""
+        the reference grid (h', w'). cached: as audio_tokens."""
         c = self.cfg
         v = self.video_stem(self.patchify_video(video))                            # (B, T'H'W', D)
         if cond.source_video is not None and c.task_inputs:                        # RV2AV
@@ -489,12 +671,15 @@ class TwinTower(nn.Module):
         mask = torch.ones(B, n_v, dtype=torch.bool, device=v.device)
         if K == 0:
             return v, mask, n_v, (0, 0)
+        ref_hw = (cond.ref_images.shape[-2] // c.patch_h, cond.ref_images.shape[-1] // c.patch_w)
+        mask = torch.cat([mask, cond.image_mask.repeat_interleave(ref_hw[0] * ref_hw[1], dim=1)], dim=1)
+        if cached:
+            return v, mask, n_v, ref_hw
         # a still image becomes one latent frame: repeat it over the temporal patch
         frames = cond.ref_images.flatten(0, 1)[:, None].expand(-1, c.patch_t, -1, -1, -1)  # (B*K, pt, C, h, w)
-        ref_hw = (frames.shape[-2] // c.patch_h, frames.shape[-1] // c.patch_w)
         ref = self.video_stem(self.patchify_video(frames))                         # (B*K, h'w', D)
-        tokens = torch.cat([v, ref.reshape(B, K * ref.shape[1], -1)], dim=1)       # (B, n_v + K*h'w', D)
-        return tokens, torch.cat([mask, cond.image_mask.repeat_interleave(ref.shape[1], dim=1)], dim=1), n_v, ref_hw
+        tokens = torch.cat([v, self.identity_slots(ref, B, K, "video_identity_embed")], dim=1)  # (B, n_v + K*h'w', D)
+        return tokens, mask, n_v, ref_hw
 
     def rope_tables(self, grid, K, ref_hw, n_a, T_r, device):
         """cos/sin (1, S, pairs) of the video stream (None without video) and the audio stream: content
@@ -502,8 +687,9 @@ class TwinTower(nn.Module):
         key = (grid, K, ref_hw, n_a, T_r, str(device))
         if key not in self._rope_tables:
             c = self.cfg
-            ref_v, ref_a = rope.reference_positions(c.ref_rope, K, grid[0] if grid else 0, *ref_hw, n_a, T_r,
-                                                    c.audio_scale, c.syn_margin)
+            layout = "presence" if c.ref_mode == "presence" else c.ref_rope
+            ref_v, ref_a = rope.reference_positions(layout, K, grid[0] if grid else 0, *ref_hw, n_a, T_r,
+                                                    c.audio_scale, c.syn_margin, c.voice_offset)
             pos_a = torch.cat([rope.audio_positions(n_a, c.audio_scale), ref_a])
             pos_v = torch.cat([rope.video_positions(*grid), ref_v]) if grid else None
 
@@ -515,7 +701,7 @@ class TwinTower(nn.Module):
         return self._rope_tables[key]
 
     # --- the forward pass ----------------------------------------------------------------------------
-    def forward(self, video, audio, t, cond: Conditioning):
+    def forward(self, video, audio, t, cond: Conditioning, cache: IdentityCache | None = None):
         """Predict the flow velocity of both streams.
 
         Args:
@@ -523,19 +709,24 @@ class TwinTower(nn.Module):
             audio: (B, T_a, C_a) noisy audio (mel frames or latents).
             t: (B,) flow time in [0, 1] (1 = pure noise).
             cond: the Conditioning (prompt, references and their masks, task inputs).
+            cache: presence only, sampling: an IdentityCache for this clip (filled by the first call).
         Returns: (video velocity like `video` or None, audio velocity like `audio`).
         """
+        if cache is not None and self.cfg.ref_mode != "presence":
+            raise ValueError("an IdentityCache needs ref_mode presence: concat references see the content")
+        cached = cache is not None and cache.filled
         prompt = self.prompt(cond)                                                 # (B, L, text_dim)
-        a, mask_a, n_a, T_r = self.audio_tokens(audio, cond)
+        a, mask_a, n_a, T_r = self.audio_tokens(audio, cond, cached)
         v = mask_v = grid = None
         n_v, ref_hw = 0, (0, 0)
         if video is not None:
-            v, mask_v, n_v, ref_hw = self.video_tokens(video, cond)
+            v, mask_v, n_v, ref_hw = self.video_tokens(video, cond, cached)
             grid = self.video_grid(video.shape)
         rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
         emb_a, e_a = self.audio_tower.timestep(t)
         emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
         ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=cond.text_mask,
+                   cache=cache, subjects=cond.subjects,
                    rope_v=rope_v, rope_a=rope_a, text_a=self.audio_tower.text_proj(prompt),
                    text_v=self.video_tower.text_proj(prompt) if video is not None else None)
         for layer in self.layers:
@@ -543,6 +734,8 @@ class TwinTower(nn.Module):
                 v, a = torch.utils.checkpoint.checkpoint(layer, v, a, ctx, use_reentrant=False)
             else:
                 v, a = layer(v, a, ctx)
+        if cache is not None:
+            cache.filled = True
         video_out, audio_out = self.outputs(v, a, emb_v, emb_a, n_v, n_a, video, audio)
         if self.cfg.precond == "edm":
             audio_out = precondition(audio_out, audio, t, self.cfg.sigma_audio)
@@ -565,7 +758,7 @@ class TwinTower(nn.Module):
     def frozen_in_audio_only_steps(self) -> list[str]:
         """Parameters an audio-only step must not touch (Omni-Customizer Sec. 4.3): the video tower and
         the cross-tower pathway (the fusion norm and k/v of both directions) -- "structurally inactive"."""
-        video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.")
+        video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.", "video_identity_embed.")
         return [n for n, _ in self.named_parameters()
                 if n.startswith(video) or ".video." in n or "_fusion" in n]
 
@@ -573,7 +766,7 @@ class TwinTower(nn.Module):
     def count_parameters(self) -> dict:
         backbone = additions = 0
         for name, p in self.named_parameters():
-            if name.startswith(ADDITION_PREFIXES):
+            if is_addition(name):
                 additions += p.numel()
             else:
                 backbone += p.numel()
@@ -689,7 +882,7 @@ def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
                 loaded.append(name)
                 copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
     fresh = [n for n in ours if n not in set(loaded)]
-    missing = [n for n in fresh if not n.startswith(ADDITION_PREFIXES)]
+    missing = [n for n in fresh if not is_addition(n)]
     if missing:
         raise CheckpointError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. '{missing[0]}' (a shard missing?)")
     prefixes = sorted({".".join(n.split(".")[:2 if n.startswith("prompt.") else 1]) for n in fresh})  # modules
@@ -900,6 +1093,11 @@ def main():
         if name == "full":
             line += f"  vs Ovi {OVI_PARAMETERS:,d}: {counts['backbone'] - OVI_PARAMETERS:+,d}"
         print(line)
+        with torch.device("meta"):  # Identity-as-Presence: the decoupled identity streams are additions
+            for audio in (False, True):
+                extra = TwinTower(dataclasses.replace(cfg, ref_mode="presence", decouple_audio=audio)).count_parameters()
+                print(f"      --ref_mode presence{' --decouple_audio true' if audio else '':23s} additions "
+                      f"{extra['additions']:>13,d}  (identity stream {extra['additions'] - counts['additions']:+,d})")
 
 
 if __name__ == "__main__":

@@ -86,16 +86,24 @@ def audio_positions(tokens: int, audio_scale: float, start: float = 0.0) -> torc
 
 
 def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: int, ref_w: int,
-                        content_audio: int, ref_audio: int, audio_scale: float, margin: float = 150.0):
+                        content_audio: int, ref_audio: int, audio_scale: float, margin: float = 150.0,
+                        voice_offset: float = 630.0):
     """Positions of the reference tokens: image refs (K*h*w, 3) and voice refs (K*T_r, 3).
 
-    layout "plain": after the content; "syn": Syn-RoPE (DreamID-Omni), see the module docstring.
+    layout "plain": after the content; "syn": Syn-RoPE (DreamID-Omni), see the module docstring;
+    "presence": Identity-as-Presence's structured positions. Its release (single subject) puts the face
+    frame at t = number of content latent frames, h and w from 0, and the voice at a fixed audio offset
+    (630 audio tokens in Ovi's units, about four clips past the start). Several subjects are ours: subject
+    k's face one frame later (t = T' + k - 1), its voice right after subject k-1's (offset + (k-1) T_r).
     """
     images, voices = [], []
     for k in range(1, n_refs + 1):
         if layout == "plain":
             images.append(video_positions(1, ref_h, ref_w, t0=content_frames + k - 1))
             voices.append(audio_positions(ref_audio, audio_scale, start=content_audio + (k - 1) * ref_audio))
+        elif layout == "presence":
+            images.append(video_positions(1, ref_h, ref_w, t0=content_frames + k - 1))
+            voices.append(audio_positions(ref_audio, audio_scale, start=voice_offset + (k - 1) * ref_audio))
         elif layout == "syn":
             images.append(video_positions(1, ref_h, ref_w, t0=margin * k))
             voices.append(audio_positions(ref_audio, audio_scale, start=math.floor(margin / audio_scale) * k))

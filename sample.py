@@ -65,18 +65,22 @@ def guide(v_cond, v_uncond, scale: float):
 
 @dataclasses.dataclass
 class Guidance:
-    mode: str = "plain"             # plain | multi | none
+    mode: str = "plain"             # plain | multi | presence | none
     cfg_video: float = 2.0          # plain (Ovi: 4.0 video, 3.0 audio)
     cfg_audio: float = 2.0
     mc_text_video: float = 3.0      # multi: DreamID-Omni's released scales
     mc_ref_video: float = 1.5
     mc_text_audio: float = 4.0
     mc_ref_audio: float = 2.0
+    presence_video: float = 4.0     # presence: Identity-as-Presence's released scales; its negative pass
+    presence_audio: float = 3.0     # is the empty prompt with the face kept and the voice dropped
 
     def passes(self) -> list[str]:
         """Which conditionings each step evaluates (all in one batch)."""
         if self.mode == "multi":
             return ["pos", "neg", "no_video_ref", "no_audio_ref"]
+        if self.mode == "presence":
+            return ["pos", "neg_keep_face"]
         if self.mode == "plain" and (self.cfg_video != 1.0 or self.cfg_audio != 1.0):
             return ["pos", "neg"]
         return ["pos"]
@@ -86,6 +90,9 @@ class Guidance:
             video = v["neg"] + self.mc_text_video * (v["pos"] - v["neg"]) + self.mc_ref_video * (v["pos"] - v["no_video_ref"])
             audio = a["neg"] + self.mc_text_audio * (a["pos"] - a["neg"]) + self.mc_ref_audio * (a["pos"] - a["no_audio_ref"])
             return video, audio
+        if self.mode == "presence":
+            return (guide(v["pos"], v["neg_keep_face"], self.presence_video),
+                    guide(a["pos"], a["neg_keep_face"], self.presence_audio))
         if "neg" in v:
             return guide(v["pos"], v["neg"], self.cfg_video), guide(a["pos"], a["neg"], self.cfg_audio)
         return v["pos"], a["pos"]
@@ -100,20 +107,23 @@ def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
     everyone = torch.ones(cond.batch_size, dtype=torch.bool)
     make = {"pos": lambda: cond, "neg": lambda: cond.drop_prompt(everyone),
             "no_video_ref": lambda: cond.drop_references(everyone, voices=False),
-            "no_audio_ref": lambda: cond.drop_references(everyone, images=False)}
+            "no_audio_ref": lambda: cond.drop_references(everyone, images=False),
+            "neg_keep_face": lambda: cond.drop_prompt(everyone).drop_references(everyone, images=False)}
     return Conditioning.cat([make[name]() for name in names])
 
 
 @torch.no_grad()
 def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
            guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
-           keep_source: bool = True):
+           keep_source: bool = True, identity_cache: bool = True):
     """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
 
     cond.source_video (B, T, C+1, H, W) makes it RV2AV, cond.driving_audio (B, T_a, C_a) RA2V.
     keep_source (RV2AV): after every step, the region outside the mask is reset to the source noised to
         the current level (inpainting by replacement; like DreamID-Omni's sampler, which overwrites the
         clean reference tail at every step), so what is not to be edited stays the source.
+    identity_cache (presence models): compute the identity tokens' keys/values once per clip (IdentityCache)
+        instead of at every step; the result is the same.
     Deterministic per seed: the noise comes from its own generator. bf16 autocast on CUDA.
     """
     device = torch.device(device)
@@ -125,12 +135,13 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     n = len(names)
     batched = conditionings(cond, names).to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    cache = model_lib.IdentityCache() if identity_cache and net.cfg.ref_mode == "presence" else None
 
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
         with autocast:
-            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched)  # (B * n, ...)
+            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, cache=cache)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
     replace = keep_source and cond.source_video is not None
@@ -349,13 +360,17 @@ def parse_args(argv=None):
     parser.add_argument("--driving_audio", help="ra2v: the sound track to animate (.wav)")
     parser.add_argument("--keep_source", type=parse_bool, default=True,
                         help="rv2av: keep the region outside the mask as the source (replacement); true|false")
-    parser.add_argument("--guidance", choices=["plain", "multi", "none"], default="plain",
-                        help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form")
+    parser.add_argument("--guidance", choices=["plain", "multi", "presence", "none"], default=None,
+                        help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form; presence: "
+                             "Identity-as-Presence's (face kept in the negative). Default: presence for a presence "
+                             "checkpoint, else plain")
+    parser.add_argument("--ref_mode", choices=["concat", "presence"], default=None,
+                        help="how the checkpoint takes references (it knows; give it to check)")
     defaults = Guidance()
     for field in dataclasses.fields(Guidance):
         if field.name != "mode":
             parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
-                                help=f"guidance scale ({'plain' if field.name.startswith('cfg') else 'multi'})")
+                                help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args(argv)
@@ -382,22 +397,31 @@ def toy_case(args, world: data.WorldConfig):
     return caption, batch, Conditioning.from_batch(batch, source_video, driving_audio), truth
 
 
+def guidance_for(args, mcfg: model_lib.ModelConfig) -> Guidance:
+    """The --guidance form and scales; by default the one the checkpoint's kind of model was released with."""
+    if args.ref_mode and args.ref_mode != mcfg.ref_mode:
+        raise InputError(f"--ref_mode {args.ref_mode}: {args.ckpt} was trained with ref_mode {mcfg.ref_mode}")
+    mode = args.guidance or ("presence" if mcfg.ref_mode == "presence" else "plain")
+    return Guidance(mode=mode, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance) if f.name != "mode"})
+
+
 def main():
     args = parse_args()
-    guidance = Guidance(mode=args.guidance, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
-                                              if f.name != "mode"})
-    run = dict(steps=args.steps, shift=args.shift, guidance=guidance, seed=args.seed, solver=args.solver,
-               device=args.device, keep_source=args.keep_source)
+    run = dict(steps=args.steps, shift=args.shift, seed=args.seed, solver=args.solver, device=args.device,
+               keep_source=args.keep_source)
     try:  # every input problem ends here as one line, before any model work
         if model_lib.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
             run["shift"] = args.shift or (trained_shift(None) if model_lib.is_ovi_checkpoint(args.ckpt)
                                           else trained_shift(model_lib.load_checkpoint(args.ckpt)))
+            run["guidance"] = guidance_for(args, model_lib.PRESETS["full"] if model_lib.is_ovi_checkpoint(args.ckpt)
+                                           else model_lib.config_from_checkpoint(model_lib.load_checkpoint(args.ckpt)))
             return sample_latents(args, run)
         ckpt = model_lib.load_checkpoint(args.ckpt, need=("world_config",))
         run["shift"] = args.shift or trained_shift(ckpt)
         world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
                                                     data.world_problems)  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = toy_case(args, world)
+        run["guidance"] = guidance_for(args, model_lib.config_from_checkpoint(ckpt, args.ckpt))
         net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
     except (InputError, model_lib.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -22,6 +22,8 @@ Training strategy (each a flag, defaults as in the papers):
                      batch (--audio_batch_size) and no cross-tower pathway; its frozen weights get no update
   curriculum         (Omni-Customizer 4.3 / 5.1) --stage N or --curriculum --stage_steps a,b,c[,d]:
                      STAGES below; the stage is a function of the step, so resume stays exact
+  presence recipe    (Identity-as-Presence Fig. 3) --recipe presence: its three stages in the same machinery
+                     (PRESENCE_STAGES): unimodal identity, joint multimodal identity, multi-view identity
   omni-task mix      (DreamID-Omni) --task_mix 4,3,3 in stage 4: per sample R2AV / RV2AV / RA2V
   masked loss        (DreamID-Omni, in-pair reconstruction) --masked_loss: the frame region and the audio
                      stretch an in-pair reference was cut from are excluded from the loss
@@ -88,6 +90,7 @@ class TrainConfig:
     audio_batch_size: int = 16         # the larger batch of audio-only steps (paper: 1024 vs 64 joint)
     stage: int = 0                     # 0 = the world flags as given; 1-4 = a curriculum stage (STAGES)
     curriculum: bool = False           # run stages 1.. in order, stage_steps each
+    recipe: str = "omni-customizer"    # whose stages --stage / --curriculum mean: omni-customizer (1-4) | presence (1-3)
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
     init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
@@ -149,17 +152,24 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--grad_clip must be positive, got {tc.grad_clip}")
     if tc.video_loss_weight + tc.audio_loss_weight <= 0:
         problems.append("--video_loss_weight and --audio_loss_weight are both 0: the run would learn nothing")
+    if tc.recipe not in RECIPES:
+        problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {tc.recipe!r}")
+    stages = RECIPES.get(tc.recipe, STAGES)
     budgets = tc.stage_steps.split(",")
-    if not (1 <= len(budgets) <= len(STAGES) and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
-        problems.append(f"--stage_steps takes 1 to {len(STAGES)} positive step counts a,b,c[,d]; got {tc.stage_steps!r}")
+    if not (1 <= len(budgets) <= len(stages) and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
+        problems.append(f"--stage_steps takes 1 to {len(stages)} positive step counts (--recipe {tc.recipe}); "
+                        f"got {tc.stage_steps!r}")
     if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
         problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
     if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
         problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
     if tc.config not in model_lib.PRESETS:
         problems.append(f"--config must be one of {', '.join(model_lib.PRESETS)}, got {tc.config!r}")
-    if tc.stage not in (0, *STAGES):
-        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(STAGES)}, got {tc.stage}")
+    if tc.stage not in (0, *stages):
+        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
+                        f"(--recipe {tc.recipe}), got {tc.stage}")
+    if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
+        problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
     try:
         mix = [float(x) for x in tc.task_mix.split(",")]
         if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
@@ -242,7 +252,27 @@ STAGES = {
     4: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix="4,3,3",
             teaches="DreamID-Omni omni-task: generation, video editing (RV2AV), audio-driven animation (RA2V)"),
 }
+# Identity-as-Presence's three stages (its Fig. 3). Stage 1, "unimodal identity": our reading is one identity
+# modality per sample -- half the samples see only the face reference, half only the voice -- so each tower
+# learns to take its own identity before the two are combined (both towers still train on every sample).
+# Stage 2 joins both references in scenes of one to three people; stage 3 fine-tunes on "multi-view"
+# identities, our cross-pair references (another rendering of the face, other words in the voice). The paper
+# names no audio-only steps: none here.
+PRESENCE_STAGES = {
+    1: dict(world=dict(scene="single", cross_pair=0.0), interleave=False, task_mix=None, unimodal=True,
+            teaches="unimodal identity: each sample takes its face or its voice reference, not both"),
+    2: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=0.0), interleave=False, task_mix=None,
+            teaches="joint multimodal identity: face and voice together, one to three people"),
+    3: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix=None,
+            teaches="multi-view identity: references from another view and other words (cross-pair)"),
+}
+RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES}
 TASKS = ("r2av", "rv2av", "ra2v")
+
+
+def stage_spec(tc: TrainConfig, stage: int) -> dict | None:
+    """The recipe's entry for `stage` (None for stage 0: the world flags as given)."""
+    return RECIPES[tc.recipe].get(stage)
 
 
 def loss_masks(batch: dict, video_shape, audio_shape, ref_audio_frames: int):
@@ -283,7 +313,7 @@ def task_inputs(batch: dict, tasks: torch.Tensor, device):
 
 
 def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True,
-              task_weights=(1.0, 0.0, 0.0)):
+              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False):
     """Rectified-flow loss on one batch (joint, or audio-only with video=False).
 
     Returns (loss, stats): per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`:
@@ -294,6 +324,9 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     # independent prompt / reference-image / reference-voice dropout: every negative pass of (multi-condition)
     # CFG is then in distribution (conditioning.py)
     drop_text, drop_images, drop_voices = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(3))
+    if unimodal:  # Identity-as-Presence stage 1: every sample keeps exactly one kind of reference
+        face_only = torch.rand(B, generator=gen) < 0.5
+        drop_images, drop_voices = drop_images | ~face_only, drop_voices | face_only
     # DreamID-Omni's omni-task mix: each sample is R2AV / RV2AV / RA2V with these odds (default: all R2AV)
     tasks = torch.multinomial(torch.tensor(task_weights, dtype=torch.float), B, replacement=True, generator=gen)
     noise_a = torch.randn(audio.shape, generator=gen).to(device)
@@ -360,7 +393,8 @@ def step_plan(step: int, tc: TrainConfig) -> dict:
             if step < start + budget:
                 break
             start += budget
-    interleave = tc.interleave_audio if stage not in STAGES or STAGES[stage]["interleave"] else 0
+    spec = stage_spec(tc, stage)
+    interleave = tc.interleave_audio if spec is None or spec["interleave"] else 0
     local = step - start
     period = 1 + interleave                    # one joint step, then `interleave` audio-only steps
     joint_before = -(-local // period)         # joint steps sit at local % period == 0; ceil(local / period)
@@ -505,8 +539,8 @@ def make_ema(net, source: dict | None) -> dict:
 def make_optimizer(net, tc: TrainConfig):
     """AdamW with two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the
     backbone (cosine or constant, --backbone_lr_schedule)."""
-    new = [p for n, p in net.named_parameters() if n.startswith(model_lib.ADDITION_PREFIXES)]
-    old = [p for n, p in net.named_parameters() if not n.startswith(model_lib.ADDITION_PREFIXES)]
+    new = [p for n, p in net.named_parameters() if model_lib.is_addition(n)]
+    old = [p for n, p in net.named_parameters() if not model_lib.is_addition(n)]
     return torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
                               dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
 
@@ -606,7 +640,8 @@ class StageData:
         if key not in self.loaders:
             self.loaders.clear()  # a new stage: new streams
             start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
-            world = dataclasses.replace(self.run.wcfg, **STAGES[plan["stage"]]["world"]) if plan["stage"] else self.run.wcfg
+            spec = stage_spec(tc, plan["stage"])
+            world = dataclasses.replace(self.run.wcfg, **spec["world"]) if spec else self.run.wcfg
             seed = tc.seed + 1000 * plan["stage"]
             if tc.data == "toy":
                 dataset = data.ToyBatches(world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
@@ -639,15 +674,15 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
         group["lr"] = lr_at(run.step, tc, group["cosine"])
     # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
     gen = torch.Generator().manual_seed(hash((tc.seed, run.rank, run.step)) % (2 ** 63))
-    mix = STAGES[plan["stage"]]["task_mix"] if plan["stage"] in STAGES and STAGES[plan["stage"]]["task_mix"] \
-        else tc.task_mix
+    spec = stage_spec(tc, plan["stage"]) or {}
+    mix = spec.get("task_mix") or tc.task_mix
     joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
     out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint)
     for micro in range(tc.grad_accum):
         batch = next_batch(plan)
         with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
             loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
-                                    task_weights=[float(x) for x in mix.split(",")])
+                                    task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False))
         (loss / tc.grad_accum).backward()  # gradients add up over micro-steps: average them
         out["loss"] = out["loss"] + loss.detach() / tc.grad_accum
         out["loss_audio"] = out["loss_audio"] + stats["loss_audio"].mean() / tc.grad_accum

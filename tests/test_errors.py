@@ -261,3 +261,14 @@ def test_the_other_entry_points_refuse_a_bad_flag_in_one_line(module, argv, mess
         mod.main()
     err = capsys.readouterr().err
     assert done.value.code == 2 and message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_a_ref_mode_the_checkpoint_was_not_trained_with_is_one_line(files, monkeypatch):
+    import sys
+
+    import sample
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--ckpt", str(files / "run" / "ckpt.pt"), "--demo",
+                                      "--ref_mode", "presence", "--out_dir", str(files / "out")])
+    with pytest.raises(SystemExit) as done:
+        sample.main()
+    assert "was trained with ref_mode concat" in str(done.value.code)
