@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+import lora
 import ocf
 import rope
 from attention import attention, key_padding
@@ -105,6 +106,10 @@ class ModelConfig:
     decouple_video: bool = True    # presence: the video identity stream has its own weights (the release)
     decouple_audio: bool = False   # presence: the audio identity stream too (ours; the release decouples video)
     voice_offset: float = 256.0    # presence: audio-token position of the first reference voice (release: 630)
+    # LoRA (lora.py): low-rank adapters on the backbone's linear layers, the backbone frozen
+    lora_rank: int = 0             # 0 = no adapters (full fine-tuning)
+    lora_alpha: float = 0.0        # the update is scaled by alpha / rank (0 = rank: scale 1)
+    lora_targets: str = "self,cross,fusion,ffn"  # which linear layers: any of self, cross, fusion, ffn
 
     @property
     def head_dim(self) -> int:
@@ -168,6 +173,11 @@ def config_problems(cfg: ModelConfig) -> list[str]:
                         "(RoPE rotates pairs over t, h, w)")
     if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
         problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
+    if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
+        problems.append(f"--lora_rank and --lora_alpha must be 0 or more, got {cfg.lora_rank}, {cfg.lora_alpha}")
+    unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in lora.TARGETS]
+    if unknown or not cfg.lora_targets.strip():
+        problems.append(f"--lora_targets takes some of {','.join(lora.TARGETS)}, got {cfg.lora_targets!r}")
     if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
         problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
     if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
@@ -541,6 +551,8 @@ class TwinTower(nn.Module):
             self.audio_identity_embed = nn.Embedding(MAX_SLOTS, d)
         self.layers = nn.ModuleList(TwinLayer(cfg, i) for i in range(cfg.layers))
         self._rope_tables = {}  # (layout key) -> cos/sin tables: positions depend only on the shapes
+        if cfg.lora_rank:  # after every module exists: the adapters wrap the backbone's linear layers in place
+            lora.add_adapters(self, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -566,6 +578,8 @@ class TwinTower(nn.Module):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         shape = tuple(p.shape)
         leaf = name.rsplit(".", 1)[-1]
+        if lora.is_adapter(name):
+            return lora.initial_value(leaf, shape, gen)
         if name.startswith(ZERO_INIT) or leaf in ("bias", "gamma", "beta", "kind"):
             return torch.zeros(shape)
         if name.endswith("_skip.weight"):
@@ -764,13 +778,16 @@ class TwinTower(nn.Module):
 
     # --- accounting --------------------------------------------------------------------------------
     def count_parameters(self) -> dict:
-        backbone = additions = 0
+        """backbone (Ovi's weights), additions (ours, trained fully), adapters (LoRA)."""
+        counts = dict(backbone=0, additions=0, adapters=0)
         for name, p in self.named_parameters():
-            if is_addition(name):
-                additions += p.numel()
-            else:
-                backbone += p.numel()
-        return dict(backbone=backbone, additions=additions, total=backbone + additions)
+            kind = "adapters" if lora.is_adapter(name) else "additions" if is_addition(name) else "backbone"
+            counts[kind] += p.numel()
+        return dict(counts, total=sum(counts.values()))
+
+    def trains(self, name: str) -> bool:
+        """Does parameter `name` train? All do, except the backbone under LoRA (frozen: the adapters learn)."""
+        return not self.cfg.lora_rank or is_addition(name) or lora.is_adapter(name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,7 +899,7 @@ def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
                 loaded.append(name)
                 copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
     fresh = [n for n in ours if n not in set(loaded)]
-    missing = [n for n in fresh if not is_addition(n)]
+    missing = [n for n in fresh if not (is_addition(n) or lora.is_adapter(n))]
     if missing:
         raise CheckpointError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. '{missing[0]}' (a shard missing?)")
     prefixes = sorted({".".join(n.split(".")[:2 if n.startswith("prompt.") else 1]) for n in fresh})  # modules
@@ -977,10 +994,11 @@ def config_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> ModelConfig:
     return dataclass_from_checkpoint(ModelConfig, ckpt["model_config"], path, config_problems)
 
 
-def load_state(net: TwinTower, state: dict, what: str = "checkpoint"):
-    """Copy a state dict into net (plain or FSDP2 shards), checking names and shapes first (one line)."""
-    ours = dict(net.named_parameters())
-    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+def load_state(net: TwinTower, state: dict, what: str = "checkpoint", names=None):
+    """Copy a state dict into net (plain or FSDP2 shards), checking names and shapes first (one line).
+    `names`: the parameters the state must hold (default: all; a LoRA checkpoint holds what trains)."""
+    ours = {n: p for n, p in net.named_parameters() if names is None or n in names}
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(dict(net.named_parameters())))
     if missing or unexpected:
         name = (missing or unexpected)[0]
         raise CheckpointError(f"{what}: {'lacks' if missing else 'has an unknown'} tensor '{name}' "
@@ -992,6 +1010,18 @@ def load_state(net: TwinTower, state: dict, what: str = "checkpoint"):
         copy_rows(p, lambda a, b, t=state[name]: t[a:b])
 
 
+def load_base(net: TwinTower, path: str, log=print) -> set:
+    """LoRA: the frozen base weights from `path` -- Ovi's release, or our checkpoint's `model` (a full
+    fine-tune) -- into `net`. Returns the names the base does not hold (adapters, new modules): the
+    caller initialises those."""
+    if is_ovi_checkpoint(path):
+        return set(load_ovi_weights(net, path, log=log)["fresh"])
+    base = load_checkpoint(path)["model"]
+    held = {n for n, _ in net.named_parameters() if n in base}
+    load_state(net, base, path, names=held)
+    return {n for n, _ in net.named_parameters()} - held
+
+
 def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> TwinTower:
     """An eval-mode model from our checkpoint (EMA weights by default) or from Ovi's safetensors (`full`)."""
     if is_ovi_checkpoint(path):
@@ -1001,9 +1031,19 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> Twin
         net.init_weights(only=load_ovi_weights(net, path)["fresh"])
         return net.eval()
     ckpt = load_checkpoint(path)
-    net = TwinTower(config_from_checkpoint(ckpt, path))
+    cfg = config_from_checkpoint(ckpt, path)
     state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
     check_finite(state, path)
+    if cfg.lora_rank:  # adapters and new modules here; the frozen base where training read it from
+        if "lora_base" not in ckpt:
+            raise CheckpointError(f"{path}: a LoRA checkpoint without 'lora_base' (the weights it adapts)")
+        with torch.device("meta"):
+            net = TwinTower(cfg)
+        net.to_empty(device="cpu")
+        net.init_weights(only=load_base(net, ckpt["lora_base"], log=lambda *_: None))
+        load_state(net, state, path, names={n for n, _ in net.named_parameters() if net.trains(n)})
+        return net.to(device).eval()
+    net = TwinTower(cfg)
     load_state(net, state, path)
     return net.to(device).eval()
 

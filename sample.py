@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import data
+import lora
 import model as model_lib
 import speech
 from inputs import InputError, OneLineParser, load_frames, load_image, load_wav, out_dir_problems, parse_bool
@@ -373,6 +374,9 @@ def parse_args(argv=None):
                                 help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
+    parser.add_argument("--merge_lora", type=parse_bool, default=False,
+                        help="a LoRA checkpoint: fold the adapters into the base weights first (same result, "
+                             "plain linear layers); true|false")
     args = parser.parse_args(argv)
     problems = flag_problems(args)
     if problems:  # all at once, before any model work
@@ -423,6 +427,8 @@ def main():
         caption, batch, cond, truth = toy_case(args, world)
         run["guidance"] = guidance_for(args, model_lib.config_from_checkpoint(ckpt, args.ckpt))
         net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+        if args.merge_lora:
+            print(f"merged {lora.merge(net)} LoRA adapters into their base weights")
     except (InputError, model_lib.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),

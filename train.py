@@ -168,6 +168,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     if tc.stage not in (0, *stages):
         problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
                         f"(--recipe {tc.recipe}), got {tc.stage}")
+    if model_overrides.get("lora_rank", 0) and not tc.init_from:
+        problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
     if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
         problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
     try:
@@ -459,6 +461,7 @@ class Run:
     device: torch.device
     step: int = 0
     log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
+    lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
 
     @property
     def fsdp(self) -> bool:
@@ -476,7 +479,8 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
     asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
-        mcfg = model_lib.config_from_checkpoint(init, tc.init_from)
+        adapters = {f: getattr(asked, f) for f in LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
+        mcfg = dataclasses.replace(model_lib.config_from_checkpoint(init, tc.init_from), **adapters)
         differ = [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
             raise model_lib.CheckpointError(
@@ -487,6 +491,9 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     return asked, wcfg
 
 
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+
+
 def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:
     """The model on the meta device (no memory), wrapped per layer, then real storage on `device`.
 
@@ -495,6 +502,8 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
     then allocates only its shards: the 11.7B model is never whole on any rank."""
     with torch.device("meta"):
         net = model_lib.TwinTower(mcfg)
+    for name, p in net.named_parameters():  # LoRA: the backbone is frozen (before FSDP2 groups the parameters)
+        p.requires_grad_(net.trains(name))
     net.grad_ckpt = tc.grad_ckpt
     if tc.compile:
         for layer in net.layers:
@@ -513,8 +522,16 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
 def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
     """Weights from (in order) the run's own checkpoint, --init_from (ours, or Ovi's safetensors: the
     backbone from Ovi, our additions initialised), or a fresh initialisation from the seed. Each rank
-    fills only the rows it holds."""
-    if resume is not None:
+    fills only the rows it holds. LoRA: the frozen base from --init_from (recorded as the checkpoint's
+    lora_base), fresh adapters, then a resumed run's own adapters and additions."""
+    if net.cfg.lora_rank:
+        base = resume.get("lora_base", tc.init_from) if resume is not None else tc.init_from
+        log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
+        net.init_weights(seed=tc.seed, only=model_lib.load_base(net, base, log=log))
+        if resume is not None:
+            model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"),
+                                 names={n for n, _ in net.named_parameters() if net.trains(n)})
+    elif resume is not None:
         model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
     elif init is not None:
         model_lib.load_state(net, init["model"], tc.init_from)
@@ -529,10 +546,11 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
 def make_ema(net, source: dict | None) -> dict:
     """The EMA of the weights, created once after wrapping: each entry is sharded like its parameter (FSDP2:
     a DTensor shard), so no rank holds a full fp32 copy. Resumes from `source["ema"]` when there is one."""
-    ema = {n: p.detach().float().clone() for n, p in net.named_parameters()}
+    ema = {n: p.detach().float().clone() for n, p in net.named_parameters() if p.requires_grad}  # LoRA: no frozen copy
     if source is not None and "ema" in source:
         for n, e in ema.items():
-            model_lib.copy_rows(e, lambda a, b, t=source["ema"][n]: t[a:b])
+            if n in source["ema"]:  # LoRA from a full checkpoint: its adapters start their EMA fresh
+                model_lib.copy_rows(e, lambda a, b, t=source["ema"][n]: t[a:b])
     return ema
 
 
@@ -540,7 +558,7 @@ def make_optimizer(net, tc: TrainConfig):
     """AdamW with two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the
     backbone (cosine or constant, --backbone_lr_schedule)."""
     new = [p for n, p in net.named_parameters() if model_lib.is_addition(n)]
-    old = [p for n, p in net.named_parameters() if not model_lib.is_addition(n)]
+    old = [p for n, p in net.named_parameters() if not model_lib.is_addition(n) and p.requires_grad]  # LoRA: adapters
     return torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
                               dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
 
@@ -578,6 +596,8 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     run = Run(tc, mcfg, wcfg, net, wrapped, make_optimizer(net, tc), make_ema(net, resume or init),
               set(net.frozen_in_audio_only_steps()), rank, world, device)
+    if mcfg.lora_rank:
+        run.lora_base = (resume or {}).get("lora_base", tc.init_from)
     if resume is not None:
         if run.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -603,6 +623,8 @@ def save(run: Run, name: str = "ckpt.pt"):
     else:
         model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
         opt_state = run.opt.state_dict()
+    if run.mcfg.lora_rank:  # the checkpoint holds what trains; the frozen base is named, not copied
+        model_state = {k: v for k, v in model_state.items() if run.net.trains(k)}
     ema_state = {}
     for k, v in run.ema.items():   # every rank gathers each EMA tensor; rank 0 keeps it
         full = full_tensor(v)
@@ -613,7 +635,7 @@ def save(run: Run, name: str = "ckpt.pt"):
         save_atomic(dict(model=model_state, ema=ema_state, optimizer=opt_state, step=run.step,
                          rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
                          world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
-                         log_window=run.log_window,
+                         log_window=run.log_window, **({"lora_base": run.lora_base} if run.mcfg.lora_rank else {}),
                          # for readers and tools: a resume recomputes these from `step` (step_plan)
                          data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
                                             audio_only_batches=plan["audio_index"] * tc.grad_accum)),
@@ -707,7 +729,7 @@ def update_ema(run: Run, joint: bool):
     short run's EMA is mostly the initial weights); frozen weights are skipped in audio-only steps."""
     decay = ema_decay_at(run.step, run.tc)
     for n, p in run.net.named_parameters():
-        if joint or n not in run.frozen:
+        if n in run.ema and (joint or n not in run.frozen):
             run.ema[n].lerp_(p.detach().float(), 1 - decay)
 
 
@@ -802,7 +824,8 @@ class ProgressStrip:
             return
         while self.next_minute <= minutes:
             self.next_minute += run.tc.progress_every
-        ema = {n: full_tensor(e) for n, e in run.ema.items()}  # every rank takes part in every gather
+        ema = {n: full_tensor(p.detach()) for n, p in run.net.named_parameters() if n not in run.ema}  # LoRA's base
+        ema.update({n: full_tensor(e) for n, e in run.ema.items()})  # every rank takes part in every gather
         if run.rank == 0:
             self.strip.add(progress_lib.ema_model(ema, run.mcfg), minutes, run.step)
             progress_lib.plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))

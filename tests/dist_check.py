@@ -1,7 +1,8 @@
 """Run by tests/test_train.py under torchrun: three optimizer steps of the tiny model on a fixed
-global batch of 4, as 1 process or as 2 ranks of 2 (DDP or FSDP2), then rank 0 saves the weights.
+global batch of 4, as 1 process or as 2 ranks of 2 (DDP, FSDP2, or FSDP2 with LoRA adapters on a frozen
+base), then rank 0 saves the weights.
 
-    torchrun --nproc_per_node=2 tests/dist_check.py OUT.pt [ddp|fsdp]
+    torchrun --nproc_per_node=2 tests/dist_check.py OUT.pt [ddp|fsdp|fsdp_lora]
 """
 import os
 import sys
@@ -22,9 +23,16 @@ def main(out_path, mode):
     rank, world, device = train.setup_distributed()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    import dataclasses
+    net = model.TwinTower(dataclasses.replace(TINY, lora_rank=4) if mode == "fsdp_lora" else TINY)
+    if mode == "fsdp_lora":  # the frozen base; B != 0 so that A gets a gradient too
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.requires_grad_(net.trains(name))
+                if name.endswith("lora_b"):
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
     wrapped = net
-    if world > 1 and mode == "fsdp":
+    if world > 1 and mode.startswith("fsdp"):
         from torch.distributed.fsdp import fully_shard
         for layer in net.layers:
             fully_shard(layer)
@@ -32,7 +40,7 @@ def main(out_path, mode):
     elif world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     # SGD: the check is that gradients average correctly; Adam would amplify rounding on near-zero grads
-    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
     batch = tiny_batch(batch_size=4, scene="single")
     gen = torch.Generator().manual_seed(1)
     t = torch.rand(4, generator=gen)
