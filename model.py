@@ -1118,9 +1118,27 @@ def full_token_counts(subjects: int = 2):
 
 def main():
     from inputs import OneLineParser  # one line per bad flag, like every entry point
-    parser = OneLineParser(description="Parameter counts and training FLOPs per preset.")
+    from inputs import parse_bool
+    parser = OneLineParser(description="Parameter counts and training FLOPs per preset; --memory: the memory plan.")
     parser.add_argument("--config", choices=list(PRESETS), nargs="*", default=list(PRESETS), help="presets to count")
+    parser.add_argument("--memory", action="store_true", help="print the per-GPU memory plan (memory.py) instead")
+    parser.add_argument("--gpus", type=int, default=8, help="--memory: GPUs the parameters are sharded over (FSDP2)")
+    parser.add_argument("--batch", type=int, default=1, help="--memory: samples per GPU")
+    parser.add_argument("--lora_rank", type=int, default=0, help="--memory: LoRA rank (0 = full fine-tuning)")
+    parser.add_argument("--grad_ckpt", type=parse_bool, nargs="?", const=True, default=False,
+                        help="--memory: activation checkpointing per layer")
+    parser.add_argument("--seq_parallel", type=int, default=1, help="--memory: ranks that share each sample's tokens")
     args = parser.parse_args()
+    if args.memory:
+        import memory
+        if min(args.gpus, args.batch, args.seq_parallel) < 1 or args.lora_rank < 0 or args.gpus % args.seq_parallel:
+            parser.exit(2, "error: --gpus, --batch, --seq_parallel must be at least 1, --seq_parallel must divide "
+                           "--gpus, --lora_rank 0 or more\n")
+        for name in args.config:
+            cfg = memory.with_lora(PRESETS[name], args.lora_rank)
+            tokens = full_token_counts() if name == "full" else toy_token_counts(cfg)
+            memory.print_plan(name, cfg, tokens, args.gpus, args.batch, args.grad_ckpt, args.seq_parallel)
+        return
     for name in args.config:
         cfg = PRESETS[name]
         with torch.device("meta"):  # no memory: the full model is 11.7B parameters
