@@ -53,6 +53,7 @@ import torch.utils.checkpoint
 import lora
 import ocf
 import rope
+import seqpar
 from attention import attention, key_padding
 from conditioning import Conditioning
 
@@ -264,9 +265,14 @@ class SelfAttention(Heads, nn.Module):
     def out(self, y):  # (B, H, S, hd) -> (B, S, D)
         return self.o(y.transpose(1, 2).flatten(2))
 
-    def forward(self, x, cos, sin, key_mask):
-        k, v = self.keys_values(x, cos, sin)
-        return self.out(attention(self.queries(x, cos, sin), k, v, key_padding(key_mask)))
+    def forward(self, x, cos, sin, key_mask, sp=None):
+        """x (B, S, D); with sp (seqpar.py) x is this rank's 1/N of the tokens, and the attention sees all."""
+        q, (k, v) = self.queries(x, cos, sin), self.keys_values(x, cos, sin)
+        if sp is None:
+            return self.out(attention(q, k, v, key_padding(key_mask)))
+        y = attention(seqpar.seq_to_heads(q, sp), seqpar.seq_to_heads(k, sp), seqpar.seq_to_heads(v, sp),
+                      key_padding(key_mask))                                   # (B, H/N, S, hd): whole sequence
+        return self.out(seqpar.heads_to_seq(y, sp))
 
 
 class CrossAttention(SelfAttention):
@@ -283,16 +289,23 @@ class CrossAttention(SelfAttention):
         self.k_fusion, self.v_fusion = nn.Linear(d, d), nn.Linear(d, d)
         self.norm_k_fusion = nn.RMSNorm(d, eps=cfg.eps)
 
-    def forward(self, x, text, text_mask, other, other_mask, rope_self, rope_other):
+    def forward(self, x, text, text_mask, other, other_mask, rope_self, rope_other, sp=None):
         q = self.split(self.norm_q(self.q(x)))                                     # (B, H, S, hd)
+        k_text, v_text = self.split(self.norm_k(self.k(text))), self.split(self.v(text))
+        # sequence parallel: attend with this rank's heads over all tokens; the prompt is replicated
+        to_heads = (lambda t: t) if sp is None else (lambda t: seqpar.seq_to_heads(t, sp))  # noqa: E731
+        if sp is not None:
+            k_text, v_text = k_text[:, sp.heads(self.heads)], v_text[:, sp.heads(self.heads)]
         # Ovi does not mask its zero-padded umT5 features (512 tokens, context lengths None); we mask
         # padding, so a prompt's meaning does not depend on how far it was padded
-        out = attention(q, self.split(self.norm_k(self.k(text))), self.split(self.v(text)), key_padding(text_mask))
+        out = attention(to_heads(q), k_text, v_text, key_padding(text_mask))
         if other is not None:  # absent in an audio-only step: the cross-tower pathway is inactive
             other = self.pre_attn_norm_fusion(other)
             k = rope.apply_rope(self.split(self.norm_k_fusion(self.k_fusion(other))), *rope_other)
-            out = out + attention(rope.apply_rope(q, *rope_self), k, self.split(self.v_fusion(other)),
-                                  key_padding(other_mask))
+            out = out + attention(to_heads(rope.apply_rope(q, *rope_self)), to_heads(k),
+                                  to_heads(self.split(self.v_fusion(other))), key_padding(other_mask))
+        if sp is not None:
+            out = seqpar.heads_to_seq(out, sp)                                     # (B, H, S/N, hd)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -347,9 +360,9 @@ class Block(nn.Module):
     def mod(self, e):  # e (B, 2, 6, D) fp32 -> six (B, 2, D): shift/scale/gate for attention and FFN
         return (e + self.modulation.float()[:, None]).unbind(2)
 
-    def self_part(self, x, e, rope_cs, key_mask, n):
+    def self_part(self, x, e, rope_cs, key_mask, n, sp=None):
         shift, scale, g, _, _, _ = self.mod(e)
-        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, n), *rope_cs, key_mask), g, n)
+        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, n), *rope_cs, key_mask, sp), g, n)
 
     def ffn_part(self, x, e, n):
         _, _, _, shift, scale, g = self.mod(e)
@@ -417,15 +430,16 @@ class TwinLayer(nn.Module):
     def forward(self, v, a, ctx: dict):
         if self.presence:
             return self.forward_presence(v, a, ctx)
+        sp = ctx["sp"]  # sequence parallel (seqpar.py): v, a are this rank's slices; masks and attention whole
         if v is not None:
-            v = self.video.self_part(v, ctx["e_v"], ctx["rope_v"], ctx["mask_v"], ctx["n_v"])
-        a = self.audio.self_part(a, ctx["e_a"], ctx["rope_a"], ctx["mask_a"], ctx["n_a"])
+            v = self.video.self_part(v, ctx["e_v"], ctx["rope_v"], ctx["mask_v"], ctx["n_v"], sp)
+        a = self.audio.self_part(a, ctx["e_a"], ctx["rope_a"], ctx["mask_a"], ctx["n_a"], sp)
         # both towers read the other's post-self-attention state: compute both before updating either
         a_new = a + self.audio.cross_attn(self.audio.norm3(a), ctx["text_a"], ctx["text_mask"], v,
-                                          ctx["mask_v"], ctx["rope_a"], ctx["rope_v"])
+                                          ctx["mask_v"], ctx["rope_a"], ctx["rope_v"], sp)
         if v is not None:
             v = v + self.video.cross_attn(self.video.norm3(v), ctx["text_v"], ctx["text_mask"], a,
-                                          ctx["mask_a"], ctx["rope_v"], ctx["rope_a"])
+                                          ctx["mask_a"], ctx["rope_v"], ctx["rope_a"], sp)
             v = self.video.ffn_part(v, ctx["e_v"], ctx["n_v"])
         return v, self.audio.ffn_part(a_new, ctx["e_a"], ctx["n_a"])
 
@@ -529,6 +543,7 @@ class TwinTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.grad_ckpt = False
+        self.sp = None   # a seqpar.SeqGroup under --seq_parallel: this rank computes 1/N of each tower's tokens
         d = cfg.dim
         self.prompt = ocf.PromptEncoder(cfg)   # text encoder, phoneme encoder, OCF, MTP-CA (Sec. 4.2)
         self.video_stem = nn.Linear(cfg.video_patch_dim, d)
@@ -737,10 +752,17 @@ class TwinTower(nn.Module):
             v, mask_v, n_v, ref_hw = self.video_tokens(video, cond, cached)
             grid = self.video_grid(video.shape)
         rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
+        full_n_v, full_n_a = n_v, n_a
+        if self.sp is not None:  # keep this rank's slice of each stream; masks stay whole (they mask keys)
+            if self.cfg.ref_mode == "presence":
+                raise ValueError("--seq_parallel supports ref_mode concat only (see seqpar.py)")
+            a, mask_a, rope_a, n_a = self.shard_stream(a, mask_a, rope_a, n_a)
+            if v is not None:
+                v, mask_v, rope_v, n_v = self.shard_stream(v, mask_v, rope_v, n_v)
         emb_a, e_a = self.audio_tower.timestep(t)
         emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
         ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=cond.text_mask,
-                   cache=cache, subjects=cond.subjects,
+                   cache=cache, subjects=cond.subjects, sp=self.sp,
                    rope_v=rope_v, rope_a=rope_a, text_a=self.audio_tower.text_proj(prompt),
                    text_v=self.video_tower.text_proj(prompt) if video is not None else None)
         for layer in self.layers:
@@ -750,21 +772,34 @@ class TwinTower(nn.Module):
                 v, a = layer(v, a, ctx)
         if cache is not None:
             cache.filled = True
-        video_out, audio_out = self.outputs(v, a, emb_v, emb_a, n_v, n_a, video, audio)
+        video_out, audio_out = self.outputs(v, a, emb_v, emb_a, full_n_v, full_n_a, video, audio)
         if self.cfg.precond == "edm":
             audio_out = precondition(audio_out, audio, t, self.cfg.sigma_audio)
             video_out = None if video is None else precondition(video_out, video, t, self.cfg.sigma_video)
         return video_out, audio_out
 
+    def shard_stream(self, x, mask, rope_cs, n):
+        """Sequence parallel: this rank's slice of a stream's tokens and RoPE tables, the whole key mask
+        (padded to a multiple of N with False), and how many of the slice's tokens are content."""
+        local = seqpar.shard(x, self.sp)
+        cos, sin = (seqpar.shard(t, self.sp) for t in rope_cs)                    # (1, S/N, pairs)
+        return local, seqpar.pad_mask(mask, self.sp), (cos, sin), seqpar.local_content(n, self.sp, local.shape[1])
+
+    def head(self, tower, x, emb, n):
+        """A tower's head on its n content tokens; under sequence parallel on every local token, gathered."""
+        if self.sp is None:
+            return tower.output(x, emb, n)
+        return seqpar.gather_seq(tower.output(x, emb, x.shape[1]), self.sp)[:, :n]
+
     def outputs(self, v, a, emb_v, emb_a, n_v, n_a, video, audio):
         """Heads on the content tokens, back to the inputs' shapes (+ the toy's optional input skip)."""
-        audio_out = self.audio_tower.output(a, emb_a, n_a)                         # (B, n_a, p*C_a)
+        audio_out = self.head(self.audio_tower, a, emb_a, n_a)                     # (B, n_a, p*C_a)
         if self.cfg.input_skip:
             audio_out = audio_out + self.audio_skip(self.patchify_audio(audio))
         audio_out = audio_out.reshape(audio.shape)
         if video is None:
             return None, audio_out
-        video_tokens = self.video_tower.output(v, emb_v, n_v)                     # (B, T'H'W', pt*ph*pw*C)
+        video_tokens = self.head(self.video_tower, v, emb_v, n_v)                 # (B, T'H'W', pt*ph*pw*C)
         if self.cfg.input_skip:
             video_tokens = video_tokens + self.video_skip(self.patchify_video(video))
         return self.unpatchify_video(video_tokens, video.shape), audio_out

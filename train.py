@@ -57,6 +57,7 @@ import torch.distributed as dist
 import data
 import model as model_lib
 import progress as progress_lib
+import seqpar
 import shards
 from conditioning import Conditioning
 from inputs import OneLineParser, out_dir_problems, parse_bool  # the entry points' shared helpers
@@ -101,6 +102,7 @@ class TrainConfig:
     workers: int = 0                   # DataLoader workers for the toy world (it is fast: 0 is fine on 2 cores)
     compile: bool = False              # torch.compile each TwinLayer in place
     grad_ckpt: bool = False            # activation checkpointing per TwinLayer
+    seq_parallel: int = 1              # ranks sharing each sample's tokens (seqpar.py: Ulysses all-to-all)
     fsdp: bool = False                 # FSDP2 instead of DDP under torchrun
     threads: int = 0                   # torch CPU threads (0 = torch's default)
     progress_every: float = 2.5        # minutes between progress-strip rows (progress.png, index.html); 0 = off
@@ -183,6 +185,11 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     mcfg = dataclasses.replace(model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"]), **model_overrides)
     wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
     problems += model_lib.config_problems(mcfg) + data.world_problems(wcfg)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if tc.seq_parallel < 1 or world % tc.seq_parallel or mcfg.heads % tc.seq_parallel:
+        problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
+    elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
+        problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
     if tc.data == "toy" and not problems:
         problems += toy_fit_problems(mcfg, wcfg, tc.config)
     return problems + out_dir_problems(tc.out_dir)
@@ -464,6 +471,15 @@ class Run:
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
 
     @property
+    def data_rank(self) -> int:
+        """Which share of the data this rank reads: the ranks of a sequence group read the same samples."""
+        return self.rank // self.tc.seq_parallel
+
+    @property
+    def data_world(self) -> int:
+        return self.world // self.tc.seq_parallel
+
+    @property
     def fsdp(self) -> bool:
         return self.world > 1 and self.tc.fsdp
 
@@ -504,7 +520,11 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
         net = model_lib.TwinTower(mcfg)
     for name, p in net.named_parameters():  # LoRA: the backbone is frozen (before FSDP2 groups the parameters)
         p.requires_grad_(net.trains(name))
+        if not p.requires_grad and device.type == "cuda":  # and held in bf16 (2 B, memory.py); CPU keeps fp32
+            p.data = p.data.to(torch.bfloat16)
     net.grad_ckpt = tc.grad_ckpt
+    if tc.seq_parallel > 1:  # groups of consecutive ranks share a sample; a plain attribute, not a module
+        net.sp = seqpar.make_groups(tc.seq_parallel)
     if tc.compile:
         for layer in net.layers:
             layer.compile()
@@ -667,14 +687,15 @@ class StageData:
             seed = tc.seed + 1000 * plan["stage"]
             if tc.data == "toy":
                 dataset = data.ToyBatches(world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
-                                          rank=self.run.rank, start_batch=start, audio_only=audio_only)
+                                          rank=self.run.data_rank, start_batch=start, audio_only=audio_only)
             else:
                 if audio_only:
                     raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
                 m = self.run.mcfg  # the shard's channels and prompt width must be the model's
                 dataset = shards.LatentShards(tc.data, tc.batch_size, shards.ShardSpec(m.video_channels, m.audio_channels,
                                                                                      m.text_dim, m.phoneme_vocab),
-                                              seed=seed, rank=self.run.rank, world=self.run.world, start_batch=start)
+                                              seed=seed, rank=self.run.data_rank, world=self.run.data_world,
+                                              start_batch=start)
             self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
         return next(self.loaders[key])
 
@@ -695,7 +716,8 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     for group in run.opt.param_groups:
         group["lr"] = lr_at(run.step, tc, group["cosine"])
     # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
-    gen = torch.Generator().manual_seed(hash((tc.seed, run.rank, run.step)) % (2 ** 63))
+    # (the ranks of a sequence group share one sample: the same data rank, the same noise)
+    gen = torch.Generator().manual_seed(hash((tc.seed, run.data_rank, run.step)) % (2 ** 63))
     spec = stage_spec(tc, plan["stage"]) or {}
     mix = spec.get("task_mix") or tc.task_mix
     joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
@@ -705,7 +727,9 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
         with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
             loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
                                     task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False))
-        (loss / tc.grad_accum).backward()  # gradients add up over micro-steps: average them
+        # gradients add up over micro-steps: average them. Sequence parallel: DDP / FSDP2 average over all
+        # ranks, but a group's ranks each hold a share of one sample's gradient, to be summed: x N
+        (loss * tc.seq_parallel / tc.grad_accum).backward()
         out["loss"] = out["loss"] + loss.detach() / tc.grad_accum
         out["loss_audio"] = out["loss_audio"] + stats["loss_audio"].mean() / tc.grad_accum
         if joint:
@@ -772,7 +796,7 @@ class Logger:
                                            for k in ("loss", "loss_video", "loss_audio")]))
             self.t += out["t"]
             self.per_sample += out["per_sample"]
-            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.world
+            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
         else:
             self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
         self.grad_norm = out["grad_norm"]
