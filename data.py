@@ -81,6 +81,7 @@ class WorldConfig:
     silent_prob: float = 0.2      # a subject of a multi-subject scene stays silent
     offscreen_prob: float = 0.1   # a speaking subject of a multi-subject scene is off screen
     move_prob: float = 0.5        # a subject drifts across the frame
+    camera_pan: float = 0.0       # a clip's camera pans sideways: the room and everyone in it shift together
 
     @property
     def frames(self) -> int:
@@ -118,7 +119,8 @@ def world_problems(cfg: WorldConfig) -> list[str]:
     if not 1 <= cfg.min_subjects <= cfg.max_subjects <= 3:  # the tokenizer knows 4 anchors; scenes lay out 3 people
         problems.append("--min_subjects and --max_subjects need 1 <= min <= max <= 3 (the toy world's scenes hold 3); "
                         f"got {cfg.min_subjects}, {cfg.max_subjects}")
-    for name in ("cross_pair", "lang_b", "lang_b_audio_only", "silent_prob", "offscreen_prob", "move_prob"):
+    for name in ("cross_pair", "lang_b", "lang_b_audio_only", "silent_prob", "offscreen_prob", "move_prob",
+                 "camera_pan"):
         if not 0 <= getattr(cfg, name) <= 1:
             problems.append(f"--{name} is a probability, in [0, 1]; got {getattr(cfg, name)}")
     if cfg.scene not in SCENES:
@@ -197,9 +199,10 @@ class Identity:
 TEXTURES = ["stripes", "bars", "checks", "dots"]
 
 
-def render_room(size: int, room: dict) -> np.ndarray:
-    """(size, size, 3) background: a colour with a faint periodic texture."""
+def render_room(size: int, room: dict, x0: int = 0) -> np.ndarray:
+    """(size, size, 3) background: a colour with a faint periodic texture; x0 = where the camera looks."""
     y, x = np.mgrid[:size, :size]
+    x = x + x0
     p = room["period"]  # texture period in pixels (2-4): fine enough to read as texture, not as objects
     pattern = {"stripes": (y // p) % 2, "bars": (x // p) % 2, "checks": ((x // p) + (y // p)) % 2,
                "dots": ((x % p == 0) & (y % p == 0))}[room["texture"]]
@@ -450,7 +453,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     language = "B" if (cfg.scene == "complex" and rng.random() < 0.5) or rng.random() < cfg.lang_b else "A"
     wav, mouth_energy, lines, rates = speak_script(rng, cfg, roles, idents, room, language)
     mouth_open, activity = lip_sync(mouth_energy, cfg)
-    frames, boxes, heads, radius = render_scene(rng, cfg, roles, idents, room, mouth_open)
+    frames, boxes, heads, radius, motion = render_scene(rng, cfg, roles, idents, room, mouth_open)
     cross = rng.random() < cfg.cross_pair
     refs = make_references(rng, cfg, roles, idents, language, rates, lines, wav, frames, heads, radius, cross)
     caption = make_caption(idents, roles, lines, room)
@@ -460,6 +463,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         source_mask=rv2av_mask(boxes, roles, cfg),    # RA2V's driving audio is `audio` itself
         mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
         boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
+        trajectories=torch.from_numpy(motion["trajectories"]), camera=torch.from_numpy(motion["camera"]),
         caption=caption, roles=roles, language=language, cross_pair=bool(cross),
         line_times=[(who, start, end) for who, _, start, end in lines], identities=idents, **refs,
     )
@@ -499,15 +503,31 @@ def lip_sync(mouth_energy: np.ndarray, cfg: WorldConfig):
     return mouth_open, activity
 
 
+POINTS = ("head", "mouth", "shirt")  # the tracked points of each subject (DreamVideo-Omni's trajectories)
+
+
+def camera_path(rng, cfg: WorldConfig) -> np.ndarray:
+    """(T,) the camera's x offset per frame in pixels: 0, or a steady pan of 0.5-1 px a frame either way.
+    Draws from rng only when panning is on, so clips of worlds without it are unchanged."""
+    if cfg.camera_pan > 0 and rng.random() < cfg.camera_pan:
+        speed = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0)
+        return np.round(speed * np.arange(cfg.frames)).astype(np.float32)
+    return np.zeros(cfg.frames, np.float32)
+
+
 def render_scene(rng, cfg: WorldConfig, roles, idents, room, mouth_open):
-    """The frames: on-screen subjects side by side at the bottom edge, maybe drifting, mouths per frame.
-    Returns (frames (T, H, W, 3), boxes (K, T, 4), head centres (K, T, 2), head radius)."""
+    """The frames: on-screen subjects side by side at the bottom edge, maybe drifting, mouths per frame,
+    seen by a camera that may pan. Returns (frames (T, H, W, 3), boxes (K, T, 4), head centres (K, T, 2),
+    head radius, motion): motion holds each subject's POINTS per frame, trajectories (K, T, 3, 2) as (x, y)
+    pixels (zero off screen), and the camera's x offset per frame, camera (T,)."""
+    camera = camera_path(rng, cfg)
     n, size = len(roles), cfg.image_size
     on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
     radius = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(len(on_screen), 1)] * rng.uniform(0.9, 1.1)
-    frames = np.repeat(render_room(size, room)[None], cfg.frames, axis=0)          # (T, H, W, 3)
+    frames = np.stack([render_room(size, room, int(c)) for c in camera])           # (T, H, W, 3)
     boxes = np.zeros((n, cfg.frames, 4), np.float32)
     heads = np.zeros((n, cfg.frames, 2), np.float32)
+    points = np.zeros((n, cfg.frames, len(POINTS), 2), np.float32)
     sprites = {k: render_person(idents[k], radius, gaze=rng.choice([-1, 0, 1]) * 0.5) for k in on_screen}
     for slot, k in enumerate(on_screen):
         rgba, mouth = sprites[k]
@@ -515,11 +535,17 @@ def render_scene(rng, cfg: WorldConfig, roles, idents, room, mouth_open):
         top = size - rgba.shape[0] + rng.uniform(1, 4)          # standing at the bottom edge (feet out of frame)
         vx, vy = (rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.1)) if rng.random() < cfg.move_prob else (0, 0)
         head_dy = mouth["y"] - 0.5 * radius * (1.2 if idents[k].face_shape == 2 else 1.0)
-        for f in range(cfg.frames):
-            left, y = int(round(cx + vx * f - rgba.shape[1] / 2)), int(round(top + vy * f))
+        for f in range(cfg.frames):  # the camera moving right moves everyone left in the frame
+            left, y = int(round(cx + vx * f - rgba.shape[1] / 2 - camera[f])), int(round(top + vy * f))
             boxes[k, f] = paste(frames[f], draw_mouth(rgba, mouth, mouth_open[k, f], idents[k].skin), y, left)
             heads[k, f] = (left + rgba.shape[1] / 2, y + head_dy)
-    return frames, boxes, heads, radius
+            points[k, f] = [heads[k, f], mouth_point(left, y, mouth), (left + rgba.shape[1] / 2, y + 0.85 * rgba.shape[0])]
+    return frames, boxes, heads, radius, dict(trajectories=points, camera=camera)
+
+
+def mouth_point(left: float, top: float, mouth: dict) -> tuple[float, float]:
+    """The centre of a sprite's mouth line, placed at (top, left): a point the benchmark can track."""
+    return left + (mouth["x0"] + mouth["x1"]) / 2, top + mouth["y"]
 
 
 def make_references(rng, cfg: WorldConfig, roles, idents, language, rates, lines, wav, frames, heads, radius,
@@ -614,6 +640,7 @@ def caption_fields(caption: str) -> dict:
 _PADDED = {"text_ids": (PAD_ID, 1), "subject_spans": (0, 1), "ref_images": (0.0, 1), "ref_audio": (0.0, 1),
            "speech_spans": (0, 1), "line_speaker": (0, 1), "line_phonemes": (speech.PAD_PHONEME, 2),
            "mouth_open": (0.0, 1), "speech_activity": (0.0, 1), "boxes": (0.0, 1), "on_screen": (False, 1),
+           "trajectories": (0.0, 1),
            "ref_frame": (-1, 1), "ref_audio_start": (-1, 1), "ref_image_mask": (False, 1)}
 
 

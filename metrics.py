@@ -314,6 +314,36 @@ def score_faces(frames, case, on_screen, world):
                 face_cons=float(np.mean(cons)) if cons else float("nan")), mouths
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes (..., 4) as (x0, y0, x1, y1); 0 where both are empty."""
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    inter = w * h
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-6)
+
+
+def score_motion(video: torch.Tensor, case: dict, world: data.WorldConfig) -> dict:
+    """Motion control (DreamVideo-Omni's toy counterparts), per on-screen subject, from the face tracker:
+      box_miou   mean IoU of the tracked sprite's box with the requested box, over frames and subjects
+      traj_epe   mean distance (px) of the tracked mouth from the requested mouth trajectory (data.POINTS[1])
+    The requested boxes / trajectories are the case's (`boxes`, `trajectories`): a sample asked to move so."""
+    frames = ((video.float() + 1) / 2).clamp(0, 1)
+    on_screen = [k for k, r in enumerate(case["roles"]) if r != "offscreen"]
+    ious, errors = [], []
+    H, W = frames.shape[-2:]
+    for k in on_screen:
+        _, top, left, (_, weight, mouth) = face_track(frames, case["identities"][k], len(on_screen), world.image_size)
+        h, w = weight.shape
+        tracked = torch.stack([left.clamp(0, W), top.clamp(0, H), (left + w).clamp(0, W), (top + h).clamp(0, H)], -1)
+        ious.append(box_iou(tracked.float(), case["boxes"][k].float()).mean().item())
+        x, y = data.mouth_point(left.float(), top.float(), mouth)
+        asked = case["trajectories"][k, :, data.POINTS.index("mouth")]              # (T, 2)
+        errors.append(torch.stack([x, y], -1).sub(asked).norm(dim=-1).mean().item())
+    nan = float("nan")
+    return dict(box_miou=float(np.mean(ious)) if ious else nan, traj_epe=float(np.mean(errors)) if errors else nan)
+
+
 def score_words(mel, case, world):
     """Phoneme error rate against the script, and insertions beyond it (caption vocalization)."""
     script = script_phonemes(case)        # what the caption asks to be said, lines in order

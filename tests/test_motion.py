@@ -1,0 +1,55 @@
+"""Motion ground truth in the toy world (DreamVideo-Omni's control signals) and the metrics that read it:
+trajectories follow their subjects, a camera pan moves the room and everyone together, and box mIoU /
+trajectory error score the world's own clips high and a wrong request low."""
+import dataclasses
+
+import numpy as np
+import torch
+
+import data
+import metrics
+
+MOVING = dataclasses.replace(data.WorldConfig(), move_prob=1.0)
+
+
+def test_trajectories_follow_their_subjects():
+    """Every tracked point lies inside its subject's box in every frame, and moves when the subject does."""
+    for i in range(6):
+        c = data.make_clip(data.sample_rng(3, 0, 0, i), MOVING)
+        for k, role in enumerate(c["roles"]):
+            if role == "offscreen":
+                assert not c["trajectories"][k].any()
+                continue
+            box, pts = c["boxes"][k], c["trajectories"][k]                      # (T, 4), (T, 3, 2)
+            visible = box[:, 2] > box[:, 0]
+            x, y = pts[..., 0], pts[..., 1]
+            inside = (x >= box[:, None, 0] - 1) & (x <= box[:, None, 2] + 1) & (y >= box[:, None, 1] - 1)
+            assert inside[visible].all()
+
+
+def test_a_camera_pan_moves_the_room_and_everyone_together_and_is_off_by_default():
+    assert not data.make_clip(data.sample_rng(0, 0, 0, 0), data.WorldConfig())["camera"].any()
+    world = dataclasses.replace(data.WorldConfig(), camera_pan=1.0, move_prob=0.0)
+    c = data.make_clip(data.sample_rng(0, 0, 0, 1), world)
+    cam = c["camera"]
+    assert cam.abs().max() >= 7                                                 # 0.5-1 px a frame over 16 frames
+    for k, role in enumerate(c["roles"]):                                       # still people shift with the camera
+        if role != "offscreen":
+            heads = c["trajectories"][k, :, 0, 0]
+            assert torch.allclose(heads - heads[0], -(cam - cam[0]), atol=1.0)
+    room = data.render_room(world.image_size, {"period": 3, "texture": "bars", "colour": np.ones(3)}, x0=5)
+    assert np.array_equal(room[:, :-5], data.render_room(world.image_size, {"period": 3, "texture": "bars",
+                                                                            "colour": np.ones(3)})[:, 5:])
+
+
+def test_box_miou_and_trajectory_error_score_truth_high_and_a_wrong_request_low():
+    world = dataclasses.replace(MOVING, camera_pan=0.5)
+    truth, wrong = [], []
+    for i in range(6):
+        c = data.make_clip(data.sample_rng(7, 4, 0, i), world)
+        truth.append(metrics.score_motion(c["video"], c, world))
+        asked = dict(c, boxes=c["boxes"] + torch.tensor([8.0, 0, 8.0, 0]), trajectories=c["trajectories"] + torch.tensor([8.0, 0]))
+        wrong.append(metrics.score_motion(c["video"], asked, world))
+    mean = lambda rows, m: float(np.nanmean([r[m] for r in rows]))  # noqa: E731
+    assert mean(truth, "box_miou") > 0.8 and mean(truth, "traj_epe") < 3
+    assert mean(wrong, "box_miou") < 0.4 and mean(wrong, "traj_epe") > 6
