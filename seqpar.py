@@ -77,28 +77,17 @@ def _heads_to_seq(y, sp: SeqGroup):
     return recv.transpose(0, 1).reshape(B, sp.size * h, S // sp.size, hd)    # (B, H, S/N, hd)
 
 
-class SeqToHeads(torch.autograd.Function):
-    """seq_to_heads forward; its inverse (heads_to_seq) carries the gradient back."""
+class AllToAll(torch.autograd.Function):
+    """seq_to_heads (to_heads=True) or heads_to_seq; each is the other's backward (they are inverse)."""
 
     @staticmethod
-    def forward(ctx, x, sp):
-        ctx.sp = sp
-        return _seq_to_heads(x, sp)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _heads_to_seq(grad, ctx.sp), None
-
-
-class HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, sp):
-        ctx.sp = sp
-        return _heads_to_seq(y, sp)
+    def forward(ctx, x, sp, to_heads: bool):
+        ctx.sp, ctx.to_heads = sp, to_heads
+        return _seq_to_heads(x, sp) if to_heads else _heads_to_seq(x, sp)
 
     @staticmethod
     def backward(ctx, grad):
-        return _seq_to_heads(grad, ctx.sp), None
+        return (_heads_to_seq(grad, ctx.sp) if ctx.to_heads else _seq_to_heads(grad, ctx.sp)), None, None
 
 
 class GatherSeq(torch.autograd.Function):
@@ -119,11 +108,11 @@ class GatherSeq(torch.autograd.Function):
 
 
 def seq_to_heads(x, sp):
-    return SeqToHeads.apply(x, sp)
+    return AllToAll.apply(x, sp, True)
 
 
 def heads_to_seq(y, sp):
-    return HeadsToSeq.apply(y, sp)
+    return AllToAll.apply(y, sp, False)
 
 
 def gather_seq(x, sp):
