@@ -1051,7 +1051,11 @@ def load_base(net: TwinTower, path: str, log=print) -> set:
     caller initialises those."""
     if is_ovi_checkpoint(path):
         return set(load_ovi_weights(net, path, log=log)["fresh"])
-    base = load_checkpoint(path)["model"]
+    ckpt = load_checkpoint(path)
+    if ckpt["model_config"].get("lora_rank"):  # it holds adapters, not a base: loading it would lose the base
+        raise CheckpointError(f"{path}: is a LoRA checkpoint (adapters of {ckpt.get('lora_base', '?')}); adapt a full "
+                              "checkpoint or Ovi's weights")
+    base = ckpt["model"]
     held = {n for n, _ in net.named_parameters() if n in base}
     load_state(net, base, path, names=held)
     return {n for n, _ in net.named_parameters()} - held

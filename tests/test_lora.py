@@ -80,3 +80,12 @@ def test_fsdp2_lora_on_two_ranks_equals_one_rank(tmp_path):
         assert torch.allclose(one[name], two[name], atol=1e-4), name
         moved += lora.is_adapter(name)
     assert moved
+
+
+def test_a_lora_checkpoint_cannot_be_the_base_of_another(tmp_path):
+    """It holds adapters, not weights: adapting it would silently start from random backbone weights."""
+    import pytest
+    torch.save(dict(model={}, model_config=dataclasses.asdict(ADAPTED), lora_base="ovi.safetensors"), tmp_path / "l.pt")
+    with pytest.raises(model.CheckpointError) as err:
+        model.load_base(model.TwinTower(ADAPTED), str(tmp_path / "l.pt"))
+    assert "is a LoRA checkpoint" in str(err.value)
