@@ -11,6 +11,8 @@ inputs), never the clip being generated:
               have either dropped (classifier-free guidance)
   task inputs DreamID-Omni's RV2AV source video (subject regions blanked + the mask as a channel) and
               RA2V driving audio; None for plain R2AV generation
+  motion      DreamVideo-Omni's box of each subject in each frame (toy batches carry them; a model uses
+              them only with motion control on)
 
 `Conditioning.from_batch` builds it from a batch of the toy world (data.ToyBatches) or of latent shards
 (shards.LatentShards): both use the same keys. The operations training and guidance need are methods,
@@ -41,6 +43,14 @@ import torch
 NULL_TOKEN = 0
 
 
+def relative_boxes(batch: dict) -> torch.Tensor | None:
+    """A toy batch's per-frame subject boxes (pixels) as fractions of the frame, or None without them."""
+    if "boxes" not in batch or "video" not in batch:
+        return None
+    H, W = batch["video"].shape[-2:]
+    return batch["boxes"].float() / torch.tensor([W, H, W, H], dtype=torch.float)
+
+
 @dataclass
 class Conditioning:
     text: torch.Tensor             # (B, L) token ids (toy) or (B, L, D_text) text features (umT5 for real data)
@@ -56,6 +66,8 @@ class Conditioning:
     voice_mask: torch.Tensor       # (B, K) bool, subject k's reference voice is given
     source_video: torch.Tensor | None = None   # (B, T, C+1, H, W) RV2AV: masked source + mask channel
     driving_audio: torch.Tensor | None = None  # (B, T_a, C_a) RA2V: the given sound track
+    boxes: torch.Tensor | None = None          # (B, K, T, 4) DreamVideo-Omni: where subject k should be in frame
+                                               # t, (x0, y0, x1, y1) as fractions of the frame; zero area = no box
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -73,7 +85,7 @@ class Conditioning:
                    phoneme_mask=batch.get("phoneme_mask", batch["line_phonemes"] > 0),
                    ref_images=batch["ref_images"], ref_audio=batch["ref_audio"],
                    image_mask=batch.get("ref_image_mask", subjects), voice_mask=subjects,
-                   source_video=source_video, driving_audio=driving_audio)
+                   source_video=source_video, driving_audio=driving_audio, boxes=relative_boxes(batch))
 
     @property
     def batch_size(self) -> int:

@@ -111,6 +111,11 @@ class ModelConfig:
     lora_rank: int = 0             # 0 = no adapters (full fine-tuning)
     lora_alpha: float = 0.0        # the update is scaled by alpha / rank (0 = rank: scale 1)
     lora_targets: str = "self,cross,fusion,ffn"  # which linear layers: any of self, cross, fusion, ffn
+    # DreamVideo-Omni's motion control (video tower): each subject's box, bound to its reference
+    motion: bool = False           # box conditions injected into the video tower
+    box_injection: str = "hierarchical"  # hierarchical: Z_in at the input and Z_l after every block | input: Z_in only
+    group_embed: bool = True       # group embeddings bind reference k to box k (off: boxes carry the role alone)
+    max_groups: int = 20           # the group table's size (the release: 20 ids)
 
     @property
     def head_dim(self) -> int:
@@ -149,7 +154,7 @@ PRESETS = {
 
 
 CHOICES = {"audio_stem": ("linear", "conv"), "ocf_rope": ("sa_mrope", "1d"), "ref_rope": ("plain", "syn"),
-           "precond": ("none", "edm"), "ref_mode": ("concat", "presence")}
+           "precond": ("none", "edm"), "ref_mode": ("concat", "presence"), "box_injection": ("hierarchical", "input")}
 
 
 def config_problems(cfg: ModelConfig) -> list[str]:
@@ -188,7 +193,8 @@ OVI_PARAMETERS = 11_660_753_108
 # ours, not Ovi's backbone: the prompt side (toy text encoder, phoneme encoder, OCF, MTP-CA), task inputs,
 # the toy's input skip
 ADDITION_PREFIXES = ("prompt.", "source_embed.", "driving_embed.", "video_skip.", "audio_skip.",
-                     "video_identity_embed.", "audio_identity_embed.")
+                     "video_identity_embed.", "audio_identity_embed.", "group_embed.", "role_embed.", "role_proj.",
+                     "box_in.", "box_layers.", "ref_bind.")
 
 
 def is_addition(name: str) -> bool:
@@ -534,7 +540,8 @@ ZERO_INIT = ("video_tower.time_proj.", "audio_tower.time_proj.",  # gates start 
              "video_tower.head.", "audio_tower.head.",            # the model first predicts v = 0
              "source_embed.", "driving_embed.",                   # task inputs start as no-ops
              "prompt.ocf.back.", "prompt.mtp_ca.o.",              # OCF and MTP-CA start as the identity
-             "video_identity_embed.", "audio_identity_embed.")    # presence: the shared-weight model at start
+             "video_identity_embed.", "audio_identity_embed.",    # presence: the shared-weight model at start
+             "box_in.", "box_layers.", "ref_bind.")               # motion control: no-ops at the start
 MAX_SLOTS = 4  # identity-embedding slots: the toy tokenizer's <sub1>..<sub4>
 
 
@@ -565,6 +572,14 @@ class TwinTower(nn.Module):
             self.video_identity_embed = nn.Embedding(MAX_SLOTS, d)
             self.audio_identity_embed = nn.Embedding(MAX_SLOTS, d)
         self.layers = nn.ModuleList(TwinLayer(cfg, i) for i in range(cfg.layers))
+        if cfg.motion:  # DreamVideo-Omni: group and role embeddings, zero-initialised box injections
+            self.group_embed = nn.Embedding(cfg.max_groups, d)  # group k: reference k and box k share it
+            self.role_embed = nn.Embedding(2, 16)               # 0 = appearance asset, 1 = motion guidance (16-d)
+            self.role_proj = nn.Linear(16, d, bias=False)
+            self.ref_bind = nn.Linear(d, d)                     # adds (group + role) to reference k's tokens
+            self.box_in = nn.Linear(d, d)                       # Z_in
+            if cfg.box_injection == "hierarchical":
+                self.box_layers = nn.ModuleList(nn.Linear(d, d) for _ in range(cfg.layers))  # Z_l
         self._rope_tables = {}  # (layout key) -> cos/sin tables: positions depend only on the shapes
         if cfg.lora_rank:  # after every module exists: the adapters wrap the backbone's linear layers in place
             lora.add_adapters(self, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -707,8 +722,36 @@ class TwinTower(nn.Module):
         # a still image becomes one latent frame: repeat it over the temporal patch
         frames = cond.ref_images.flatten(0, 1)[:, None].expand(-1, c.patch_t, -1, -1, -1)  # (B*K, pt, C, h, w)
         ref = self.video_stem(self.patchify_video(frames))                         # (B*K, h'w', D)
+        if c.motion:  # DreamVideo-Omni: reference k carries group k's code (role: appearance asset)
+            ref = ref + self.ref_bind(self.group_codes(K, role=0)).repeat(B, 1)[:, None]
         tokens = torch.cat([v, self.identity_slots(ref, B, K, "video_identity_embed")], dim=1)  # (B, n_v + K*h'w', D)
         return tokens, mask, n_v, ref_hw
+
+    # --- DreamVideo-Omni: boxes bound to subjects ----------------------------------------------------
+    def group_codes(self, K: int, role: int) -> torch.Tensor:
+        """(K, D): subject k's group embedding (binding its reference to its box) plus the role embedding
+        (0 = appearance asset, 1 = motion guidance). Without group embeddings, the role alone."""
+        role_code = self.role_proj(self.role_embed.weight[role])                    # (D,)
+        if not self.cfg.group_embed:
+            return role_code.expand(K, -1)
+        return self.group_embed.weight[:K] + role_code
+
+    def box_features(self, boxes: torch.Tensor, video_shape) -> torch.Tensor:
+        """z_box (B, n_v, D): for every video token, the sum over subjects of (how much of the token's patch
+        subject k's box covers) x (group k's motion code). boxes (B, K, T, 4) as fractions of the frame."""
+        B, T, _, H, W = video_shape
+        K = boxes.shape[1]
+        ys = (torch.arange(H, device=boxes.device) + 0.5) / H                      # pixel centres
+        xs = (torch.arange(W, device=boxes.device) + 0.5) / W
+        b = boxes[..., None, None, :]                                               # (B, K, T, 1, 1, 4)
+        inside = ((xs >= b[..., 0]) & (xs < b[..., 2]) & (ys[:, None] >= b[..., 1]) & (ys[:, None] < b[..., 3]))
+        # the box-mask video (B, K, T, H, W) -> per token the share of its patch inside each box
+        cover = self.patchify_video(inside.float().flatten(0, 1)[:, :, None]).mean(-1)   # (B*K, n_v)
+        return torch.einsum("bkn,kd->bnd", cover.unflatten(0, (B, K)), self.group_codes(K, role=1))
+
+    def inject_boxes(self, v, z_box, n_v: int, proj: nn.Module):
+        """h + Z(z_box) on the content tokens (DreamVideo-Omni's hierarchical injection); references untouched."""
+        return torch.cat([v[:, :n_v] + proj(z_box).to(v.dtype), v[:, n_v:]], dim=1)
 
     def rope_tables(self, grid, K, ref_hw, n_a, T_r, device):
         """cos/sin (1, S, pairs) of the video stream (None without video) and the audio stream: content
@@ -765,11 +808,20 @@ class TwinTower(nn.Module):
                    cache=cache, subjects=cond.subjects, sp=self.sp,
                    rope_v=rope_v, rope_a=rope_a, text_a=self.audio_tower.text_proj(prompt),
                    text_v=self.video_tower.text_proj(prompt) if video is not None else None)
-        for layer in self.layers:
+        # DreamVideo-Omni: h_0 = z_t + Z_in(z_box), h_{l+1} = Block_l(h_l) + Z_l(z_box)  (hierarchical injection)
+        z_box = None
+        if self.cfg.motion and video is not None and cond.boxes is not None:
+            if self.sp is not None:
+                raise ValueError("--motion with --seq_parallel is not supported (seqpar.py)")
+            z_box = self.box_features(cond.boxes.to(video.device), video.shape)
+            v = self.inject_boxes(v, z_box, n_v, self.box_in)
+        for i, layer in enumerate(self.layers):
             if self.grad_ckpt and self.training:
                 v, a = torch.utils.checkpoint.checkpoint(layer, v, a, ctx, use_reentrant=False)
             else:
                 v, a = layer(v, a, ctx)
+            if z_box is not None and self.cfg.box_injection == "hierarchical":
+                v = self.inject_boxes(v, z_box, n_v, self.box_layers[i])
         if cache is not None:
             cache.filled = True
         video_out, audio_out = self.outputs(v, a, emb_v, emb_a, full_n_v, full_n_a, video, audio)
@@ -807,7 +859,8 @@ class TwinTower(nn.Module):
     def frozen_in_audio_only_steps(self) -> list[str]:
         """Parameters an audio-only step must not touch (Omni-Customizer Sec. 4.3): the video tower and
         the cross-tower pathway (the fusion norm and k/v of both directions) -- "structurally inactive"."""
-        video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.", "video_identity_embed.")
+        video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.", "video_identity_embed.",
+                 "group_embed.", "role_embed.", "role_proj.", "ref_bind.", "box_in.", "box_layers.")
         return [n for n, _ in self.named_parameters()
                 if n.startswith(video) or ".video." in n or "_fusion" in n]
 

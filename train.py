@@ -95,6 +95,7 @@ class TrainConfig:
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
     init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
+    box_loss_weight: float = 0.0       # DreamVideo-Omni's lambda_1: (1 + lambda_1 M) |v - v_hat|^2, M = the boxes (0 = off)
     masked_loss: bool = True           # DreamID-Omni: exclude where in-pair references were cut from
     seed: int = 0                      # initial weights, data stream and noise
     log_every: int = 10                # steps per log.jsonl record (the only steps that sync with the device)
@@ -144,7 +145,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         if getattr(tc, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
     for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
-                 "workers", "threads", "weight_decay", "video_loss_weight", "audio_loss_weight"):
+                 "workers", "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "box_loss_weight"):
         if getattr(tc, name) < 0:
             problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
     for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
@@ -301,9 +302,19 @@ def loss_masks(batch: dict, video_shape, audio_shape, ref_audio_frames: int):
     return video_mask, audio_mask
 
 
-def masked_mse(pred, target, mask, dims):
-    """Per-sample mean squared error over the counted elements only."""
-    err = (pred.float() - target.float()).square() * mask
+def box_weights(batch: dict, video_shape, weight: float) -> torch.Tensor:
+    """DreamVideo-Omni's loss weights (B, T, 1, H, W): 1 + lambda_1 inside any subject's box, 1 elsewhere."""
+    B, T, _, H, W = video_shape
+    boxes = batch["boxes"].long()                                                     # (B, K, T, 4) pixels
+    ys, xs = torch.arange(H), torch.arange(W)
+    inside = ((xs >= boxes[..., 0, None, None]) & (xs < boxes[..., 2, None, None]) &
+              (ys[:, None] >= boxes[..., 1, None, None]) & (ys[:, None] < boxes[..., 3, None, None]))
+    return 1 + weight * inside.any(dim=1).float()[:, :, None]                          # (B, T, 1, H, W)
+
+
+def masked_mse(pred, target, mask, dims, weight=1.0):
+    """Per-sample mean squared error over the counted elements only (each error times `weight`)."""
+    err = (pred.float() - target.float()).square() * mask * weight
     return err.sum(dims) / (mask.expand_as(err).sum(dims)).clamp_min(1)
 
 
@@ -362,7 +373,9 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
     if video:
         mask = torch.ones_like(x0_v[:, :, :1]) if video_mask is None else video_mask.to(device)
-        loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4))
+        boxed = tc.box_loss_weight and "boxes" in batch   # DreamVideo-Omni: (1 + lambda_1 M) |v - v_hat|^2
+        weight = box_weights(batch, x0_v.shape, tc.box_loss_weight).to(device) if boxed else 1.0
+        loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4), weight)
         loss = loss + tc.video_loss_weight * loss_v.mean()
         stats["loss_video"] = loss_v.detach()
     return loss, stats

@@ -53,3 +53,70 @@ def test_box_miou_and_trajectory_error_score_truth_high_and_a_wrong_request_low(
     mean = lambda rows, m: float(np.nanmean([r[m] for r in rows]))  # noqa: E731
     assert mean(truth, "box_miou") > 0.8 and mean(truth, "traj_epe") < 3
     assert mean(wrong, "box_miou") < 0.4 and mean(wrong, "traj_epe") > 6
+
+
+# ------------------------------------------------------------------------------------------------
+# Motion control in the model (DreamVideo-Omni: boxes bound to subjects)
+# ------------------------------------------------------------------------------------------------
+
+
+def motion_inputs():
+    from conditioning import Conditioning
+    from tiny import tiny_batch
+    b = tiny_batch(2, scene="dialogue")
+    return b, Conditioning.from_batch(b)
+
+
+def randomise(net, skip=()):
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if not name.startswith(skip):
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)
+    return net
+
+
+def test_zero_initialised_box_injections_are_no_ops_at_the_start():
+    """A motion model with the same backbone weights predicts exactly what the model without motion does."""
+    import model
+    from tiny import TINY
+    b, cond = motion_inputs()
+    plain = randomise(model.TwinTower(TINY))
+    moving = model.TwinTower(dataclasses.replace(TINY, motion=True))
+    weights = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, p in moving.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+    t = torch.tensor([0.3, 0.8])
+    assert all(torch.equal(x, y) for x, y in zip(plain(b["video"], b["audio"], t, cond),
+                                                 moving(b["video"], b["audio"], t, cond)))
+
+
+def test_group_k_reaches_only_subject_ks_box_tokens():
+    import model
+    from tiny import TINY
+    b, cond = motion_inputs()
+    net = randomise(model.TwinTower(dataclasses.replace(TINY, motion=True)))
+    base = net.box_features(cond.boxes, b["video"].shape)                              # (B, n_v, D)
+    with torch.no_grad():
+        net.group_embed.weight[1] += 1.0                                               # subject 2's group only
+    changed = (net.box_features(cond.boxes, b["video"].shape) - base).abs().sum(-1) > 0  # (B, n_v)
+    inside = net.patchify_video(box_mask(cond.boxes[:, 1], b["video"].shape)[:, :, None]).amax(-1) > 0
+    assert changed.any() and torch.equal(changed, inside)
+
+
+def box_mask(boxes, shape):
+    """(B, T, H, W) pixels whose centre lies in the box (B, T, 4 fractions)."""
+    H, W = shape[-2:]
+    ys, xs = (torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W
+    b = boxes[..., None, None, :]
+    return ((xs >= b[..., 0]) & (xs < b[..., 2]) & (ys[:, None] >= b[..., 1]) & (ys[:, None] < b[..., 3])).float()
+
+
+def test_box_reweighted_loss_weights_are_one_plus_lambda_inside_the_boxes():
+    import train
+    b, _ = motion_inputs()
+    w = train.box_weights(b, b["video"].shape, 2.0)                                    # (B, T, 1, H, W)
+    x0, y0, x1, y1 = b["boxes"][0, 0, 3].long().tolist()
+    assert w[0, 3, 0, y0, x0] == 3.0 and set(w.unique().tolist()) == {1.0, 3.0}
+    assert (w > 1).float().mean() < 0.9                                                 # the room stays at 1
