@@ -51,6 +51,14 @@ def relative_boxes(batch: dict) -> torch.Tensor | None:
     return batch["boxes"].float() / torch.tensor([W, H, W, H], dtype=torch.float)
 
 
+def relative_points(batch: dict) -> torch.Tensor | None:
+    """A toy batch's per-frame tracked points (pixels) as fractions of the frame, or None without them."""
+    if "trajectories" not in batch or "video" not in batch:
+        return None
+    H, W = batch["video"].shape[-2:]
+    return batch["trajectories"].float() / torch.tensor([W, H], dtype=torch.float)
+
+
 @dataclass
 class Conditioning:
     text: torch.Tensor             # (B, L) token ids (toy) or (B, L, D_text) text features (umT5 for real data)
@@ -68,6 +76,8 @@ class Conditioning:
     driving_audio: torch.Tensor | None = None  # (B, T_a, C_a) RA2V: the given sound track
     boxes: torch.Tensor | None = None          # (B, K, T, 4) DreamVideo-Omni: where subject k should be in frame
                                                # t, (x0, y0, x1, y1) as fractions of the frame; zero area = no box
+    trajectories: torch.Tensor | None = None   # (B, K, T, P, 2) where subject k's tracked points should be, (x, y)
+                                               # fractions of the frame; a point counts where its box is given
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -85,7 +95,8 @@ class Conditioning:
                    phoneme_mask=batch.get("phoneme_mask", batch["line_phonemes"] > 0),
                    ref_images=batch["ref_images"], ref_audio=batch["ref_audio"],
                    image_mask=batch.get("ref_image_mask", subjects), voice_mask=subjects,
-                   source_video=source_video, driving_audio=driving_audio, boxes=relative_boxes(batch))
+                   source_video=source_video, driving_audio=driving_audio, boxes=relative_boxes(batch),
+                   trajectories=relative_points(batch))
 
     @property
     def batch_size(self) -> int:

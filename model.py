@@ -153,7 +153,7 @@ PRESETS = {
 }
 
 
-CHOICES = {"audio_stem": ("linear", "conv"), "ocf_rope": ("sa_mrope", "1d"), "ref_rope": ("plain", "syn"),
+CHOICES = {"audio_stem": ("linear", "conv"), "ocf_rope": ("sa_mrope", "1d"), "ref_rope": ("plain", "syn", "condition"),
            "precond": ("none", "edm"), "ref_mode": ("concat", "presence"), "box_injection": ("hierarchical", "input")}
 
 
@@ -184,6 +184,8 @@ def config_problems(cfg: ModelConfig) -> list[str]:
     unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in lora.TARGETS]
     if unknown or not cfg.lora_targets.strip():
         problems.append(f"--lora_targets takes some of {','.join(lora.TARGETS)}, got {cfg.lora_targets!r}")
+    if cfg.motion and cfg.ref_mode == "presence":  # presence reads every token after the content as identity
+        problems.append("--motion works with --ref_mode concat (trajectory tokens would join the identity stream)")
     if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
         problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
     if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
@@ -194,7 +196,7 @@ OVI_PARAMETERS = 11_660_753_108
 # the toy's input skip
 ADDITION_PREFIXES = ("prompt.", "source_embed.", "driving_embed.", "video_skip.", "audio_skip.",
                      "video_identity_embed.", "audio_identity_embed.", "group_embed.", "role_embed.", "role_proj.",
-                     "box_in.", "box_layers.", "ref_bind.")
+                     "box_in.", "box_layers.", "ref_bind.", "point_embed.")
 
 
 def is_addition(name: str) -> bool:
@@ -543,6 +545,7 @@ ZERO_INIT = ("video_tower.time_proj.", "audio_tower.time_proj.",  # gates start 
              "video_identity_embed.", "audio_identity_embed.",    # presence: the shared-weight model at start
              "box_in.", "box_layers.", "ref_bind.")               # motion control: no-ops at the start
 MAX_SLOTS = 4  # identity-embedding slots: the toy tokenizer's <sub1>..<sub4>
+MAX_POINTS = 8  # motion control: tracked points per subject a trajectory may name (the toy uses 3)
 
 
 class TwinTower(nn.Module):
@@ -576,6 +579,7 @@ class TwinTower(nn.Module):
             self.group_embed = nn.Embedding(cfg.max_groups, d)  # group k: reference k and box k share it
             self.role_embed = nn.Embedding(2, 16)               # 0 = appearance asset, 1 = motion guidance (16-d)
             self.role_proj = nn.Linear(16, d, bias=False)
+            self.point_embed = nn.Embedding(MAX_POINTS, d)        # which tracked point a trajectory token is
             self.ref_bind = nn.Linear(d, d)                     # adds (group + role) to reference k's tokens
             self.box_in = nn.Linear(d, d)                       # Z_in
             if cfg.box_injection == "hierarchical":
@@ -749,6 +753,26 @@ class TwinTower(nn.Module):
         cover = self.patchify_video(inside.float().flatten(0, 1)[:, :, None]).mean(-1)   # (B*K, n_v)
         return torch.einsum("bkn,kd->bnd", cover.unflatten(0, (B, K)), self.group_codes(K, role=1))
 
+    def trajectory_tokens(self, cond: Conditioning, video_shape, rope_v):
+        """DreamVideo-Omni's trajectory tokens, appended to the video stream: one per subject, latent frame and
+        tracked point, carrying (point + group code, role: motion); its RoPE position is the video token the
+        point lies on (rope.trajectory_positions), so the content reads "subject k's mouth goes here at t".
+        Returns (tokens (B, M, D), key mask (B, M): the subject's box is given there, rope_v extended)."""
+        c = self.cfg
+        B, T, _, H, W = video_shape
+        points = cond.trajectories.to(rope_v[0].device)                            # (B, K, T, P, 2)
+        K, P = points.shape[1], points.shape[3]
+        code = self.point_embed.weight[:P][None] + self.group_codes(K, role=1)[:, None]  # (K, P, D)
+        Tl = -(-T // c.patch_t)
+        tokens = code[None, :, None].expand(B, K, Tl, P, -1).reshape(B, K * Tl * P, -1)
+        box = cond.boxes[:, :, ::c.patch_t].to(points.device)                      # (B, K, T', 4)
+        given = ((box[..., 2] > box[..., 0]) & (box[..., 3] > box[..., 1]))[..., None].expand(B, K, Tl, P)
+        pos = rope.trajectory_positions(points, (c.patch_t, c.patch_h, c.patch_w), (H, W))   # (B, M, 3)
+        angles = rope.rope_angles(pos, rope.rope_frequencies(c.head_dim, c.rope_theta, pos.device), c.head_dim)
+        cos, sin = rope_v
+        rope_v = (torch.cat([cos.expand(B, -1, -1), angles.cos()], 1), torch.cat([sin.expand(B, -1, -1), angles.sin()], 1))
+        return tokens, given.reshape(B, -1), rope_v
+
     def inject_boxes(self, v, z_box, n_v: int, proj: nn.Module):
         """h + Z(z_box) on the content tokens (DreamVideo-Omni's hierarchical injection); references untouched."""
         return torch.cat([v[:, :n_v] + proj(z_box).to(v.dtype), v[:, n_v:]], dim=1)
@@ -795,6 +819,9 @@ class TwinTower(nn.Module):
             v, mask_v, n_v, ref_hw = self.video_tokens(video, cond, cached)
             grid = self.video_grid(video.shape)
         rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
+        if self.cfg.motion and video is not None and cond.trajectories is not None and cond.boxes is not None:
+            traj, traj_mask, rope_v = self.trajectory_tokens(cond, video.shape, rope_v)
+            v, mask_v = torch.cat([v, traj.to(v.dtype)], 1), torch.cat([mask_v, traj_mask], 1)
         full_n_v, full_n_a = n_v, n_a
         if self.sp is not None:  # keep this rank's slice of each stream; masks stay whole (they mask keys)
             if self.cfg.ref_mode == "presence":
@@ -860,7 +887,7 @@ class TwinTower(nn.Module):
         """Parameters an audio-only step must not touch (Omni-Customizer Sec. 4.3): the video tower and
         the cross-tower pathway (the fusion norm and k/v of both directions) -- "structurally inactive"."""
         video = ("video_stem.", "video_tower.", "source_embed.", "video_skip.", "video_identity_embed.",
-                 "group_embed.", "role_embed.", "role_proj.", "ref_bind.", "box_in.", "box_layers.")
+                 "group_embed.", "role_embed.", "role_proj.", "ref_bind.", "box_in.", "box_layers.", "point_embed.")
         return [n for n, _ in self.named_parameters()
                 if n.startswith(video) or ".video." in n or "_fusion" in n]
 

@@ -104,6 +104,9 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
         elif layout == "presence":
             images.append(video_positions(1, ref_h, ref_w, t0=content_frames + k - 1))
             voices.append(audio_positions(ref_audio, audio_scale, start=voice_offset + (k - 1) * ref_audio))
+        elif layout == "condition":  # DreamVideo-Omni: every reference image shares one time index, T'
+            images.append(video_positions(1, ref_h, ref_w, t0=content_frames))
+            voices.append(audio_positions(ref_audio, audio_scale, start=content_audio + (k - 1) * ref_audio))
         elif layout == "syn":
             images.append(video_positions(1, ref_h, ref_w, t0=margin * k))
             voices.append(audio_positions(ref_audio, audio_scale, start=math.floor(margin / audio_scale) * k))
@@ -111,6 +114,21 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
             raise ValueError(f"unknown reference layout {layout!r}: use plain or syn")
     empty = torch.zeros(0, 3)
     return (torch.cat(images) if images else empty), (torch.cat(voices) if voices else empty)
+
+
+def trajectory_positions(points: torch.Tensor, patch: tuple[int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """DreamVideo-Omni's condition-aware 3D RoPE for trajectory tokens: a point inherits the position of the
+    video token it lies on. points (B, K, T, P, 2) as (x, y) fractions of the frame, one per video frame;
+    patch (pt, ph, pw); size (H, W) in pixels. Returns (B, K*T'*P, 3): one token per subject, latent frame
+    (the first frame of each temporal patch) and point, at (t', y H / ph - 0.5, x W / pw - 0.5) -- the
+    continuous grid coordinate, so a point between two tokens sits between their positions."""
+    pt, ph, pw = patch
+    H, W = size
+    p = points[:, :, ::pt]                                                   # (B, K, T', P, 2)
+    B, K, Tl, P, _ = p.shape
+    t = torch.arange(Tl, dtype=torch.float, device=points.device)[None, None, :, None].expand(B, K, Tl, P)
+    h, w = p[..., 1] * H / ph - 0.5, p[..., 0] * W / pw - 0.5
+    return torch.stack([t, h, w], dim=-1).reshape(B, K * Tl * P, 3)
 
 
 def sequential_positions(lengths_total: int, batch: int, device=None) -> torch.Tensor:

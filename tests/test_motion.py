@@ -88,8 +88,37 @@ def test_zero_initialised_box_injections_are_no_ops_at_the_start():
             if name in weights:
                 p.copy_(weights[name])
     t = torch.tensor([0.3, 0.8])
-    assert all(torch.equal(x, y) for x, y in zip(plain(b["video"], b["audio"], t, cond),
-                                                 moving(b["video"], b["audio"], t, cond)))
+    boxes_only = dataclasses.replace(cond, trajectories=None)   # trajectory tokens are new tokens, not an injection
+    assert all(torch.equal(x, y) for x, y in zip(plain(b["video"], b["audio"], t, boxes_only),
+                                                 moving(b["video"], b["audio"], t, boxes_only)))
+    assert not torch.equal(plain(b["video"], b["audio"], t, cond)[0], moving(b["video"], b["audio"], t, cond)[0])
+
+
+def test_trajectory_tokens_sit_where_their_points_are_in_their_frames():
+    """Condition-aware 3D RoPE: a point at the centre of video token (t', i, j) gets position (t', i, j);
+    the time index follows the frame (first frame of each temporal patch); references share one index."""
+    import rope
+    T, H, W, patch = 8, 32, 32, (4, 4, 4)
+    points = torch.zeros(1, 1, T, 1, 2)
+    for f in range(T):                                   # the point walks one token right and down per frame
+        points[0, 0, f, 0] = torch.tensor([(f + 0.5) * 4 / W, (2 * f + 0.5) * 4 / H])
+    pos = rope.trajectory_positions(points, patch, (H, W))
+    assert pos.tolist() == [[[0.0, 0.0, 0.0], [1.0, 8.0, 4.0]]]   # frames 0 and 4 (t' = 0, 1)
+    images, _ = rope.reference_positions("condition", 3, 2, 4, 4, 64, 32, 1 / 16)
+    assert set(images[:, 0].tolist()) == {2.0}                    # one shared time index, after the content
+
+
+def test_trajectory_tokens_of_a_subject_without_a_box_are_masked():
+    import model
+    from tiny import TINY
+    b, cond = motion_inputs()
+    net = model.TwinTower(dataclasses.replace(TINY, motion=True))
+    boxes = cond.boxes.clone()
+    boxes[0, 1] = 0                                                  # subject 2 of sample 0: no box anywhere
+    _, mask, _ = net.trajectory_tokens(dataclasses.replace(cond, boxes=boxes), b["video"].shape,
+                                       net.rope_tables(net.video_grid(b["video"].shape), 2, (4, 4), 64, 32, "cpu")[0])
+    per_subject = mask.reshape(2, 2, -1)
+    assert not per_subject[0, 1].any() and per_subject[0, 0].all()
 
 
 def test_group_k_reaches_only_subject_ks_box_tokens():
