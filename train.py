@@ -57,6 +57,7 @@ import torch.distributed as dist
 import data
 import model as model_lib
 import progress as progress_lib
+import reward as reward_lib
 import seqpar
 import shards
 from conditioning import Conditioning
@@ -95,6 +96,8 @@ class TrainConfig:
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
     init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
+    reward_model: str = ""             # DreamVideo-Omni stage 2 (LIReFL): a LIRM from reward.py; "" = off
+    reward_weight: float = 0.1         # lambda_2: L = L_sft + lambda_2 * (-E[r]) (the paper's value is not given)
     box_loss_weight: float = 0.0       # DreamVideo-Omni's lambda_1: (1 + lambda_1 M) |v - v_hat|^2, M = the boxes (0 = off)
     masked_loss: bool = True           # DreamID-Omni: exclude where in-pair references were cut from
     seed: int = 0                      # initial weights, data stream and noise
@@ -145,7 +148,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         if getattr(tc, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
     for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
-                 "workers", "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "box_loss_weight"):
+                 "workers", "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "box_loss_weight",
+                 "reward_weight"):
         if getattr(tc, name) < 0:
             problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
     for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
@@ -171,6 +175,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     if tc.stage not in (0, *stages):
         problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
                         f"(--recipe {tc.recipe}), got {tc.stage}")
+    if tc.reward_model and not os.path.isfile(tc.reward_model):
+        problems.append(f"--reward_model {tc.reward_model}: no such file; train one with reward.py --out PATH")
     if model_overrides.get("lora_rank", 0) and not tc.init_from:
         problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
     if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
@@ -333,7 +339,7 @@ def task_inputs(batch: dict, tasks: torch.Tensor, device):
 
 
 def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True,
-              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False):
+              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False, reward=None):
     """Rectified-flow loss on one batch (joint, or audio-only with video=False).
 
     Returns (loss, stats): per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`:
@@ -378,6 +384,11 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
         loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4), weight)
         loss = loss + tc.video_loss_weight * loss_v.mean()
         stats["loss_video"] = loss_v.detach()
+        if reward is not None:  # LIReFL: one gradient-enabled denoising step, x0_hat = x_t - t v_hat, scored
+            x0_hat = xt_v - tv * pred_v                                   # by the frozen LIRM against <sub1>'s face
+            r = reward(x0_hat.float(), batch["ref_images"][:, 0].to(device))
+            loss = loss - tc.reward_weight * r.mean()                     # L_sft + lambda_2 * (-E[r])
+            stats["reward"] = r.detach()
     return loss, stats
 
 
@@ -482,6 +493,7 @@ class Run:
     step: int = 0
     log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
+    reward: object = None             # LIReFL: the frozen LIRM (reward.py), or None
 
     @property
     def data_rank(self) -> int:
@@ -631,6 +643,8 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
               set(net.frozen_in_audio_only_steps()), rank, world, device)
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
+    if tc.reward_model:
+        run.reward = reward_lib.load_lirm(tc.reward_model, wcfg).to(device)
     if resume is not None:
         if run.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -739,7 +753,8 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
         batch = next_batch(plan)
         with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
             loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
-                                    task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False))
+                                    task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False),
+                                    reward=run.reward)
         # gradients add up over micro-steps: average them. Sequence parallel: DDP / FSDP2 average over all
         # ranks, but a group's ranks each hold a share of one sample's gradient, to be summed: x N
         (loss * tc.seq_parallel / tc.grad_accum).backward()
