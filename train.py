@@ -764,6 +764,8 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
             out["loss_video"] = out["loss_video"] + stats["loss_video"].mean() / tc.grad_accum
             out["t"].append(stats["t"])
             out["per_sample"].append(stats["loss_video"] + stats["loss_audio"])
+            if "reward" in stats:  # LIReFL: watch the reward next to the losses (reward hacking shows as both moving)
+                out.setdefault("reward", []).append(stats["reward"].mean())
     if not joint:  # the cross-tower pathway and the video tower stay exactly as they are
         for n, p in run.net.named_parameters():
             if n in run.frozen:
@@ -804,7 +806,8 @@ class Logger:
         return dict(joint=torch.stack(self.joint).cpu() if self.joint else torch.zeros(0, 3),
                     audio_only=torch.stack(self.audio_only).cpu() if self.audio_only else torch.zeros(0),
                     t=cat(self.t, torch.zeros(0)), per_sample=cat(self.per_sample, torch.zeros(0)),
-                    samples=torch.tensor(self.samples))
+                    samples=torch.tensor(self.samples),
+                    rewards=torch.stack(self.rewards).cpu() if self.rewards else torch.zeros(0))
 
     def load(self, state: dict):
         device = self.run.device
@@ -813,9 +816,10 @@ class Logger:
         self.t = [state["t"].to(device)] if state["t"].numel() else []
         self.per_sample = [state["per_sample"].to(device)] if state["per_sample"].numel() else []
         self.samples = int(state["samples"])
+        self.rewards = list(state.get("rewards", torch.zeros(0)).to(device))
 
     def reset(self):
-        self.joint, self.audio_only, self.t, self.per_sample = [], [], [], []
+        self.joint, self.audio_only, self.t, self.per_sample, self.rewards = [], [], [], [], []
         self.samples, self.window_start, self.grad_norm = 0, time.time(), None
 
     def add(self, out: dict):
@@ -825,6 +829,7 @@ class Logger:
             self.t += out["t"]
             self.per_sample += out["per_sample"]
             self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
+            self.rewards += out.get("reward", [])
         else:
             self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
         self.grad_norm = out["grad_norm"]
@@ -845,6 +850,8 @@ class Logger:
                       minutes=(time.time() - self.start) / 60)
         if self.audio_only:
             record["loss_audio_only"] = torch.stack(self.audio_only).mean().item()
+        if self.rewards:
+            record["reward"] = torch.stack(self.rewards).mean().item()
         if self.run.rank == 0:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -40,3 +40,19 @@ def test_one_lireFL_step_moves_the_reward_up_on_a_fixed_batch():
     with torch.no_grad():
         _, after = mean_reward()
     assert after["reward"].mean() > stats["reward"].mean()
+
+
+def test_a_lirefl_run_logs_its_reward(tmp_path):
+    """Reward hacking shows as the reward rising while the losses do: both are in log.jsonl."""
+    import json
+
+    from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+    lirm = reward.LIRM(SMALL, frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)
+    torch.save(dict(model=lirm.state_dict(), config=dataclasses.asdict(SMALL),
+                    sizes=dict(frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)),
+               tmp_path / "lirm.pt")
+    tc = train.TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, log_every=1, progress_every=0,
+                           reward_model=str(tmp_path / "lirm.pt"), interleave_audio=0)
+    train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert all("reward" in r and "loss_video" in r for r in records)
