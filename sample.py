@@ -7,6 +7,8 @@ second-order correction. Guidance, per modality, with every pass in one batch:
   multi (DreamID-Omni)   four passes: positive; negative text; video references zeroed; audio references zeroed
                          video = v_neg + 3.0 (v_pos - v_neg) + 1.5 (v_pos - v_no_video_ref)
                          audio = a_neg + 4.0 (a_pos - a_neg) + 2.0 (a_pos - a_no_audio_ref)
+  presence (Identity-as-Presence)  v = v_neg + 4.0 (v_pos - v_neg), audio 3.0; negative = empty caption with
+                         the face kept and the voice dropped (the default for a presence checkpoint)
 Tasks (DreamID-Omni): r2av generates both streams from the references; rv2av also gets a source video
 with the subject regions masked (--source_video, --source_mask); ra2v gets a driving audio track
 (--driving_audio), which is then the clip's sound.
