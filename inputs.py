@@ -125,6 +125,52 @@ def load_frames(path: str, frames: int, size: int, flag: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
+# Motion requests (DreamVideo-Omni): boxes and tracked points per subject, as JSON
+# ------------------------------------------------------------------------------------------------
+
+POINT_NAMES = ("head", "mouth", "shirt")   # data.POINTS
+# where the toy's sprites carry each point inside their box (fractions of its height): for a request that
+# gives only boxes, the points follow from them
+POINT_HEIGHT = {"head": 0.3, "mouth": 0.45, "shirt": 0.85}
+
+
+def load_motion(path: str, subjects: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A motion request -> (boxes (1, K, T, 4), points (1, K, T, 3, 2)), fractions of the frame.
+
+    {"subjects": [{"box": [x0, y0, x1, y1]}                 held for every frame, or
+                  {"boxes": [[x0, y0, x1, y1], ...]}         one per frame,
+                  optional "points": {"mouth": [[x, y], ...], ...}  one per frame], one entry per <subk>}
+    Coordinates are fractions of the frame (0 = left/top, 1 = right/bottom)."""
+    import json
+    existing_file(path, "--motion")
+    try:
+        with open(path) as f:
+            subjects_json = json.load(f)["subjects"]
+        boxes = torch.zeros(subjects, frames, 4)
+        points = torch.zeros(subjects, frames, len(POINT_NAMES), 2)
+        if len(subjects_json) != subjects:
+            raise InputError(f"--motion {path}: {len(subjects_json)} subject(s), the caption names {subjects}")
+        for k, subject in enumerate(subjects_json):
+            box = torch.tensor(subject["boxes"] if "boxes" in subject else [subject["box"]] * frames, dtype=torch.float)
+            if box.shape != (frames, 4) or not ((0 <= box) & (box <= 1)).all() or (box[:, 2:] <= box[:, :2]).any():
+                raise InputError(f"--motion {path}: subject {k + 1} needs one box or {frames} boxes [x0, y0, x1, y1] "
+                                 "with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+            boxes[k] = box
+            for p, name in enumerate(POINT_NAMES):
+                given = subject.get("points", {}).get(name)
+                if given is None:  # from the box: centred, at the height the toy's sprites carry it
+                    points[k, :, p] = torch.stack([(box[:, 0] + box[:, 2]) / 2,
+                                                   box[:, 1] + POINT_HEIGHT[name] * (box[:, 3] - box[:, 1])], -1)
+                else:
+                    points[k, :, p] = torch.tensor(given, dtype=torch.float).reshape(frames, 2)
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise InputError(f"--motion {path}: not a motion request ({type(e).__name__}: {e}); see inputs.load_motion") from None
+    return boxes[None], points[None]
+
+
+# ------------------------------------------------------------------------------------------------
 # Wav files
 # ------------------------------------------------------------------------------------------------
 

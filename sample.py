@@ -35,7 +35,8 @@ import data
 import lora
 import model as model_lib
 import speech
-from inputs import InputError, OneLineParser, load_frames, load_image, load_wav, out_dir_problems, parse_bool
+from inputs import (InputError, OneLineParser, load_frames, load_image, load_motion, load_wav, out_dir_problems,
+                    parse_bool)
 from model import Conditioning
 
 
@@ -202,13 +203,13 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
 
 
 def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: data.WorldConfig, caption: str,
-                  ref_images: torch.Tensor, ref_audio: torch.Tensor, truth: dict | None = None):
+                  ref_images: torch.Tensor, ref_audio: torch.Tensor, truth: dict | None = None, motion=None):
     """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html.
 
     Writes into out_dir and never deletes anything but its own stale outputs (an mp4 or truth clip from an
     earlier run that this one does not write), so a folder holding other files, or the checkpoint, is safe."""
     os.makedirs(out_dir, exist_ok=True)
-    for name in ("video.mp4", "truth.gif", "truth.wav"):  # ours from an earlier run; rewritten below if still due
+    for name in ("video.mp4", "truth.gif", "truth.wav", "motion.gif"):  # ours from an earlier run; rewritten if due
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
     frames = data.to_uint8(video)
@@ -223,6 +224,10 @@ def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: d
         data.contact_sheet(data.to_uint8(ref_images[k:k + 1]), scale=8, columns=1).save(os.path.join(out_dir, f"ref{k + 1}.png"))
         speech.save_wav(os.path.join(out_dir, f"ref{k + 1}.wav"), speech.mel_to_wav(ref_audio[k], world), world.sample_rate)
         refs.append(k + 1)
+    if motion is not None:  # (boxes (K, T, 4), points (K, T, P, 2)): what was asked, drawn over what came
+        images = draw_motion(frames, *motion)
+        images[0].save(os.path.join(out_dir, "motion.gif"), save_all=True, append_images=images[1:],
+                       duration=int(1000 / world.fps), loop=0)
     if truth is not None:
         data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
         speech.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
@@ -233,6 +238,9 @@ def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: d
                        f'<audio src="ref{k}.wav" controls></audio></div>' for k in refs)
     truth_html = ('<div class="card"><h3>the toy world\'s own clip</h3><img src="truth.gif" width="256"><br>'
                   '<audio src="truth.wav" controls></audio></div>') if truth is not None else ""
+    if motion is not None:
+        truth_html += ('<div class="card"><h3>requested boxes and points, over the result</h3>'
+                       '<img src="motion.gif" width="256"></div>')
     page = f"""<!doctype html><meta charset="utf-8"><title>omni sample</title>
 <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} .card{{display:inline-block;
 vertical-align:top;margin:0 1.5em 1em 0}} code{{white-space:pre-wrap}}</style>
@@ -376,6 +384,8 @@ def parse_args(argv=None):
                                 help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
+    parser.add_argument("--motion", help="DreamVideo-Omni: a JSON of boxes (and points) per subject "
+                                         "(inputs.load_motion); --demo uses the world's own")
     parser.add_argument("--merge_lora", type=parse_bool, default=False,
                         help="a LoRA checkpoint: fold the adapters into the base weights first (same result, "
                              "plain linear layers); true|false")
@@ -400,7 +410,41 @@ def toy_case(args, world: data.WorldConfig):
         caption = args.caption
         batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
     source_video, driving_audio = task_condition(args, world, truth)
-    return caption, batch, Conditioning.from_batch(batch, source_video, driving_audio), truth
+    cond = Conditioning.from_batch(batch, source_video, driving_audio)
+    return caption, batch, motion_request(args, cond, world, truth), truth
+
+
+def motion_request(args, cond: Conditioning, world: data.WorldConfig, truth: dict | None) -> Conditioning:
+    """DreamVideo-Omni: the boxes and tracked points asked for (--motion JSON; --demo: the world's own), as
+    fractions of the frame. A model without motion control ignores them; the page draws them anyway."""
+    if args.motion:
+        boxes, points = load_motion(args.motion, cond.subjects, world.frames)
+    elif truth is not None:
+        size = torch.tensor([world.image_size, world.image_size], dtype=torch.float)
+        boxes, points = truth["boxes"][None] / size.repeat(2), truth["trajectories"][None] / size
+    else:
+        return cond
+    return dataclasses.replace(cond, boxes=boxes, trajectories=points)
+
+
+def draw_motion(frames: np.ndarray, boxes: torch.Tensor, points: torch.Tensor, scale: int = 6):
+    """The requested boxes (outlines) and tracked points (dots) over the frames, one colour per subject:
+    (T, H, W, 3) uint8 -> list of enlarged PIL images."""
+    from PIL import Image, ImageDraw
+    colours = [(255, 60, 60), (60, 160, 255), (255, 210, 0), (80, 220, 120)]
+    T, H, W, _ = frames.shape
+    out = []
+    for t in range(T):
+        img = Image.fromarray(frames[t]).resize((W * scale, H * scale), Image.NEAREST)
+        pen = ImageDraw.Draw(img)
+        for k in range(boxes.shape[0]):
+            x0, y0, x1, y1 = (boxes[k, t] * torch.tensor([W, H, W, H]) * scale).tolist()
+            if x1 > x0 and y1 > y0:
+                pen.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colours[k % 4], width=2)
+                for x, y in (points[k, t] * torch.tensor([W, H]) * scale).tolist():
+                    pen.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[k % 4])
+        out.append(img)
+    return out
 
 
 def guidance_for(args, mcfg: model_lib.ModelConfig) -> Guidance:
@@ -437,8 +481,9 @@ def main():
                           (1, world.mel_frames, world.n_mels), **run)
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio
+    motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])
     write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
-                  batch["ref_audio"][0], truth)
+                  batch["ref_audio"][0], truth, motion)
     print(f"caption: {caption}")
     print(f"wrote {args.out_dir}/index.html (video.gif, audio.wav{', video.mp4' if os.path.exists(os.path.join(args.out_dir, 'video.mp4')) else ''})")
 

@@ -149,3 +149,29 @@ def test_box_reweighted_loss_weights_are_one_plus_lambda_inside_the_boxes():
     x0, y0, x1, y1 = b["boxes"][0, 0, 3].long().tolist()
     assert w[0, 3, 0, y0, x0] == 3.0 and set(w.unique().tolist()) == {1.0, 3.0}
     assert (w > 1).float().mean() < 0.9                                                 # the room stays at 1
+
+
+def test_a_motion_request_is_read_and_drawn_and_a_bad_one_is_one_line(tmp_path):
+    """sample.py --motion: one box held for every frame gives the points where the toy's sprites carry
+    them; the page gets motion.gif; a box with x1 < x0 stops with one line."""
+    import json
+
+    import pytest
+
+    import inputs
+    import sample
+    from tiny import TINY_WORLD
+    (tmp_path / "ok.json").write_text(json.dumps({"subjects": [{"box": [0.2, 0.25, 0.6, 1.0]}]}))
+    boxes, points = inputs.load_motion(str(tmp_path / "ok.json"), 1, TINY_WORLD.frames)
+    assert boxes.shape == (1, 1, TINY_WORLD.frames, 4) and points.shape == (1, 1, TINY_WORLD.frames, 3, 2)
+    assert torch.allclose(points[0, 0, 0, 1], torch.tensor([0.4, 0.25 + 0.45 * 0.75]))   # the mouth
+    clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
+    sample.write_outputs(str(tmp_path / "out"), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+                         clip["ref_images"], clip["ref_audio"], motion=(boxes[0].expand(len(clip["roles"]), -1, -1),
+                                                                        points[0].expand(len(clip["roles"]), -1, -1, -1)))
+    assert (tmp_path / "out" / "motion.gif").stat().st_size > 0
+    assert "motion.gif" in (tmp_path / "out" / "index.html").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"subjects": [{"box": [0.6, 0.2, 0.2, 1.0]}]}))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.load_motion(str(tmp_path / "bad.json"), 1, TINY_WORLD.frames)
+    assert "0 <= x0 < x1 <= 1" in str(err.value) and "\n" not in str(err.value)
