@@ -43,7 +43,12 @@ import train
 from conditioning import Conditioning
 from inputs import OneLineParser, out_dir_problems
 
-SUBSETS = ("single", "dialogue", "complex")
+SUBSETS = ("single", "dialogue", "complex")   # OC-Bench's three, the default
+MOTION = "motion"                               # DreamVideo-Omni's: --subsets motion adds box mIoU, trajectory error
+
+
+def subset_metrics(subset: str) -> tuple:
+    return metrics.METRICS + (metrics.MOTION_METRICS if subset == MOTION else ())
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 without sparsity, from NVIDIA's data sheets
 
@@ -120,19 +125,22 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
     guidance = guidance or sample_lib.Guidance(mode="plain")
     scores = {}
     for subset in subsets:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
-        rows = {source: {m: [] for m in metrics.METRICS} for source in ("model", "truth", "noise")}
+        rows = {source: {m: [] for m in subset_metrics(subset)} for source in ("model", "truth", "noise")}
         for i in range(cases):
             case = data.held_out_case(world, subset, i)
             clips = dict(truth=(case["video"], case["audio"]), noise=metrics.noise(case, None, world)[:2])
             if net is not None:
-                batch = data.collate([case])
+                batch = data.collate([case])  # (its boxes and trajectories are the motion request)
                 # the model sees only what a user gives: caption and cross-pair references, never the clip
                 v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                          batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
                                          device=device, shift=shift)
                 clips["model"] = (v[0].cpu(), a[0].cpu())
             for source, (video, mel) in clips.items():
-                for m, value in metrics.score_clip(video, mel, case, world).items():
+                scored = metrics.score_clip(video, mel, case, world)
+                if subset == MOTION:  # did the subjects go where they were asked (the case's own boxes)?
+                    scored.update(metrics.score_motion(video, case, world))
+                for m, value in scored.items():
                     rows[source][m].append(value)
         scores[subset] = {source: r for source, r in rows.items() if r["face_sim"]}  # no model: floor and ceiling
         log(f"  scored {subset}: {cases} cases")
@@ -159,7 +167,7 @@ def print_quality(scores: dict, title: str) -> dict:
         has_model = "model" in by_source
         print(f"{subset:9s}{'metric':13s}{'noise':>9s}{'truth':>9s}" +
               (f"{'model':>20s}{'fraction':>10s}" if has_model else "") + "   (better)")
-        for m in metrics.METRICS:
+        for m in subset_metrics(subset):
             truth, _ = metrics.mean_ci(by_source["truth"][m])
             floor, _ = metrics.mean_ci(by_source["noise"][m])
             mean, ci = metrics.mean_ci(by_source["model" if has_model else "truth"][m])
@@ -268,8 +276,8 @@ def flag_problems(args) -> list[str]:
                  if getattr(args, name) < 0]
     if args.quality and not (args.ckpt or args.ground_truth):
         problems.append("--quality needs --ckpt (or --ground_truth for the world's own scores)")
-    if not set(args.subsets.split(",")) <= set(SUBSETS):
-        problems.append(f"--subsets takes some of {','.join(SUBSETS)}, got {args.subsets!r}")
+    if not set(args.subsets.split(",")) <= set(SUBSETS + (MOTION,)):
+        problems.append(f"--subsets takes some of {','.join(SUBSETS + (MOTION,))}, got {args.subsets!r}")
     if args.ablate:
         problems += out_dir_problems(args.out_dir)
     return problems

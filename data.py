@@ -683,9 +683,14 @@ HELD_OUT_SEED, HELD_OUT_STREAM = 2024, 3  # the benchmark's stream: no training 
 
 
 def held_out_case(world: WorldConfig, subset: str, i: int) -> dict:
-    """Case i of a benchmark subset (single | dialogue | complex): held-out identities and cross-pair references,
-    so copying a reference cannot score. bench.py scores these; train.py's progress strip shows single case 0."""
-    return make_clip(sample_rng(HELD_OUT_SEED, HELD_OUT_STREAM, 0, i), dataclasses.replace(world, scene=subset, cross_pair=1.0))
+    """Case i of a benchmark subset (single | dialogue | complex | motion): held-out identities and cross-pair
+    references, so copying a reference cannot score. bench.py scores these; train.py's progress strip shows
+    single case 0. motion (DreamVideo-Omni): 1-3 people who all move, and the camera pans in half the clips."""
+    if subset == "motion":
+        world = dataclasses.replace(world, scene="mixed", move_prob=1.0, camera_pan=0.5)
+    else:
+        world = dataclasses.replace(world, scene=subset)
+    return make_clip(sample_rng(HELD_OUT_SEED, HELD_OUT_STREAM, 0, i), dataclasses.replace(world, cross_pair=1.0))
 
 
 class ToyBatches(torch.utils.data.IterableDataset):

@@ -36,6 +36,8 @@ METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusi
            "sharpness", "flicker")
 HIGHER_IS_BETTER = {"face_sim": True, "face_cons": True, "t_sim": True, "sync_c": True, "sync_d": False,
                     "per": False, "confusion": False, "vocalization": False, "sharpness": True, "flicker": True}
+MOTION_METRICS = ("box_miou", "traj_epe")  # score_motion: the motion subset adds them
+HIGHER_IS_BETTER.update(box_miou=True, traj_epe=False)
 SILENCE = 0  # recogniser class of non-speech frames
 
 

@@ -175,3 +175,12 @@ def test_a_motion_request_is_read_and_drawn_and_a_bad_one_is_one_line(tmp_path):
     with pytest.raises(inputs.InputError) as err:
         inputs.load_motion(str(tmp_path / "bad.json"), 1, TINY_WORLD.frames)
     assert "0 <= x0 < x1 <= 1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_benchmarks_motion_subset_scores_truth_above_noise():
+    import bench
+    scores = bench.quality(None, data.WorldConfig(), 2, subsets=[bench.MOTION], log=lambda *_: None)["motion"]
+    truth, noise = (np.mean(scores[s]["box_miou"]) for s in ("truth", "noise"))
+    assert truth > 0.7 > noise and np.mean(scores["truth"]["traj_epe"]) < np.mean(scores["noise"]["traj_epe"])
+    case = data.held_out_case(data.WorldConfig(), "motion", 0)
+    assert all(not torch.equal(b[0], b[-1]) for b, r in zip(case["boxes"], case["roles"]) if r != "offscreen")
