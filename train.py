@@ -93,6 +93,7 @@ class TrainConfig:
     stage: int = 0                     # 0 = the world flags as given; 1-4 = a curriculum stage (STAGES)
     curriculum: bool = False           # run stages 1.. in order, stage_steps each
     recipe: str = "omni-customizer"    # whose stages --stage / --curriculum mean: omni-customizer (1-4) | presence (1-3)
+                                       # | dreamvideo (1 motion SFT, 2 LIReFL)
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
     init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
@@ -179,6 +180,11 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--reward_model {tc.reward_model}: no such file; train one with reward.py --out PATH")
     if model_overrides.get("lora_rank", 0) and not tc.init_from:
         problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
+    if tc.recipe == "dreamvideo" and not model_overrides.get("motion", False):
+        problems.append("--recipe dreamvideo trains motion control: add --motion true")
+    reaches_reward = tc.recipe == "dreamvideo" and (tc.stage == 2 or (tc.curriculum and len(budgets) >= 2))
+    if reaches_reward and not tc.reward_model:
+        problems.append("--recipe dreamvideo stage 2 is LIReFL: give --reward_model (train one with reward.py)")
     if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
         problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
     try:
@@ -282,7 +288,16 @@ PRESENCE_STAGES = {
     3: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix=None,
             teaches="multi-view identity: references from another view and other words (cross-pair)"),
 }
-RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES}
+# DreamVideo-Omni's two stages: supervised omni-motion fine-tuning (every subject moves, the camera pans in
+# half the clips, the box-reweighted loss), then the same data with the latent identity reward (LIReFL).
+MOTION_WORLD = dict(scene="mixed", min_subjects=1, move_prob=1.0, camera_pan=0.5, cross_pair=0.0)
+DREAMVIDEO_STAGES = {
+    1: dict(world=MOTION_WORLD, interleave=False, task_mix=None, reward=False,
+            teaches="omni-motion control: each subject's boxes and trajectories, bound by its group embedding"),
+    2: dict(world=MOTION_WORLD, interleave=False, task_mix=None, reward=True,
+            teaches="LIReFL: the frozen LIRM scores one-step predictions against the reference (--reward_model)"),
+}
+RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES, "dreamvideo": DREAMVIDEO_STAGES}
 TASKS = ("r2av", "rv2av", "ra2v")
 
 
@@ -754,7 +769,7 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
         with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
             loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
                                     task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False),
-                                    reward=run.reward)
+                                    reward=run.reward if spec.get("reward", True) else None)
         # gradients add up over micro-steps: average them. Sequence parallel: DDP / FSDP2 average over all
         # ranks, but a group's ranks each hold a share of one sample's gradient, to be summed: x N
         (loss * tc.seq_parallel / tc.grad_accum).backward()

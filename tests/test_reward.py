@@ -42,17 +42,36 @@ def test_one_lireFL_step_moves_the_reward_up_on_a_fixed_batch():
     assert after["reward"].mean() > stats["reward"].mean()
 
 
+def save_tiny_lirm(path):
+    lirm = reward.LIRM(SMALL, frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)
+    torch.save(dict(model=lirm.state_dict(), config=dataclasses.asdict(SMALL),
+                    sizes=dict(frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)),
+               path)
+    return str(path)
+
+
 def test_a_lirefl_run_logs_its_reward(tmp_path):
     """Reward hacking shows as the reward rising while the losses do: both are in log.jsonl."""
     import json
 
     from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
-    lirm = reward.LIRM(SMALL, frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)
-    torch.save(dict(model=lirm.state_dict(), config=dataclasses.asdict(SMALL),
-                    sizes=dict(frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)),
-               tmp_path / "lirm.pt")
     tc = train.TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, log_every=1, progress_every=0,
-                           reward_model=str(tmp_path / "lirm.pt"), interleave_audio=0)
+                           reward_model=save_tiny_lirm(tmp_path / "lirm.pt"), interleave_audio=0)
     train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert all("reward" in r and "loss_video" in r for r in records)
+
+
+def test_the_dreamvideo_recipe_runs_motion_sft_then_lirefl(tmp_path):
+    """--recipe dreamvideo: stage 1 trains motion control without the reward, stage 2 adds LIReFL."""
+    import json
+
+    from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+    assert any("--reward_model" in p for p in train.config_problems(
+        train.TrainConfig(recipe="dreamvideo", stage=2), {"motion": True}, {}))
+    tc = train.TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, recipe="dreamvideo", curriculum=True,
+                           stage_steps="1,1", log_every=1, progress_every=0,
+                           reward_model=save_tiny_lirm(tmp_path / "lirm.pt"))
+    train.train(tc, dict(TINY_OVERRIDES, motion=True), TINY_WORLD_OVERRIDES)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [(r["stage"], "reward" in r) for r in records] == [(1, False), (2, True)]
