@@ -164,7 +164,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {tc.recipe!r}")
     stages = RECIPES.get(tc.recipe, STAGES)
     budgets = tc.stage_steps.split(",")
-    if not (1 <= len(budgets) <= len(stages) and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
+    fits = 1 <= len(budgets) <= len(stages) or not tc.curriculum   # the count matters only when stages run in turn
+    if not (fits and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
         problems.append(f"--stage_steps takes 1 to {len(stages)} positive step counts (--recipe {tc.recipe}); "
                         f"got {tc.stage_steps!r}")
     if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads

@@ -67,8 +67,8 @@ def test_the_dreamvideo_recipe_runs_motion_sft_then_lirefl(tmp_path):
     import json
 
     from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
-    assert any("--reward_model" in p for p in train.config_problems(
-        train.TrainConfig(recipe="dreamvideo", stage=2), {"motion": True}, {}))
+    problems = train.config_problems(train.TrainConfig(recipe="dreamvideo", stage=2), {"motion": True}, {})
+    assert len(problems) == 1 and "--reward_model" in problems[0]   # the default --stage_steps is no problem
     tc = train.TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, recipe="dreamvideo", curriculum=True,
                            stage_steps="1,1", log_every=1, progress_every=0,
                            reward_model=save_tiny_lirm(tmp_path / "lirm.pt"))
