@@ -160,34 +160,14 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--grad_clip must be positive, got {tc.grad_clip}")
     if tc.video_loss_weight + tc.audio_loss_weight <= 0:
         problems.append("--video_loss_weight and --audio_loss_weight are both 0: the run would learn nothing")
-    if tc.recipe not in RECIPES:
-        problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {tc.recipe!r}")
-    stages = RECIPES.get(tc.recipe, STAGES)
-    budgets = tc.stage_steps.split(",")
-    fits = 1 <= len(budgets) <= len(stages) or not tc.curriculum   # the count matters only when stages run in turn
-    if not (fits and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
-        problems.append(f"--stage_steps takes 1 to {len(stages)} positive step counts (--recipe {tc.recipe}); "
-                        f"got {tc.stage_steps!r}")
     if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
         problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
     if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
         problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
     if tc.config not in model_lib.PRESETS:
         problems.append(f"--config must be one of {', '.join(model_lib.PRESETS)}, got {tc.config!r}")
-    if tc.stage not in (0, *stages):
-        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
-                        f"(--recipe {tc.recipe}), got {tc.stage}")
-    if tc.reward_model and not os.path.isfile(tc.reward_model):
-        problems.append(f"--reward_model {tc.reward_model}: no such file; train one with reward.py --out PATH")
     if model_overrides.get("lora_rank", 0) and not tc.init_from:
         problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
-    if tc.recipe == "dreamvideo" and not model_overrides.get("motion", False):
-        problems.append("--recipe dreamvideo trains motion control: add --motion true")
-    reaches_reward = tc.recipe == "dreamvideo" and (tc.stage == 2 or (tc.curriculum and len(budgets) >= 2))
-    if reaches_reward and not tc.reward_model:
-        problems.append("--recipe dreamvideo stage 2 is LIReFL: give --reward_model (train one with reward.py)")
-    if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
-        problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
     try:
         mix = [float(x) for x in tc.task_mix.split(",")]
         if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
@@ -198,7 +178,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
     mcfg = dataclasses.replace(model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"]), **model_overrides)
     wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
-    problems += model_lib.config_problems(mcfg) + data.world_problems(wcfg)
+    problems += recipe_problems(tc, model_overrides) + model_lib.config_problems(mcfg) + data.world_problems(wcfg)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if tc.seq_parallel < 1 or world % tc.seq_parallel or mcfg.heads % tc.seq_parallel:
         problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
@@ -207,6 +187,32 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     if tc.data == "toy" and not problems:
         problems += toy_fit_problems(mcfg, wcfg, tc.config)
     return problems + out_dir_problems(tc.out_dir)
+
+
+def recipe_problems(tc: TrainConfig, model_overrides: dict) -> list[str]:
+    """The stage flags against the chosen recipe's table, and what each recipe needs of the model."""
+    problems = []
+    if tc.recipe not in RECIPES:
+        problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {tc.recipe!r}")
+    stages = RECIPES.get(tc.recipe, STAGES)
+    budgets = tc.stage_steps.split(",")
+    fits = 1 <= len(budgets) <= len(stages) or not tc.curriculum   # the count matters only when stages run in turn
+    if not (fits and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
+        problems.append(f"--stage_steps takes 1 to {len(stages)} positive step counts (--recipe {tc.recipe}); "
+                        f"got {tc.stage_steps!r}")
+    if tc.stage not in (0, *stages):
+        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
+                        f"(--recipe {tc.recipe}), got {tc.stage}")
+    if tc.reward_model and not os.path.isfile(tc.reward_model):
+        problems.append(f"--reward_model {tc.reward_model}: no such file; train one with reward.py --out PATH")
+    if tc.recipe == "dreamvideo" and not model_overrides.get("motion", False):
+        problems.append("--recipe dreamvideo trains motion control: add --motion true")
+    reaches_reward = tc.recipe == "dreamvideo" and (tc.stage == 2 or (tc.curriculum and len(budgets) >= 2))
+    if reaches_reward and not tc.reward_model:
+        problems.append("--recipe dreamvideo stage 2 is LIReFL: give --reward_model (train one with reward.py)")
+    if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
+        problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
+    return problems
 
 
 def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:
