@@ -1125,20 +1125,25 @@ def load_state(net: TwinTower, state: dict, what: str = "checkpoint", names=None
         copy_rows(p, lambda a, b, t=state[name]: t[a:b])
 
 
-def load_base(net: TwinTower, path: str, log=print) -> set:
-    """LoRA: the frozen base weights from `path` -- Ovi's release, or our checkpoint's `model` (a full
-    fine-tune) -- into `net`. Returns the names the base does not hold (adapters, new modules): the
-    caller initialises those."""
+def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) -> set:
+    """The base weights from `path` -- Ovi's release, or our checkpoint's `model` (a full fine-tune; `ckpt`
+    when already read) -- into `net`. Returns the names the base does not hold (adapters, additions): the
+    caller initialises those. Any other missing tensor means another model layout, and stops."""
     if is_ovi_checkpoint(path):
         return set(load_ovi_weights(net, path, log=log)["fresh"])
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     if ckpt["model_config"].get("lora_rank"):  # it holds adapters, not a base: loading it would lose the base
         raise CheckpointError(f"{path}: is a LoRA checkpoint (adapters of {ckpt.get('lora_base', '?')}); adapt a full "
                               "checkpoint or Ovi's weights")
     base = ckpt["model"]
     held = {n for n, _ in net.named_parameters() if n in base}
+    fresh = {n for n, _ in net.named_parameters()} - held
+    lacking = sorted(n for n in fresh if not (is_addition(n) or lora.is_adapter(n)))
+    if lacking:  # a backbone tensor the checkpoint should hold: not the same model
+        raise CheckpointError(f"{path}: lacks tensor '{lacking[0]}' ({len(lacking)} missing): saved by another "
+                              "model layout")
     load_state(net, base, path, names=held)
-    return {n for n, _ in net.named_parameters()} - held
+    return fresh
 
 
 def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> TwinTower:

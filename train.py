@@ -223,6 +223,9 @@ def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config
         return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
                 "(--data 'shards/*.pt', see shards.py), not on the toy world's RGB pixels"]
     problems = []
+    if not wcfg.anchors and (mcfg.ocf or mcfg.mtp_ca):  # both read the caption's <subk> / <S> spans
+        problems.append("--anchors false needs --ocf false --mtp_ca false: OCF and MTP-CA place the prompt by its "
+                        "<subk> anchors (DreamID-Omni's ablation row runs without them)")
     if mcfg.audio_channels != wcfg.n_mels:
         problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
     for name in ("image_size", "ref_image_size"):
@@ -543,7 +546,9 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
         adapters = {f: getattr(asked, f) for f in LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
-        mcfg = dataclasses.replace(model_lib.config_from_checkpoint(init, tc.init_from), **adapters)
+        # a paper's additions switched on over a base checkpoint (the papers all start from a pretrained model)
+        added = {f: v for f, v in (model_overrides or {}).items() if f in ADDITION_FIELDS}
+        mcfg = dataclasses.replace(model_lib.config_from_checkpoint(init, tc.init_from), **adapters, **added)
         differ = [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
             raise model_lib.CheckpointError(
@@ -555,6 +560,11 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
 
 
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+# Model fields that only add modules (model.is_addition) or move reference tokens: given on the command line
+# with --init_from, they change the checkpoint's model (e.g. --motion true over a concat model), and the
+# modules it lacks start from their usual initialisation (zero-init injections: the same function at step 0)
+ADDITION_FIELDS = ("ref_rope", "syn_margin", "ref_mode", "identity_embed", "decouple_video", "decouple_audio",
+                   "voice_offset", "motion", "box_injection", "group_embed", "max_groups")
 
 
 def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:
@@ -600,8 +610,8 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
                                  names={n for n, _ in net.named_parameters() if net.trains(n)})
     elif resume is not None:
         model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
-    elif init is not None:
-        model_lib.load_state(net, init["model"], tc.init_from)
+    elif init is not None:  # what the checkpoint holds; the additions it lacks (ADDITION_FIELDS) start fresh
+        net.init_weights(seed=tc.seed, only=model_lib.load_base(net, tc.init_from, ckpt=init))
     elif tc.init_from:  # Ovi's released weights
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
         fresh = model_lib.load_ovi_weights(net, tc.init_from, log=log)["fresh"]

@@ -184,3 +184,32 @@ def test_the_benchmarks_motion_subset_scores_truth_above_noise():
     assert truth > 0.7 > noise and np.mean(scores["truth"]["traj_epe"]) < np.mean(scores["noise"]["traj_epe"])
     case = data.held_out_case(data.WorldConfig(), "motion", 0)
     assert all(not torch.equal(b[0], b[-1]) for b, r in zip(case["boxes"], case["roles"]) if r != "offscreen")
+
+
+def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
+    """--init_from a model without motion, with --motion true (the paper fine-tunes a pretrained model): the
+    backbone is the checkpoint's, the new injections start at zero; a size flag that differs still stops."""
+    import pytest
+
+    import model
+    import train
+    from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+    base_run = dict(batch_size=2, max_steps=1, progress_every=0, warmup_steps=0)
+    train.train(train.TrainConfig(out_dir=str(tmp_path / "base"), **base_run), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    path = str(tmp_path / "base" / "ckpt.pt")
+    base = model.load_checkpoint(path)["model"]
+    tc = train.TrainConfig(out_dir=str(tmp_path / "motion"), init_from=path, **base_run)
+    run = train.start_run(tc, dict(TINY_OVERRIDES, motion=True, ref_rope="condition"), TINY_WORLD_OVERRIDES,
+                          0, 1, torch.device("cpu"))
+    assert run.mcfg.motion and run.mcfg.ref_rope == "condition"
+    added = [n for n, _ in run.net.named_parameters() if n not in base]
+    assert any(n.startswith("box_layers.") for n in added) and all(model.is_addition(n) for n in added)
+    for name, p in run.net.named_parameters():
+        if name in base:
+            assert torch.equal(p, base[name]), name
+        elif name.startswith(("box_in.", "box_layers.")) and name.endswith("weight"):
+            assert not p.any(), name                                    # zero-init: the base's function at step 0
+    with pytest.raises(model.CheckpointError) as err:
+        train.start_run(tc, dict(TINY_OVERRIDES, motion=True, ffn=128), TINY_WORLD_OVERRIDES, 0, 1,
+                        torch.device("cpu"))
+    assert "ffn 64 there, 128 here" in str(err.value)
