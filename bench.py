@@ -10,8 +10,10 @@
                                           way from floor to ceiling; --ground_truth: floor and ceiling only;
                                           last line JSON, one key per subset/metric
     python bench.py --validate_metrics --cases 8    the metrics' check: the world's clips vs corrupted ones
-    python bench.py --ablate --budget_steps 300 --seeds 2 --cases 4   Omni-Customizer Table 2's variants (and
-                                          Syn-RoPE) trained for the same number of steps, then benchmarked
+    python bench.py --ablate omni-customizer   a paper's ablation table in miniature (ablations.py): every row
+                                          trained with 3 seeds, scored, and each claim's verdict computed from
+                                          the 95% interval of the paired difference; also dreamid-omni,
+                                          presence, dreamvideo; --budget 4 trains 4x longer (a GPU)
 
 Benchmark cases come from a held-out stream (stream 3, seed 2024): identities never seen in training,
 with cross-pair references (nothing in them can be copied), in three subsets like OC-Bench:
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import resource
 import statistics
@@ -43,6 +46,7 @@ import train
 from conditioning import Conditioning
 from inputs import OneLineParser, out_dir_problems
 
+PAPERS = ("omni-customizer", "dreamid-omni", "presence", "dreamvideo")   # --ablate: ablations.TABLES' keys
 SUBSETS = ("single", "dialogue", "complex")   # OC-Bench's three, the default
 MOTION = "motion"                               # DreamVideo-Omni's: --subsets motion adds box mIoU, trajectory error
 
@@ -182,57 +186,6 @@ def print_quality(scores: dict, title: str) -> dict:
     return flat
 
 
-# Omni-Customizer Table 2 (cumulative rows) plus DreamID-Omni's Syn-RoPE, as flag settings
-ABLATIONS = {
-    "none": dict(model=dict(ocf=False, mtp_ca=False), train=dict(interleave_audio=0)),
-    "+OCF": dict(model=dict(ocf=True, ocf_rope="1d", mtp_ca=False), train=dict(interleave_audio=0)),
-    "+SA-MRoPE": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False), train=dict(interleave_audio=0)),
-    "+MTP-CA": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=0)),
-    "+Inter-TTS": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=1)),
-    "+Curriculum": dict(model=dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True), train=dict(interleave_audio=1,
-                                                                                         curriculum=True)),
-    "Syn-RoPE": dict(model=dict(ocf=False, mtp_ca=False, ref_rope="syn"), train=dict(interleave_audio=0)),
-}
-ABLATION_METRICS = metrics.METRICS  # every metric, one column each
-
-
-def ablate(args, device):
-    """Train every variant for the same number of optimizer steps per seed, score it, print the table."""
-    world = data.WorldConfig()
-    table = {}
-    for name, variant in ABLATIONS.items():
-        per_seed = {m: [] for m in ABLATION_METRICS}
-        for seed in range(args.seeds):  # a seed changes the initial weights, the data and the noise
-            out_dir = os.path.join(args.out_dir, name.strip("+").replace(" ", "_"), f"seed{seed}")
-            budget = args.budget_steps
-            # the curriculum row spends the same budget, split like the paper's 20K / 10K / 10K stages
-            stage_steps = f"{budget // 2},{budget // 4},{budget - budget // 2 - budget // 4}"
-            # same optimizer steps for every row; a row's flags are the only difference (ABLATIONS)
-            tc = train.TrainConfig(out_dir=out_dir, max_steps=budget, seed=seed, log_every=25, ckpt_every=budget,
-                                   stage_steps=stage_steps, lr=args.lr, **variant["train"])
-            start = time.time()
-            train.train(tc, variant["model"], {})
-            net = model_lib.model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"), device=device)
-            scores = quality(net, world, args.cases, steps=args.sample_steps, device=device, seed=seed, shift=tc.t_shift,
-                             log=lambda *_: None)
-            for m in ABLATION_METRICS:  # one number per seed: the mean over the three subsets
-                per_seed[m].append(float(np.nanmean([np.nanmean(scores[s]["model"][m]) for s in SUBSETS])))
-            print(f"{name:12s} seed {seed}: trained + scored in {time.time() - start:.0f} s")
-        table[name] = per_seed
-    print(f"\nTable 2 analog: {args.budget_steps} optimizer steps per variant, {args.seeds} seed(s), "
-          f"{args.cases} cases per subset, means over subsets, +- 95% interval over seeds")
-    print(f"{'variant':12s}" + "".join(f"{m:>16s}" for m in ABLATION_METRICS))
-    flat = {}
-    for name, per_seed in table.items():
-        cells = []
-        for m in ABLATION_METRICS:
-            mean, ci = metrics.mean_ci(per_seed[m])
-            flat[f"{name}/{m}"] = mean
-            cells.append(f"{mean:8.3f}+-{ci:<6.3f}" if not np.isnan(ci) else f"{mean:8.3f}       ")
-        print(f"{name:12s}" + "".join(f"{c:>16s}" for c in cells))
-    return flat
-
-
 def parse_args(argv=None):
     """The command line: speed by default, --quality, --validate_metrics, --ablate."""
     parser = OneLineParser(description=__doc__.split("\n")[0])
@@ -250,17 +203,19 @@ def parse_args(argv=None):
     parser.add_argument("--ground_truth", action="store_true",
                         help="--quality: score only the world's own clips and noise (no checkpoint)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="--quality: comma-separated subsets to score")
-    parser.add_argument("--cases", type=int, default=8, help="cases per subset")
+    parser.add_argument("--cases", type=int, default=None, help="cases per subset (default 8; --ablate: the table's)")
     parser.add_argument("--guidance", default="plain", choices=["plain", "multi", "presence", "none"],
                         help="--quality: the same for every model compared (plain: Ovi's CFG at scale 2)")
     parser.add_argument("--validate_metrics", action="store_true",
                         help="score the world's own clips and corrupted ones (each metric must notice)")
-    parser.add_argument("--ablate", action="store_true", help="train and benchmark the Table 2 variants")
-    parser.add_argument("--budget_steps", type=int, default=300, help="--ablate: optimizer steps per variant")
-    parser.add_argument("--seeds", type=int, default=2, help="--ablate: seeds per variant")
-    parser.add_argument("--lr", type=float, default=2e-3, help="--ablate: learning rate")
-    parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the variants train")
+    parser.add_argument("--ablate", choices=PAPERS,
+                        help="train and score this paper's ablation rows, with verdicts (ablations.py)")
+    parser.add_argument("--budget", type=float, default=1.0, help="--ablate: training steps x this (1: the CPU tables)")
+    parser.add_argument("--seeds", type=int, default=3, help="--ablate: seeds per row (intervals need 3 or more)")
+    parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the rows train (rerunning reuses them)")
     args = parser.parse_args(argv)
+    if args.cases is None and not args.ablate:
+        args.cases = 8
     problems = flag_problems(args)
     if problems:  # all of them, one line each, before any work
         parser.exit(2, "".join(f"error: {p}\n" for p in problems))
@@ -270,16 +225,20 @@ def parse_args(argv=None):
 def flag_problems(args) -> list[str]:
     """Flag values that cannot make a benchmark, one line each."""
     problems = [f"--{name} must be at least 1, got {getattr(args, name)}"
-                for name in ("batch_size", "steps", "sample_steps", "cases", "budget_steps", "seeds")
-                if getattr(args, name) < 1]
-    problems += [f"--{name} must be 0 or more, got {getattr(args, name)}" for name in ("warmup", "threads", "lr")
+                for name in ("batch_size", "steps", "sample_steps", "cases", "seeds")
+                if getattr(args, name) is not None and getattr(args, name) < 1]
+    problems += [f"--{name} must be 0 or more, got {getattr(args, name)}" for name in ("warmup", "threads")
                  if getattr(args, name) < 0]
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        problems.append(f"--budget scales the training steps: a positive number, got {args.budget}")
     if args.quality and not (args.ckpt or args.ground_truth):
         problems.append("--quality needs --ckpt (or --ground_truth for the world's own scores)")
     if not set(args.subsets.split(",")) <= set(SUBSETS + (MOTION,)):
         problems.append(f"--subsets takes some of {','.join(SUBSETS + (MOTION,))}, got {args.subsets!r}")
     if args.ablate:
         problems += out_dir_problems(args.out_dir)
+        import ablations  # it builds on this file's quality(): imported when used, not in a cycle
+        problems += ablations.check_table(ablations.TABLES[args.ablate], 100, args.out_dir)
     return problems
 
 
@@ -426,7 +385,9 @@ def quality_main(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()  # the whole benchmark's wall time goes into the JSON line
     if args.ablate:
-        flat = ablate(args, device)
+        import ablations
+        flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
+                                device)
     else:
         shift = 3.0
         if args.ground_truth:

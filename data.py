@@ -82,6 +82,8 @@ class WorldConfig:
     offscreen_prob: float = 0.1   # a speaking subject of a multi-subject scene is off screen
     move_prob: float = 0.5        # a subject drifts across the frame
     camera_pan: float = 0.0       # a clip's camera pans sideways: the room and everyone in it shift together
+    anchors: bool = True          # <subk> anchors tie descriptors and lines to reference k (DreamID-Omni's
+                                  # structured captions); False: the model reads people named by label alone
 
     @property
     def frames(self) -> int:
@@ -400,20 +402,25 @@ def parse_caption(caption: str) -> dict:
     return dict(ids=ids, subject_spans=[subject_spans[k] for k in range(n)], lines=lines)
 
 
-def make_caption(idents, roles, lines, room) -> str:
-    """The structured caption (Omni-Customizer Eq. 2): descriptors, scene + actions, then the lines."""
+def make_caption(idents, roles, lines, room, anchors: bool = True) -> str:
+    """The structured caption (Omni-Customizer Eq. 2): descriptors, scene + actions, then the lines.
+    anchors=False (the DreamID-Omni ablation): the same sentences with every `<subk>` replaced by subject k's
+    label, so text alone says who is who and who says what, but nothing ties a person to reference k."""
     shirt_names = [colour_name(p.shirt) for p in idents]
-    parts = []
-    for k, (ident, role) in enumerate(zip(idents, roles)):
+    labels = []
+    for k, ident in enumerate(idents):
         label = f"the one in {shirt_names[k]}"
         if shirt_names.count(shirt_names[k]) > 1:  # keep labels distinct: add the hair
             label += f" with {colour_name(ident.hair)} hair"
-        parts.append(f"{label} <sub{k + 1}>: {ident.describe()}.")
+        labels.append(label)
+    name = [f"<sub{k + 1}>" if anchors else labels[k] for k in range(len(idents))]
+    parts = [f"{labels[k]} <sub{k + 1}>: {ident.describe()}." if anchors else f"{labels[k]}: {ident.describe()}."
+             for k, ident in enumerate(idents)]
     parts.append(f"a {colour_name(room['colour'])} room with {room['texture']}.")
     for k, role in enumerate(roles):
-        parts.append({"speaker": f"<sub{k + 1}> talks.", "silent": f"<sub{k + 1}> listens quietly.",
-                      "offscreen": f"<sub{k + 1}> speaks off screen."}[role])
-    parts += [f"<sub{who + 1}> says <S> {text} <E>" for who, text, _, _ in lines]
+        parts.append({"speaker": f"{name[k]} talks.", "silent": f"{name[k]} listens quietly.",
+                      "offscreen": f"{name[k]} speaks off screen."}[role])
+    parts += [f"{name[who]} says <S> {text} <E>" for who, text, _, _ in lines]
     return " ".join(parts)
 
 
@@ -468,6 +475,8 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         line_times=[(who, start, end) for who, _, start, end in lines], identities=idents, **refs,
     )
     sample.update(caption_fields(caption))
+    if not cfg.anchors:  # the prompt the model reads; spans stay the anchored caption's (OCF/MTP-CA need anchors)
+        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False)))
     return sample
 
 
@@ -613,6 +622,8 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
                   caption=caption, language=language, identities=[ident], roles=["offscreen"],
                   speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
     sample.update(caption_fields(caption))
+    if not cfg.anchors:  # the prompt the model reads; spans stay the anchored caption's (OCF/MTP-CA need anchors)
+        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False)))
     return sample
 
 

@@ -162,6 +162,16 @@ def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
     return model.eval()
 
 
+def save_lirm(model: LIRM, path: str):
+    """The file load_lirm reads: weights, config and the clip sizes it scores (written whole, then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    world = reward_world()
+    torch.save(dict(model=model.state_dict(), config=dataclasses.asdict(model.cfg),
+                    sizes=dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size)),
+               path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def main():
     from inputs import OneLineParser, out_dir_problems
     parser = OneLineParser(description="Train DreamVideo-Omni's latent identity reward model on the toy world.")
@@ -175,10 +185,7 @@ def main():
     if problems:
         parser.exit(2, "".join(f"error: {p}\n" for p in problems))
     model = train_lirm(args.steps, seed=args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    world = reward_world()
-    torch.save(dict(model=model.state_dict(), config=dataclasses.asdict(model.cfg),
-                    sizes=dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size)), args.out)
+    save_lirm(model, args.out)
     print(f"held-out accuracy (own reference scored above another's): {held_out_accuracy(model):.3f}")
     print(f"wrote {args.out}")
 

@@ -1,0 +1,350 @@
+"""The four papers' ablation tables, reproduced in miniature: `python bench.py --ablate PAPER`.
+
+Each paper backs its components with an ablation table (Omni-Customizer Table 2; DreamID-Omni's ablations of
+Syn-RoPE, structured captions and progressive training; Identity-as-Presence Fig. 5; DreamVideo-Omni's
+embeddings, box injection and LIReFL). Here each table is a list of rows -- flag settings of train.py --
+and each row but the first carries the paper's claim as a computed test:
+
+    claim = (row A beats row B on metric m, on benchmark subset s)
+
+Every row trains for the same number of optimizer steps with each of `seeds` seeds (a seed sets the initial
+weights, the data stream and the noise), and is scored on the same held-out cases (bench.quality). Rows
+trained with the same seed share weights at step 0 and the same batches, so the claim is tested on the
+paired difference d_seed = m(A, seed) - m(B, seed), whose 95% interval (Student's t over seeds) gives the
+verdict:
+
+    reproduced        the interval lies on the side the paper claims
+    not reproduced    it lies on the other side
+    inconclusive      it contains 0 (the miniature cannot tell at this budget)
+
+A miniature shows a mechanism where the mechanism is decisive: binding in two-person dialogues, caption
+vocalization, language B's phoneme error, identity on cross-pair references, box mIoU on moving people.
+`Table.why` says, for each table, why its training world and its metrics can show its claims.
+
+Everything a table trains lives in --out_dir/PAPER/ROW/seedN and is reused when a table is run again (a
+finished run is not trained twice, a crashed one resumes), so a table can be interrupted and rerun.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import bench
+import data
+import metrics
+import model as model_lib
+import reward as reward_lib
+import sample as sample_lib
+import train
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`better` beats `worse` on `metric` over the `subset` cases: what the paper says, as a test."""
+    better: str
+    worse: str
+    metric: str
+    subset: str
+    says: str              # the paper's words, shortened
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table: train.py's flags, and where the run starts."""
+    name: str
+    model: dict = field(default_factory=dict)   # ModelConfig overrides (--ocf false ...)
+    train: dict = field(default_factory=dict)   # TrainConfig overrides (--curriculum true ...)
+    world: dict = field(default_factory=dict)   # WorldConfig overrides, for training and for its scored cases
+    start: str = ""            # "" from scratch | "base": the table's base run | a row's name: that row's result
+    share: float = 1.0         # its steps as a share of the table's (0: the start itself is scored)
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    paper: str
+    source: str                # which table or figure of the paper
+    why: str                   # why this miniature can show the claims
+    rows: tuple
+    steps: int                 # optimizer steps per row at --budget 1
+    cases: int                 # held-out cases per scored subset
+    world: dict = field(default_factory=dict)   # every row's training world (a row's own world adds to it)
+    model: dict = field(default_factory=dict)   # every run's model overrides (the base's too; a row's add to them)
+    train: dict = field(default_factory=dict)   # every run's TrainConfig overrides (likewise)
+    base_steps: int = 0        # > 0: a base run per seed (no paper's additions) that rows with start="base" tune
+    lirm_steps: int = 0        # > 0: a latent identity reward model for LIReFL rows (trained once)
+
+    @property
+    def subsets(self) -> tuple:
+        """Only the subsets a claim reads are scored (sampling is a third of a row's time)."""
+        return tuple(dict.fromkeys(r.claim.subset for r in self.rows if r.claim))
+
+    @property
+    def metric_columns(self) -> tuple:
+        return tuple(dict.fromkeys((r.claim.subset, r.claim.metric) for r in self.rows if r.claim))
+
+
+# ------------------------------------------------------------------------------------------------
+# The four tables
+# ------------------------------------------------------------------------------------------------
+NO_OCF = dict(ocf=False, mtp_ca=False)   # Ovi's prompt path: the caption alone (Table 2's first row)
+OCF_1D = dict(ocf=True, ocf_rope="1d", mtp_ca=False)
+OCF_SA = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False)
+OMNI = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True)
+
+OMNI_CUSTOMIZER = Table(
+    paper="omni-customizer", source="Omni-Customizer Table 2 (cumulative rows)",
+    why="Each row adds one component to the previous row and is tested where the paper says it acts: OCF and "
+        "SA-MRoPE on two-person dialogues (who speaks; whose face), MTP-CA on caption vocalization of "
+        "single-speaker clips, TTS-interleaved steps on the complex subset (half of it language B, which the "
+        "audio-only corpus holds 80% of), the curriculum on identity in complex scenes with cross-pair "
+        "references. All rows see the same mixed 1-3 person world.",
+    rows=(
+        Row("none", NO_OCF, dict(interleave_audio=0)),
+        Row("+OCF", OCF_1D, dict(interleave_audio=0),
+            claim=Claim("+OCF", "none", "confusion", "dialogue", "removing OCF: two subjects speak at once")),
+        Row("+SA-MRoPE", OCF_SA, dict(interleave_audio=0),
+            claim=Claim("+SA-MRoPE", "+OCF", "face_sim", "dialogue", "SA-MRoPE boosts identity preservation")),
+        Row("+MTP-CA", OMNI, dict(interleave_audio=0),
+            claim=Claim("+MTP-CA", "+SA-MRoPE", "vocalization", "single", "without MTP-CA captions leak into speech")),
+        Row("+Inter-TTS", OMNI, dict(interleave_audio=1),
+            claim=Claim("+Inter-TTS", "+MTP-CA", "per", "complex", "TTS-interleaved training improves audio")),
+        Row("+Curriculum", OMNI, dict(interleave_audio=1, curriculum=True),
+            claim=Claim("+Curriculum", "+Inter-TTS", "face_sim", "complex", "without the curriculum faces distort")),
+    ),
+    steps=200, cases=4, world=dict(scene="mixed", cross_pair=0.0))
+
+SYN = dict(NO_OCF, ref_rope="syn")   # DreamID-Omni has no OCF: the caption, Syn-RoPE and its anchors
+DREAMID_OMNI = Table(
+    paper="dreamid-omni", source="DreamID-Omni's ablations (Syn-RoPE, structured captions, progressive training)",
+    why="Every claim is about binding several people, so every row is scored on two-person dialogues with "
+        "cross-pair references: Syn-RoPE on the speakers' timbre (T-Sim), structured captions on who says "
+        "what (confusion), progressive training on identity (Face-Sim). SA-MRoPE, Omni-Customizer's answer "
+        "to the same problem, is a row of its own. The progressive rows run stages 1-3 (in-pair, multi-person, "
+        "cross-pair); the joint row sees their mix from the first step.",
+    rows=(
+        Row("plain RoPE", dict(NO_OCF, ref_rope="plain"), dict(curriculum=True)),
+        Row("Syn-RoPE", SYN, dict(curriculum=True),
+            claim=Claim("Syn-RoPE", "plain RoPE", "t_sim", "dialogue", "Syn-RoPE preserves timbre")),
+        Row("SA-MRoPE", OCF_SA, dict(curriculum=True),
+            claim=Claim("SA-MRoPE", "plain RoPE", "face_sim", "dialogue", "SA-MRoPE anchors references to text")),
+        Row("no anchors", SYN, dict(curriculum=True), world=dict(anchors=False),
+            claim=Claim("Syn-RoPE", "no anchors", "confusion", "dialogue",
+                        "structured captions reduce identity-content mismatch")),
+        Row("joint", SYN, dict(curriculum=False), world=dict(scene="mixed", cross_pair=0.5),
+            claim=Claim("Syn-RoPE", "joint", "face_sim", "dialogue", "naive joint training: worse identity")),
+    ),
+    steps=250, cases=6)
+
+PRESENCE_WORLD = dict(scene="mixed", min_subjects=1, cross_pair=0.5)
+PRESENCE = Table(
+    paper="presence", source="Identity-as-Presence (concat vs identity stream; Fig. 5, identity embeddings)",
+    why="The identity stream's claim is identity fidelity (Face-Sim on single-person cross-pair cases); the "
+        "identity embedding's is telling several people apart, so it is scored on dialogues. All rows see "
+        "1-3 person scenes with half the references cross-pair, where a reference cannot be copied.",
+    rows=(
+        Row("concat", dict(ref_mode="concat")),
+        Row("presence", dict(ref_mode="presence"),
+            claim=Claim("presence", "concat", "face_sim", "single", "identity as presence: better identity")),
+        Row("presence, no id embed", dict(ref_mode="presence", identity_embed=False),
+            claim=Claim("presence", "presence, no id embed", "face_sim", "dialogue",
+                        "identity embeddings keep subjects apart")),
+    ),
+    steps=400, cases=6, world=PRESENCE_WORLD)
+
+MOTION = dict(motion=True, ref_rope="condition")
+MOTION_TRAIN = dict(recipe="dreamvideo", stage=1, box_loss_weight=1.0, lr=1e-3, warmup_steps=25)
+DREAMVIDEO = Table(
+    paper="dreamvideo", source="DreamVideo-Omni's ablations (group-role embeddings, box injection, LIReFL)",
+    why="Like the paper, every row fine-tunes a pretrained model (a base run per seed without motion control) "
+        "on moving people, and box mIoU on the motion subset shows whether people go where their boxes ask; "
+        "LIReFL continues the full row with the identity reward and is scored on Face-Sim (sharpness, next "
+        "to it, shows reward hacking). The base itself is a row: the floor motion control has to beat.",
+    rows=(
+        Row("base (no motion)", start="base", share=0.0),
+        Row("full", MOTION, MOTION_TRAIN, start="base",
+            claim=Claim("full", "base (no motion)", "box_miou", "motion", "box conditions control motion")),
+        Row("no group-role", dict(MOTION, group_embed=False), MOTION_TRAIN, start="base",
+            claim=Claim("full", "no group-role", "box_miou", "motion", "group and role embeddings are critical")),
+        Row("input-only boxes", dict(MOTION, box_injection="input"), MOTION_TRAIN, start="base",
+            claim=Claim("full", "input-only boxes", "box_miou", "motion", "hierarchical injection is critical")),
+        Row("+LIReFL", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full", share=0.5,
+            claim=Claim("+LIReFL", "full", "face_sim", "motion", "LIReFL refines identity details")),
+    ),
+    steps=200, cases=6, base_steps=300, lirm_steps=600)
+
+TABLES = {t.paper: t for t in (OMNI_CUSTOMIZER, DREAMID_OMNI, PRESENCE, DREAMVIDEO)}
+WATCH = ("sharpness",)  # shown next to every table: what an identity gain could be paid with (reward hacking)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and scoring the rows
+# ------------------------------------------------------------------------------------------------
+
+
+def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm: str) -> tuple:
+    """(TrainConfig, model overrides, world overrides) of one row's run."""
+    overrides = dict(table.train, **row.train)
+    if overrides.get("curriculum"):  # the same budget, split like the papers' stages (20K / 10K / 10K)
+        overrides["stage_steps"] = f"{steps // 2},{steps // 4},{steps - steps // 2 - steps // 4}"
+    init = os.path.join(out_dir, "base" if row.start == "base" else slug(row.start), f"seed{seed}", "ckpt.pt") \
+        if row.start else ""
+    tc = train.TrainConfig(out_dir=os.path.join(out_dir, slug(row.name), f"seed{seed}"), max_steps=steps, seed=seed,
+                           log_every=25, ckpt_every=steps, progress_every=0, init_from=init,
+                           reward_model=lirm if overrides.get("stage") == 2 else "", **overrides)
+    return tc, dict(table.model, **row.model), dict(table.world, **row.world)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "row"
+
+
+def check_table(table: Table, steps: int, out_dir: str) -> list[str]:
+    """Every row's flags through train.py's own checks, before an hour of training."""
+    problems = []
+    for row in table.rows:
+        if row.share == 0:
+            continue
+        lirm = os.path.join(out_dir, "lirm.pt") if table.lirm_steps else ""
+        tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir, lirm)
+        tc = dataclasses.replace(tc, init_from="", reward_model="")  # not trained yet: checked when they are
+        problems += [f"{table.paper} row {row.name!r}: {p}" for p in train.config_problems(tc, model, world)
+                     if "--reward_model" not in p]
+    return problems
+
+
+def finished(out_dir: str, steps: int) -> bool:
+    """A run that already reached its steps (rerunning a table reuses it)."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    return os.path.exists(path) and model_lib.load_checkpoint(path)["step"] >= steps
+
+
+def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
+    path = os.path.join(tc.out_dir, "ckpt.pt")
+    if not finished(tc.out_dir, train.total_steps(tc)):
+        start = time.time()
+        train.train(tc, model, world)
+        log(f"  trained {tc.out_dir} ({train.total_steps(tc)} steps) in {time.time() - start:.0f} s")
+    return path
+
+
+def train_lirm(table: Table, out_dir: str, log) -> str:
+    """The frozen reward model LIReFL rows use: one per table, trained on the toy world's exact identities."""
+    path = os.path.join(out_dir, "lirm.pt")
+    if table.lirm_steps and not os.path.exists(path):
+        start = time.time()
+        reward_lib.save_lirm(reward_lib.train_lirm(table.lirm_steps, log=lambda *_: None), path)
+        log(f"  trained the LIRM ({table.lirm_steps} steps) in {time.time() - start:.0f} s")
+    return path if table.lirm_steps else ""
+
+
+def score(path: str, world: data.WorldConfig, table: Table, seed: int, cases: int, sample_steps: int,
+          device) -> dict:
+    """{(subset, metric): the mean over the cases} of one checkpoint, for every metric of every scored subset."""
+    net = model_lib.model_from_checkpoint(path, device=device)
+    # every row samples with plain guidance, at the noise levels it trained at, with its seed's noise
+    scores = bench.quality(net, world, cases, steps=sample_steps, device=device, seed=1000 * seed,
+                           subsets=table.subsets, shift=sample_lib.trained_shift(model_lib.load_checkpoint(path)),
+                           log=lambda *_: None)
+    return {(s, m): float(np.nanmean(v)) for s, by in scores.items() for m, v in by["model"].items()}
+
+
+def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int, sample_steps: int, device,
+              log=print) -> dict:
+    """Train and score every row with every seed. Returns {row name: {(subset, metric): [value per seed]}}."""
+    steps = max(1, round(table.steps * budget))
+    out_dir = os.path.join(out_dir, table.paper)
+    lirm = train_lirm(table, out_dir, log)
+    results = {row.name: {} for row in table.rows}
+    for seed in range(seeds):
+        if table.base_steps:  # the pretrained model every "base" row starts from: the paper's Ovi
+            base = train.TrainConfig(out_dir=os.path.join(out_dir, "base", f"seed{seed}"), seed=seed, log_every=25,
+                                     max_steps=max(1, round(table.base_steps * budget)), progress_every=0,
+                                     **table.train)
+            train_run(base, dict(table.model), dict(table.world), log)
+        for row in table.rows:
+            tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm)
+            path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)
+            world = dataclasses.replace(data.WorldConfig(), **world_overrides)
+            for key, value in score(path, world, table, seed, cases, sample_steps, device).items():
+                results[row.name].setdefault(key, []).append(value)
+            log(f"  {row.name}, seed {seed}: scored")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Verdicts and the printed table
+# ------------------------------------------------------------------------------------------------
+
+
+def verdict(claim: Claim, results: dict) -> dict:
+    """The paired difference better - worse per seed, its mean and 95% interval (Student's t), and what
+    it says about the claim (the sign flipped for lower-is-better metrics, so > 0 is the paper's side)."""
+    key = (claim.subset, claim.metric)
+    sign = 1.0 if metrics.HIGHER_IS_BETTER[claim.metric] else -1.0
+    diffs = [sign * (a - b) for a, b in zip(results[claim.better][key], results[claim.worse][key])
+             if not (math.isnan(a) or math.isnan(b))]
+    mean, ci = metrics.mean_ci(diffs, student=True)
+    if math.isnan(ci):  # one seed (or none): no interval, no verdict
+        word = "inconclusive"
+    elif mean - ci > 0:
+        word = "reproduced"
+    elif mean + ci < 0:
+        word = "not reproduced"
+    else:
+        word = "inconclusive"
+    return dict(gain=mean, ci=ci, verdict=word, seeds=len(diffs))
+
+
+def print_table(table: Table, results: dict, header: str) -> dict:
+    """Rows x (claim metrics + sharpness), mean +- 95% interval over seeds, then each row's claim: the gain
+    on the paper's side (better - worse, sign-flipped where lower is better) and its verdict."""
+    columns = list(table.metric_columns) + [(s, m) for s in table.subsets[:1] for m in WATCH
+                                             if (s, m) not in table.metric_columns]
+    print(header)
+    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>22s}" for s, m in columns) + f"{'claim: gain':>26s}  verdict")
+    flat = {}
+    for row in table.rows:
+        cells = ""
+        for s, m in columns:
+            mean, ci = metrics.mean_ci(results[row.name][(s, m)], student=True)
+            flat[f"{row.name}/{s}/{m}"], flat[f"{row.name}/{s}/{m}_ci"] = mean, ci
+            cells += f"{mean:14.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:14.3f}        "
+        if row.claim:
+            v = verdict(row.claim, results)
+            flat[f"{row.name}/verdict"], flat[f"{row.name}/gain"], flat[f"{row.name}/gain_ci"] = \
+                v["verdict"], v["gain"], v["ci"]
+            cells += f"{row.claim.metric + ' ' + format(v['gain'], '+.3f') + ' +- ' + format(v['ci'], '.3f'):>26s}  " \
+                     f"{v['verdict']}"
+        print(f"{row.name:24s}{cells}")
+    print("claims (gain = better - worse on the paper's side; 95% interval over paired seeds):")
+    for row in table.rows:
+        if row.claim:
+            c = row.claim
+            print(f"  {row.name:22s} {c.better} vs {c.worse} on {c.subset} {c.metric}: {c.says}")
+    return flat
+
+
+def ablate(paper: str, seeds: int, budget: float, out_dir: str, cases: int | None, sample_steps: int,
+           device) -> dict:
+    """bench.py --ablate PAPER: the table, its verdicts and its wall time; returns the JSON fields."""
+    table = TABLES[paper]
+    cases = cases or table.cases
+    start = time.time()
+    print(f"{table.source}: {len(table.rows)} rows x {seeds} seeds, {max(1, round(table.steps * budget))} steps "
+          f"per row (--budget {budget:g}), {cases} cases per subset ({', '.join(table.subsets)})")
+    print(f"why this miniature: {table.why}")
+    results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    header = (f"\n{table.source}, {max(1, round(table.steps * budget))} steps per row, {seeds} seeds, {cases} cases "
+              f"per subset, {sample_steps} sampling steps; mean +- 95% interval over seeds "
+              f"({(time.time() - start) / 60:.1f} min on {where})")
+    flat = print_table(table, results, header)
+    flat.update(paper=paper, seeds=seeds, budget=budget, cases=cases, minutes=(time.time() - start) / 60)
+    return flat

@@ -1,0 +1,99 @@
+"""The ablation harness (ablations.py): verdicts are computed from paired seeds and can come out any of three
+ways; every table's rows are valid train.py runs; a tiny table trains, reuses its runs and prints verdicts."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import ablations
+import bench
+import data
+import train
+from ablations import Claim, Row, Table
+from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
+
+
+def results_of(better, worse, metric="face_sim", subset="single"):
+    return {"A": {(subset, metric): better}, "B": {(subset, metric): worse}}
+
+
+def test_the_verdict_reads_the_paired_interval_in_the_papers_direction():
+    claim = Claim("A", "B", "face_sim", "single", "")
+    # a small gain in every seed: the rows' own intervals overlap, the paired difference's does not
+    assert ablations.verdict(claim, results_of([0.80, 0.70, 0.60], [0.79, 0.69, 0.59]))["verdict"] == "reproduced"
+    assert ablations.verdict(claim, results_of([0.79, 0.69, 0.59], [0.80, 0.70, 0.60]))["verdict"] == "not reproduced"
+    assert ablations.verdict(claim, results_of([0.80, 0.60, 0.70], [0.70, 0.70, 0.70]))["verdict"] == "inconclusive"
+    assert ablations.verdict(claim, results_of([0.9], [0.1]))["verdict"] == "inconclusive"   # one seed: no interval
+    lower = Claim("A", "B", "per", "complex", "")           # lower is better: A's lower PER is the paper's side
+    v = ablations.verdict(lower, results_of([0.50, 0.40, 0.45], [0.60, 0.50, 0.55], "per", "complex"))
+    assert v["verdict"] == "reproduced" and v["gain"] == pytest.approx(0.10)
+
+
+def test_three_seeds_use_students_t_not_the_normal_approximation():
+    mean, ci = bench.metrics.mean_ci([1.0, 2.0, 3.0], student=True)
+    assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-3)
+    assert bench.metrics.mean_ci([1.0, 2.0, 3.0])[1] == pytest.approx(1.96 / 3 ** 0.5, rel=1e-3)
+
+
+def test_every_table_is_well_formed_and_its_rows_are_valid_runs(tmp_path):
+    assert tuple(ablations.TABLES) == bench.PAPERS
+    for table in ablations.TABLES.values():
+        names = [r.name for r in table.rows]
+        assert len(set(names)) == len(names) and not ablations.check_table(table, 100, str(tmp_path)), table.paper
+        for i, row in enumerate(table.rows):
+            assert row.start in ("", "base") or row.start in names[:i]            # starts from something trained
+            assert row.start != "base" or table.base_steps
+            if row.claim:
+                assert {row.claim.better, row.claim.worse} <= set(names) and row.name in (row.claim.better,
+                                                                                            row.claim.worse)
+                assert row.claim.metric in bench.metrics.HIGHER_IS_BETTER
+                assert row.claim.subset in bench.SUBSETS + (bench.MOTION,)
+
+
+def test_captions_without_anchors_name_people_by_label_and_exclude_ocf():
+    world = dataclasses.replace(data.WorldConfig(), anchors=False)
+    anchored, plain = data.held_out_case(data.WorldConfig(), "dialogue", 0), data.held_out_case(world, "dialogue", 0)
+    text = data.detokenize(plain["text_ids"].tolist())
+    assert "<sub" not in text and "<sub1>" in anchored["caption"] and torch.equal(anchored["video"], plain["video"])
+    label = anchored["caption"].split(" <sub1>")[0]                                       # "the one in green"
+    assert f"{label} says <S>" in text and anchored["caption"] == plain["caption"]       # metrics read the same
+    problems = train.config_problems(train.TrainConfig(), {}, dict(anchors=False))
+    assert any("--anchors false needs --ocf false" in p for p in problems)
+    assert not train.config_problems(train.TrainConfig(), dict(ocf=False, mtp_ca=False), dict(anchors=False))
+
+
+def tiny_table(steps=2):
+    return Table(paper="tiny", source="a tiny table", why="the test's", steps=steps, cases=1, base_steps=2,
+                 world=dict(TINY_WORLD_OVERRIDES), model=dict(TINY_OVERRIDES, ocf=False, mtp_ca=False),
+                 train=dict(batch_size=2, interleave_audio=0), rows=(
+                     Row("base row", start="base", share=0.0),
+                     Row("from base", dict(ref_rope="syn"), start="base",   # switched on over the base's weights
+                         claim=Claim("from base", "base row", "face_sim", "single", "")),
+                     Row("scratch", claim=Claim("from base", "scratch", "t_sim", "single", "")),
+                 ))
+
+
+def test_a_tiny_table_trains_scores_prints_verdicts_and_reuses_its_runs(tmp_path, capsys):
+    table = tiny_table()
+    logs = []
+    results = ablations.run_table(table, 2, 1.0, str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
+    assert set(results) == {"base row", "from base", "scratch"}
+    assert all(len(v) == 2 for r in results.values() for v in r.values())        # one value per seed
+    assert sum("trained" in line for line in logs) == 2 * 3                        # base + 2 rows, 2 seeds
+    flat = ablations.print_table(table, results, "header")
+    out = capsys.readouterr().out
+    assert flat["from base/verdict"] in ("reproduced", "not reproduced", "inconclusive") and "scratch" in out
+    json.dumps(flat)
+    logs.clear()
+    ablations.run_table(table, 2, 1.0, str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
+    assert not any("trained" in line for line in logs)                           # finished runs are reused
+
+
+def test_ablate_flags_are_checked_before_any_training():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ablate", "nobody"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ablate", "presence", "--budget", "nan"])
+    args = bench.parse_args(["--ablate", "presence"])
+    assert args.cases is None and args.seeds == 3                 # the table's own cases; intervals need 3 seeds
