@@ -58,12 +58,25 @@ class Claim:
 class Row:
     """One line of a table: train.py's flags, and where the run starts."""
     name: str
-    model: dict = field(default_factory=dict)   # ModelConfig overrides (--ocf false ...)
+    model: dict = field(default_factory=dict)   # ModelConfig overrides (--ocf true ...), added over the base
     train: dict = field(default_factory=dict)   # TrainConfig overrides (--curriculum true ...)
     world: dict = field(default_factory=dict)   # WorldConfig overrides, for training and for its scored cases
-    start: str = ""            # "" from scratch | "base": the table's base run | a row's name: that row's result
+    start: str = "base"        # "base": fine-tune the base | a row's name: that row's result | "": from scratch
     share: float = 1.0         # its steps as a share of the table's (0: the start itself is scored)
     claim: Claim | None = None
+
+
+@dataclass(frozen=True)
+class Base:
+    """The pretrained model the rows fine-tune. Every paper fine-tunes Ovi and adds its own modules; here the
+    base plays Ovi: the plain twin tower (no OCF, no MTP-CA, references as concatenated tokens) trained once
+    on the mixed world, and each row switches its paper's modules on over it (train.ADDITION_FIELDS). One
+    base for every seed and every table, as one Ovi serves every paper; a seed varies the fine-tuning."""
+    steps: int
+    model: dict = field(default_factory=dict)
+    world: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    name: str = "base"
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,9 @@ class Table:
     steps: int                 # optimizer steps per row at --budget 1
     cases: int                 # held-out cases per scored subset
     world: dict = field(default_factory=dict)   # every row's training world (a row's own world adds to it)
-    model: dict = field(default_factory=dict)   # every run's model overrides (the base's too; a row's add to them)
-    train: dict = field(default_factory=dict)   # every run's TrainConfig overrides (likewise)
-    base_steps: int = 0        # > 0: a base run per seed (no paper's additions) that rows with start="base" tune
+    model: dict = field(default_factory=dict)   # every row's model overrides (a row's own add to them)
+    train: dict = field(default_factory=dict)   # every row's TrainConfig overrides (likewise)
+    base: Base | None = None   # what rows with start="base" fine-tune
     lirm_steps: int = 0        # > 0: a latent identity reward model for LIReFL rows (trained once)
 
     @property
@@ -94,6 +107,7 @@ class Table:
 # The four tables
 # ------------------------------------------------------------------------------------------------
 NO_OCF = dict(ocf=False, mtp_ca=False)   # Ovi's prompt path: the caption alone (Table 2's first row)
+BASE = Base(steps=600, model=NO_OCF, world=dict(scene="mixed", cross_pair=0.0))
 OCF_1D = dict(ocf=True, ocf_rope="1d", mtp_ca=False)
 OCF_SA = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False)
 OMNI = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True)
@@ -118,7 +132,7 @@ OMNI_CUSTOMIZER = Table(
         Row("+Curriculum", OMNI, dict(interleave_audio=1, curriculum=True),
             claim=Claim("+Curriculum", "+Inter-TTS", "face_sim", "complex", "without the curriculum faces distort")),
     ),
-    steps=200, cases=4, world=dict(scene="mixed", cross_pair=0.0))
+    steps=150, cases=4, world=dict(scene="mixed", cross_pair=0.0), base=BASE)
 
 SYN = dict(NO_OCF, ref_rope="syn")   # DreamID-Omni has no OCF: the caption, Syn-RoPE and its anchors
 DREAMID_OMNI = Table(
@@ -140,7 +154,7 @@ DREAMID_OMNI = Table(
         Row("joint", SYN, dict(curriculum=False), world=dict(scene="mixed", cross_pair=0.5),
             claim=Claim("Syn-RoPE", "joint", "face_sim", "dialogue", "naive joint training: worse identity")),
     ),
-    steps=250, cases=6)
+    steps=200, cases=6, base=BASE)
 
 PRESENCE_WORLD = dict(scene="mixed", min_subjects=1, cross_pair=0.5)
 PRESENCE = Table(
@@ -156,28 +170,28 @@ PRESENCE = Table(
             claim=Claim("presence", "presence, no id embed", "face_sim", "dialogue",
                         "identity embeddings keep subjects apart")),
     ),
-    steps=400, cases=6, world=PRESENCE_WORLD)
+    steps=300, cases=6, world=PRESENCE_WORLD, model=NO_OCF, base=BASE)
 
 MOTION = dict(motion=True, ref_rope="condition")
 MOTION_TRAIN = dict(recipe="dreamvideo", stage=1, box_loss_weight=1.0, lr=1e-3, warmup_steps=25)
 DREAMVIDEO = Table(
     paper="dreamvideo", source="DreamVideo-Omni's ablations (group-role embeddings, box injection, LIReFL)",
-    why="Like the paper, every row fine-tunes a pretrained model (a base run per seed without motion control) "
-        "on moving people, and box mIoU on the motion subset shows whether people go where their boxes ask; "
+    why="Like the paper, every row fine-tunes the pretrained base (no motion control) on moving people, "
+        "and box mIoU on the motion subset shows whether people go where their boxes ask; "
         "LIReFL continues the full row with the identity reward and is scored on Face-Sim (sharpness, next "
         "to it, shows reward hacking). The base itself is a row: the floor motion control has to beat.",
     rows=(
-        Row("base (no motion)", start="base", share=0.0),
-        Row("full", MOTION, MOTION_TRAIN, start="base",
+        Row("base (no motion)", share=0.0),
+        Row("full", MOTION, MOTION_TRAIN,
             claim=Claim("full", "base (no motion)", "box_miou", "motion", "box conditions control motion")),
-        Row("no group-role", dict(MOTION, group_embed=False), MOTION_TRAIN, start="base",
+        Row("no group-role", dict(MOTION, group_embed=False), MOTION_TRAIN,
             claim=Claim("full", "no group-role", "box_miou", "motion", "group and role embeddings are critical")),
-        Row("input-only boxes", dict(MOTION, box_injection="input"), MOTION_TRAIN, start="base",
+        Row("input-only boxes", dict(MOTION, box_injection="input"), MOTION_TRAIN,
             claim=Claim("full", "input-only boxes", "box_miou", "motion", "hierarchical injection is critical")),
         Row("+LIReFL", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full", share=0.5,
             claim=Claim("+LIReFL", "full", "face_sim", "motion", "LIReFL refines identity details")),
     ),
-    steps=200, cases=6, base_steps=300, lirm_steps=600)
+    steps=200, cases=6, model=NO_OCF, base=BASE, lirm_steps=600)
 
 TABLES = {t.paper: t for t in (OMNI_CUSTOMIZER, DREAMID_OMNI, PRESENCE, DREAMVIDEO)}
 WATCH = ("sharpness",)  # shown next to every table: what an identity gain could be paid with (reward hacking)
@@ -189,16 +203,30 @@ WATCH = ("sharpness",)  # shown next to every table: what an identity gain could
 
 
 def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm: str) -> tuple:
-    """(TrainConfig, model overrides, world overrides) of one row's run."""
+    """(TrainConfig, model overrides, world overrides) of one row's run; `out_dir` is --out_dir (the base
+    lives at its top, shared by every table; a table's rows under out_dir/PAPER)."""
     overrides = dict(table.train, **row.train)
     if overrides.get("curriculum"):  # the same budget, split like the papers' stages (20K / 10K / 10K)
         overrides["stage_steps"] = f"{steps // 2},{steps // 4},{steps - steps // 2 - steps // 4}"
-    init = os.path.join(out_dir, "base" if row.start == "base" else slug(row.start), f"seed{seed}", "ckpt.pt") \
-        if row.start else ""
-    tc = train.TrainConfig(out_dir=os.path.join(out_dir, slug(row.name), f"seed{seed}"), max_steps=steps, seed=seed,
+    rows_dir = os.path.join(out_dir, table.paper)
+    init = "" if not row.start else base_path(table, out_dir) if row.start == "base" else \
+        os.path.join(rows_dir, slug(row.start), f"seed{seed}", "ckpt.pt")   # a previous row's run, same seed
+    tc = train.TrainConfig(out_dir=os.path.join(rows_dir, slug(row.name), f"seed{seed}"), max_steps=steps, seed=seed,
                            log_every=25, ckpt_every=steps, progress_every=0, init_from=init,
                            reward_model=lirm if overrides.get("stage") == 2 else "", **overrides)
     return tc, dict(table.model, **row.model), dict(table.world, **row.world)
+
+
+def base_path(table: Table, out_dir: str) -> str:
+    return os.path.join(out_dir, table.base.name, "ckpt.pt") if table.base else ""
+
+
+def train_base(table: Table, budget: float, out_dir: str, log):
+    """The base every row fine-tunes, trained once (seed 0) and reused by every table and every rerun."""
+    base = table.base
+    tc = train.TrainConfig(out_dir=os.path.dirname(base_path(table, out_dir)), max_steps=max(1, round(base.steps * budget)),
+                           log_every=25, ckpt_every=max(1, round(base.steps * budget)), progress_every=0, **base.train)
+    train_run(tc, dict(base.model), dict(base.world), log)
 
 
 def slug(name: str) -> str:
@@ -211,11 +239,15 @@ def check_table(table: Table, steps: int, out_dir: str) -> list[str]:
     for row in table.rows:
         if row.share == 0:
             continue
-        lirm = os.path.join(out_dir, "lirm.pt") if table.lirm_steps else ""
+        lirm = os.path.join(out_dir, table.paper, "lirm.pt") if table.lirm_steps else ""
         tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir, lirm)
         tc = dataclasses.replace(tc, init_from="", reward_model="")  # not trained yet: checked when they are
         problems += [f"{table.paper} row {row.name!r}: {p}" for p in train.config_problems(tc, model, world)
                      if "--reward_model" not in p]
+        if row.start == "base":  # what train.py will say of --init_from the base (only additions may differ)
+            asked, base = (dataclasses.replace(model_lib.PRESETS["toy"], **m) for m in (model, table.base.model))
+            problems += [f"{table.paper} row {row.name!r}: --{n} {getattr(base, n)} in the base, {getattr(asked, n)} "
+                         "here; give the base's value" for n in train.fine_tune_config(base, asked, model)[1]]
     return problems
 
 
@@ -259,15 +291,11 @@ def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int,
               log=print) -> dict:
     """Train and score every row with every seed. Returns {row name: {(subset, metric): [value per seed]}}."""
     steps = max(1, round(table.steps * budget))
-    out_dir = os.path.join(out_dir, table.paper)
-    lirm = train_lirm(table, out_dir, log)
+    if table.base:
+        train_base(table, budget, out_dir, log)
+    lirm = train_lirm(table, os.path.join(out_dir, table.paper), log)
     results = {row.name: {} for row in table.rows}
     for seed in range(seeds):
-        if table.base_steps:  # the pretrained model every "base" row starts from: the paper's Ovi
-            base = train.TrainConfig(out_dir=os.path.join(out_dir, "base", f"seed{seed}"), seed=seed, log_every=25,
-                                     max_steps=max(1, round(table.base_steps * budget)), progress_every=0,
-                                     **table.train)
-            train_run(base, dict(table.model), dict(table.world), log)
         for row in table.rows:
             tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm)
             path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)
@@ -308,7 +336,7 @@ def print_table(table: Table, results: dict, header: str) -> dict:
     columns = list(table.metric_columns) + [(s, m) for s in table.subsets[:1] for m in WATCH
                                              if (s, m) not in table.metric_columns]
     print(header)
-    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>22s}" for s, m in columns) + f"{'claim: gain':>26s}  verdict")
+    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>22s}" for s, m in columns) + f"  {'claim: gain':>28s}  verdict")
     flat = {}
     for row in table.rows:
         cells = ""
@@ -320,8 +348,8 @@ def print_table(table: Table, results: dict, header: str) -> dict:
             v = verdict(row.claim, results)
             flat[f"{row.name}/verdict"], flat[f"{row.name}/gain"], flat[f"{row.name}/gain_ci"] = \
                 v["verdict"], v["gain"], v["ci"]
-            cells += f"{row.claim.metric + ' ' + format(v['gain'], '+.3f') + ' +- ' + format(v['ci'], '.3f'):>26s}  " \
-                     f"{v['verdict']}"
+            gain = f"{row.claim.metric} {v['gain']:+.3f} +- {v['ci']:.3f}"
+            cells += f"  {gain:>28s}  {v['verdict']}"
         print(f"{row.name:24s}{cells}")
     print("claims (gain = better - worse on the paper's side; 95% interval over paired seeds):")
     for row in table.rows:

@@ -545,11 +545,7 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
     asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
-        adapters = {f: getattr(asked, f) for f in LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
-        # a paper's additions switched on over a base checkpoint (the papers all start from a pretrained model)
-        added = {f: v for f, v in (model_overrides or {}).items() if f in ADDITION_FIELDS}
-        mcfg = dataclasses.replace(model_lib.config_from_checkpoint(init, tc.init_from), **adapters, **added)
-        differ = [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
+        mcfg, differ = fine_tune_config(model_lib.config_from_checkpoint(init, tc.init_from), asked, model_overrides)
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
             raise model_lib.CheckpointError(
                 f"--init_from {tc.init_from} is a different model from --config {tc.config} with these flags ("
@@ -559,12 +555,24 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     return asked, wcfg
 
 
+def fine_tune_config(saved, asked, model_overrides: dict | None) -> tuple:
+    """(the model an --init_from run trains, the fields where it differs from the one asked for): the saved
+    model, with LoRA adapters and the additions given on the command line (ADDITION_FIELDS) put on it."""
+    adapters = {f: getattr(asked, f) for f in LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
+    added = {f: v for f, v in (model_overrides or {}).items() if f in ADDITION_FIELDS}
+    mcfg = dataclasses.replace(saved, **adapters, **added)
+    return mcfg, [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
+
+
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 # Model fields that only add modules (model.is_addition) or move reference tokens: given on the command line
-# with --init_from, they change the checkpoint's model (e.g. --motion true over a concat model), and the
-# modules it lacks start from their usual initialisation (zero-init injections: the same function at step 0)
-ADDITION_FIELDS = ("ref_rope", "syn_margin", "ref_mode", "identity_embed", "decouple_video", "decouple_audio",
-                   "voice_offset", "motion", "box_injection", "group_embed", "max_groups")
+# with --init_from, they change the checkpoint's model (e.g. --motion true or --ocf true over a model without),
+# and the modules it lacks start from their usual initialisation (zero-init residuals: the same function at
+# step 0). That is how every paper starts: Ovi's weights, its own modules added.
+ADDITION_FIELDS = ("ocf", "ocf_rope", "mtp_ca", "ocf_dim", "ocf_layers", "ocf_heads", "phoneme_layers",
+                   "sa_mrope_phoneme_w", "task_inputs", "ref_rope", "syn_margin", "ref_mode", "identity_embed",
+                   "decouple_video", "decouple_audio", "voice_offset", "motion", "box_injection", "group_embed",
+                   "max_groups")
 
 
 def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:

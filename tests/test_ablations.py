@@ -36,14 +36,14 @@ def test_three_seeds_use_students_t_not_the_normal_approximation():
     assert bench.metrics.mean_ci([1.0, 2.0, 3.0])[1] == pytest.approx(1.96 / 3 ** 0.5, rel=1e-3)
 
 
-def test_every_table_is_well_formed_and_its_rows_are_valid_runs(tmp_path):
+def test_every_table_is_well_formed_and_its_rows_are_valid_runs_over_the_base(tmp_path):
     assert tuple(ablations.TABLES) == bench.PAPERS
     for table in ablations.TABLES.values():
         names = [r.name for r in table.rows]
         assert len(set(names)) == len(names) and not ablations.check_table(table, 100, str(tmp_path)), table.paper
         for i, row in enumerate(table.rows):
             assert row.start in ("", "base") or row.start in names[:i]            # starts from something trained
-            assert row.start != "base" or table.base_steps
+            assert row.start != "base" or table.base
             if row.claim:
                 assert {row.claim.better, row.claim.worse} <= set(names) and row.name in (row.claim.better,
                                                                                             row.claim.worse)
@@ -64,13 +64,14 @@ def test_captions_without_anchors_name_people_by_label_and_exclude_ocf():
 
 
 def tiny_table(steps=2):
-    return Table(paper="tiny", source="a tiny table", why="the test's", steps=steps, cases=1, base_steps=2,
-                 world=dict(TINY_WORLD_OVERRIDES), model=dict(TINY_OVERRIDES, ocf=False, mtp_ca=False),
-                 train=dict(batch_size=2, interleave_audio=0), rows=(
-                     Row("base row", start="base", share=0.0),
-                     Row("from base", dict(ref_rope="syn"), start="base",   # switched on over the base's weights
+    tiny, run = dict(TINY_OVERRIDES, ocf=False, mtp_ca=False), dict(batch_size=2, interleave_audio=0)
+    return Table(paper="tiny", source="a tiny table", why="the test's", steps=steps, cases=1,
+                 world=dict(TINY_WORLD_OVERRIDES), model=tiny, train=run,
+                 base=ablations.Base(steps=2, model=tiny, world=dict(TINY_WORLD_OVERRIDES), train=run), rows=(
+                     Row("base row", share=0.0),
+                     Row("from base", dict(ref_rope="syn", ocf=True),   # switched on over the base's weights
                          claim=Claim("from base", "base row", "face_sim", "single", "")),
-                     Row("scratch", claim=Claim("from base", "scratch", "t_sim", "single", "")),
+                     Row("scratch", start="", claim=Claim("from base", "scratch", "t_sim", "single", "")),
                  ))
 
 
@@ -80,7 +81,8 @@ def test_a_tiny_table_trains_scores_prints_verdicts_and_reuses_its_runs(tmp_path
     results = ablations.run_table(table, 2, 1.0, str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
     assert set(results) == {"base row", "from base", "scratch"}
     assert all(len(v) == 2 for r in results.values() for v in r.values())        # one value per seed
-    assert sum("trained" in line for line in logs) == 2 * 3                        # base + 2 rows, 2 seeds
+    assert sum("trained" in line for line in logs) == 1 + 2 * 2                    # one base; 2 rows x 2 seeds
+    assert not ablations.check_table(table, 2, str(tmp_path))
     flat = ablations.print_table(table, results, "header")
     out = capsys.readouterr().out
     assert flat["from base/verdict"] in ("reproduced", "not reproduced", "inconclusive") and "scratch" in out
@@ -97,3 +99,10 @@ def test_ablate_flags_are_checked_before_any_training():
         bench.parse_args(["--ablate", "presence", "--budget", "nan"])
     args = bench.parse_args(["--ablate", "presence"])
     assert args.cases is None and args.seeds == 3                 # the table's own cases; intervals need 3 seeds
+
+
+def test_a_row_that_changes_more_than_additions_is_refused_before_training(tmp_path):
+    """The presence rows without the base's --ocf false would stop at their first run, after the base trained."""
+    table = dataclasses.replace(ablations.PRESENCE, model={})
+    problems = ablations.check_table(table, 100, str(tmp_path))
+    assert problems and all("in the base" in p for p in problems) and any("--ocf False" in p for p in problems)
