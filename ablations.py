@@ -100,6 +100,7 @@ class Table:
 
     @property
     def metric_columns(self) -> tuple:
+        """(subset, metric) of every claim, in row order, once each: the printed table's columns."""
         return tuple(dict.fromkeys((r.claim.subset, r.claim.metric) for r in self.rows if r.claim))
 
 
@@ -107,6 +108,7 @@ class Table:
 # The four tables
 # ------------------------------------------------------------------------------------------------
 NO_OCF = dict(ocf=False, mtp_ca=False)   # Ovi's prompt path: the caption alone (Table 2's first row)
+# 600 steps: about 6.5 minutes here, where the toy has faces and voices but no clean speech yet (README)
 BASE = Base(steps=600, model=NO_OCF, world=dict(scene="mixed", cross_pair=0.0))
 OCF_1D = dict(ocf=True, ocf_rope="1d", mtp_ca=False)
 OCF_SA = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False)
@@ -120,13 +122,14 @@ OMNI_CUSTOMIZER = Table(
         "audio-only corpus holds 80% of), the curriculum on identity in complex scenes with cross-pair "
         "references. All rows see the same mixed 1-3 person world.",
     rows=(
-        Row("none", NO_OCF, dict(interleave_audio=0)),
+        Row("none", NO_OCF, dict(interleave_audio=0)),        # the base, fine-tuned with nothing added
         Row("+OCF", OCF_1D, dict(interleave_audio=0),
             claim=Claim("+OCF", "none", "confusion", "dialogue", "removing OCF: two subjects speak at once")),
         Row("+SA-MRoPE", OCF_SA, dict(interleave_audio=0),
             claim=Claim("+SA-MRoPE", "+OCF", "face_sim", "dialogue", "SA-MRoPE boosts identity preservation")),
         Row("+MTP-CA", OMNI, dict(interleave_audio=0),
             claim=Claim("+MTP-CA", "+SA-MRoPE", "vocalization", "single", "without MTP-CA captions leak into speech")),
+        # one audio-only step per joint step, inside the same optimizer-step budget (the paper's accounting)
         Row("+Inter-TTS", OMNI, dict(interleave_audio=1),
             claim=Claim("+Inter-TTS", "+MTP-CA", "per", "complex", "TTS-interleaved training improves audio")),
         Row("+Curriculum", OMNI, dict(interleave_audio=1, curriculum=True),
@@ -143,14 +146,16 @@ DREAMID_OMNI = Table(
         "to the same problem, is a row of its own. The progressive rows run stages 1-3 (in-pair, multi-person, "
         "cross-pair); the joint row sees their mix from the first step.",
     rows=(
-        Row("plain RoPE", dict(NO_OCF, ref_rope="plain"), dict(curriculum=True)),
+        Row("plain RoPE", dict(NO_OCF, ref_rope="plain"), dict(curriculum=True)),   # the base's own layout
         Row("Syn-RoPE", SYN, dict(curriculum=True),
             claim=Claim("Syn-RoPE", "plain RoPE", "t_sim", "dialogue", "Syn-RoPE preserves timbre")),
         Row("SA-MRoPE", OCF_SA, dict(curriculum=True),
             claim=Claim("SA-MRoPE", "plain RoPE", "face_sim", "dialogue", "SA-MRoPE anchors references to text")),
+        # the same people and lines, named by label ("the one in green says ...") instead of <subk>
         Row("no anchors", SYN, dict(curriculum=True), world=dict(anchors=False),
             claim=Claim("Syn-RoPE", "no anchors", "confusion", "dialogue",
                         "structured captions reduce identity-content mismatch")),
+        # stages 1-3's data mixed from step 1: 1-3 people, half the references cross-pair
         Row("joint", SYN, dict(curriculum=False), world=dict(scene="mixed", cross_pair=0.5),
             claim=Claim("Syn-RoPE", "joint", "face_sim", "dialogue", "naive joint training: worse identity")),
     ),
@@ -164,6 +169,7 @@ PRESENCE = Table(
         "1-3 person scenes with half the references cross-pair, where a reference cannot be copied.",
     rows=(
         Row("concat", dict(ref_mode="concat")),
+        # the identity stream's weights start as copies of the base's content weights (model.IdentityStream)
         Row("presence", dict(ref_mode="presence"),
             claim=Claim("presence", "concat", "face_sim", "single", "identity as presence: better identity")),
         Row("presence, no id embed", dict(ref_mode="presence", identity_embed=False),
@@ -173,6 +179,8 @@ PRESENCE = Table(
     steps=300, cases=6, world=PRESENCE_WORLD, model=NO_OCF, base=BASE)
 
 MOTION = dict(motion=True, ref_rope="condition")
+# stage 1 of --recipe dreamvideo (every subject moves, the camera pans in half the clips); lr 1e-3 as in the
+# README's motion fine-tune, which learned the control in 1200 steps
 MOTION_TRAIN = dict(recipe="dreamvideo", stage=1, box_loss_weight=1.0, lr=1e-3, warmup_steps=25)
 DREAMVIDEO = Table(
     paper="dreamvideo", source="DreamVideo-Omni's ablations (group-role embeddings, box injection, LIReFL)",
@@ -188,6 +196,7 @@ DREAMVIDEO = Table(
             claim=Claim("full", "no group-role", "box_miou", "motion", "group and role embeddings are critical")),
         Row("input-only boxes", dict(MOTION, box_injection="input"), MOTION_TRAIN,
             claim=Claim("full", "input-only boxes", "box_miou", "motion", "hierarchical injection is critical")),
+        # continues each seed's "full" run: stage 2 adds the reward, at the README's LIReFL lr
         Row("+LIReFL", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full", share=0.5,
             claim=Claim("+LIReFL", "full", "face_sim", "motion", "LIReFL refines identity details")),
     ),
@@ -207,6 +216,7 @@ def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm
     lives at its top, shared by every table; a table's rows under out_dir/PAPER)."""
     overrides = dict(table.train, **row.train)
     if overrides.get("curriculum"):  # the same budget, split like the papers' stages (20K / 10K / 10K)
+        # (a curriculum row spends its steps across stages 1-3, whose worlds replace the table's)
         overrides["stage_steps"] = f"{steps // 2},{steps // 4},{steps - steps // 2 - steps // 4}"
     rows_dir = os.path.join(out_dir, table.paper)
     init = "" if not row.start else base_path(table, out_dir) if row.start == "base" else \
@@ -218,6 +228,7 @@ def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm
 
 
 def base_path(table: Table, out_dir: str) -> str:
+    """out_dir/base/ckpt.pt: at the top, not under a table, so every table fine-tunes the same weights."""
     return os.path.join(out_dir, table.base.name, "ckpt.pt") if table.base else ""
 
 
@@ -230,6 +241,7 @@ def train_base(table: Table, budget: float, out_dir: str, log):
 
 
 def slug(name: str) -> str:
+    """A row's folder name: "+SA-MRoPE" -> "SA_MRoPE"."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "row"
 
 
@@ -259,7 +271,7 @@ def finished(out_dir: str, steps: int) -> bool:
 
 def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
     path = os.path.join(tc.out_dir, "ckpt.pt")
-    if not finished(tc.out_dir, train.total_steps(tc)):
+    if not finished(tc.out_dir, train.total_steps(tc)):  # an unfinished run resumes from its own ckpt.pt
         start = time.time()
         train.train(tc, model, world)
         log(f"  trained {tc.out_dir} ({train.total_steps(tc)} steps) in {time.time() - start:.0f} s")
@@ -271,6 +283,7 @@ def train_lirm(table: Table, out_dir: str, log) -> str:
     path = os.path.join(out_dir, "lirm.pt")
     if table.lirm_steps and not os.path.exists(path):
         start = time.time()
+        # seed 0 for every row and seed: the reward is the yardstick the LIReFL rows share, not a variable
         reward_lib.save_lirm(reward_lib.train_lirm(table.lirm_steps, log=lambda *_: None), path)
         log(f"  trained the LIRM ({table.lirm_steps} steps) in {time.time() - start:.0f} s")
     return path if table.lirm_steps else ""
@@ -284,6 +297,7 @@ def score(path: str, world: data.WorldConfig, table: Table, seed: int, cases: in
     scores = bench.quality(net, world, cases, steps=sample_steps, device=device, seed=1000 * seed,
                            subsets=table.subsets, shift=sample_lib.trained_shift(model_lib.load_checkpoint(path)),
                            log=lambda *_: None)
+    # one number per (subset, metric) and seed: the seeds, not the cases, are the samples of the verdict
     return {(s, m): float(np.nanmean(v)) for s, by in scores.items() for m, v in by["model"].items()}
 
 
@@ -295,10 +309,12 @@ def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int,
         train_base(table, budget, out_dir, log)
     lirm = train_lirm(table, os.path.join(out_dir, table.paper), log)
     results = {row.name: {} for row in table.rows}
-    for seed in range(seeds):
-        for row in table.rows:
+    for seed in range(seeds):  # seed-major: an interrupted table has whole seeds done, each usable
+        for row in table.rows:  # in table order: a row that starts from another row's result comes after it
             tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm)
-            path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)
+            path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)  # share 0: as is
+            # scored in its own world: the held-out cases keep their people and lines, but e.g. --anchors false
+            # changes the prompt they give, exactly as in training
             world = dataclasses.replace(data.WorldConfig(), **world_overrides)
             for key, value in score(path, world, table, seed, cases, sample_steps, device).items():
                 results[row.name].setdefault(key, []).append(value)
@@ -316,6 +332,8 @@ def verdict(claim: Claim, results: dict) -> dict:
     it says about the claim (the sign flipped for lower-is-better metrics, so > 0 is the paper's side)."""
     key = (claim.subset, claim.metric)
     sign = 1.0 if metrics.HIGHER_IS_BETTER[claim.metric] else -1.0
+    # paired by seed: both rows of a seed share the data stream and the sampling noise, so the seed-to-seed
+    # spread that both rows share cancels, and a consistent small gain can show where unpaired intervals overlap
     diffs = [sign * (a - b) for a, b in zip(results[claim.better][key], results[claim.worse][key])
              if not (math.isnan(a) or math.isnan(b))]
     mean, ci = metrics.mean_ci(diffs, student=True)
@@ -333,6 +351,7 @@ def verdict(claim: Claim, results: dict) -> dict:
 def print_table(table: Table, results: dict, header: str) -> dict:
     """Rows x (claim metrics + sharpness), mean +- 95% interval over seeds, then each row's claim: the gain
     on the paper's side (better - worse, sign-flipped where lower is better) and its verdict."""
+    # the claims' (subset, metric) pairs, then the watched metrics on the first subset
     columns = list(table.metric_columns) + [(s, m) for s in table.subsets[:1] for m in WATCH
                                              if (s, m) not in table.metric_columns]
     print(header)
@@ -343,7 +362,7 @@ def print_table(table: Table, results: dict, header: str) -> dict:
         for s, m in columns:
             mean, ci = metrics.mean_ci(results[row.name][(s, m)], student=True)
             flat[f"{row.name}/{s}/{m}"], flat[f"{row.name}/{s}/{m}_ci"] = mean, ci
-            cells += f"{mean:14.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:14.3f}        "
+            cells += f"{mean:14.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:14.3f}        "  # 1 seed
         if row.claim:
             v = verdict(row.claim, results)
             flat[f"{row.name}/verdict"], flat[f"{row.name}/gain"], flat[f"{row.name}/gain_ci"] = \
@@ -363,8 +382,8 @@ def ablate(paper: str, seeds: int, budget: float, out_dir: str, cases: int | Non
            device) -> dict:
     """bench.py --ablate PAPER: the table, its verdicts and its wall time; returns the JSON fields."""
     table = TABLES[paper]
-    cases = cases or table.cases
-    start = time.time()
+    cases = cases or table.cases  # each table's default is what fits its 90 minutes on 2 CPU cores
+    start = time.time()           # the wall time goes into the header and the JSON: the budget is part of the result
     print(f"{table.source}: {len(table.rows)} rows x {seeds} seeds, {max(1, round(table.steps * budget))} steps "
           f"per row (--budget {budget:g}), {cases} cases per subset ({', '.join(table.subsets)})")
     print(f"why this miniature: {table.why}")
