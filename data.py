@@ -622,8 +622,9 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
                   caption=caption, language=language, identities=[ident], roles=["offscreen"],
                   speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
     sample.update(caption_fields(caption))
-    if not cfg.anchors:  # the prompt the model reads; spans stay the anchored caption's (OCF/MTP-CA need anchors)
-        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False)))
+    if not cfg.anchors:  # as make_clip: the same sentences, the voice named by what it is instead of <sub1>
+        sample["text_ids"] = torch.tensor(tokenize(caption.replace("a voice <sub1>:", "a voice:")
+                                                   .replace("<sub1> says", "the voice says")))
     return sample
 
 

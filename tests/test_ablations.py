@@ -58,6 +58,9 @@ def test_captions_without_anchors_name_people_by_label_and_exclude_ocf():
     assert "<sub" not in text and "<sub1>" in anchored["caption"] and torch.equal(anchored["video"], plain["video"])
     label = anchored["caption"].split(" <sub1>")[0]                                       # "the one in green"
     assert f"{label} says <S>" in text and anchored["caption"] == plain["caption"]       # metrics read the same
+    audio_only = data.ToyBatches(world, 2, audio_only=True).make_batch(0)               # the audio-only corpus too
+    assert not any("<sub" in data.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
+    assert all("the voice says <S>" in data.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
     problems = train.config_problems(train.TrainConfig(), {}, dict(anchors=False))
     assert any("--anchors false needs --ocf false" in p for p in problems)
     assert not train.config_problems(train.TrainConfig(), dict(ocf=False, mtp_ca=False), dict(anchors=False))
