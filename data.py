@@ -614,8 +614,8 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     ref_seg, _ = speech.schedule_line(ref_text, 0, 0.1, rate)
     ref_wav, _ = speech.synthesize(ref_seg, [ident], round(cfg.ref_audio_seconds * cfg.sample_rate), cfg, rng)
     pitch = "low" if ident.pitch_hz < 140 else ("mid" if ident.pitch_hz < 190 else "high")
-    caption = (f"a voice <sub1>: {pitch} {'bright' if ident.tilt_db > -6.5 else 'soft'} voice. "
-               f"<sub1> says <S> {text} <E>")
+    voice = f"{pitch} {'bright' if ident.tilt_db > -6.5 else 'soft'} voice"
+    caption = f"a voice <sub1>: {voice}. <sub1> says <S> {text} <E>"
     sample = dict(audio=speech.wav_to_mel(wav[None], cfg)[0], wav=wav, ref_audio=speech.wav_to_mel(ref_wav[None], cfg),
                   ref_images=torch.zeros(1, 3, cfg.ref_image_size, cfg.ref_image_size),  # no face: masked out
                   ref_image_mask=torch.zeros(1, dtype=torch.bool),
@@ -623,8 +623,7 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
                   speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
     sample.update(caption_fields(caption))
     if not cfg.anchors:  # as make_clip: the same sentences, the voice named by what it is instead of <sub1>
-        sample["text_ids"] = torch.tensor(tokenize(caption.replace("a voice <sub1>:", "a voice:")
-                                                   .replace("<sub1> says", "the voice says")))
+        sample["text_ids"] = torch.tensor(tokenize(f"a voice: {voice}. the voice says <S> {text} <E>"))
     return sample
 
 
