@@ -52,6 +52,7 @@ MOTION = "motion"                               # DreamVideo-Omni's: --subsets m
 
 
 def subset_metrics(subset: str) -> tuple:
+    """The metrics scored on one subset: every subset gets OC-Bench's, the motion subset adds its own two."""
     return metrics.METRICS + (metrics.MOTION_METRICS if subset == MOTION else ())
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 without sparsity, from NVIDIA's data sheets
@@ -97,7 +98,8 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
         for layer in net.layers:
             layer.compile()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    tc = train.TrainConfig()
+    tc = train.TrainConfig()  # train.py's defaults: flow matching on both towers, logit-normal t
+    # bf16 autocast exists only where the GPU path uses it; on CPU the step runs in fp32 as in training
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     attention.BACKEND = backend  # every attention of the project (model and prompt side) switches
     gen = torch.Generator().manual_seed(0)  # the same t and noise for every variant
@@ -131,7 +133,8 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
     for subset in subsets:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
         rows = {source: {m: [] for m in subset_metrics(subset)} for source in ("model", "truth", "noise")}
         for i in range(cases):
-            case = data.held_out_case(world, subset, i)
+            case = data.held_out_case(world, subset, i)  # unseen identities, cross-pair references
+            # ceiling and floor per case, so a fraction of the way is measured against the same script
             clips = dict(truth=(case["video"], case["audio"]), noise=metrics.noise(case, None, world)[:2])
             if net is not None:
                 batch = data.collate([case])  # (its boxes and trajectories are the motion request)
@@ -139,7 +142,7 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
                 v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                          batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
                                          device=device, shift=shift)
-                clips["model"] = (v[0].cpu(), a[0].cpu())
+                clips["model"] = (v[0].cpu(), a[0].cpu())  # (T, 3, H, W) pixels and (T_a, n_mels) mel
             for source, (video, mel) in clips.items():
                 scored = metrics.score_clip(video, mel, case, world)
                 if subset == MOTION:  # did the subjects go where they were asked (the case's own boxes)?
@@ -168,16 +171,16 @@ def print_quality(scores: dict, title: str) -> dict:
     flat = {}
     print(title)
     for subset, by_source in scores.items():
-        has_model = "model" in by_source
+        has_model = "model" in by_source  # --ground_truth: only the floor and the ceiling
         print(f"{subset:9s}{'metric':13s}{'noise':>9s}{'truth':>9s}" +
               (f"{'model':>20s}{'fraction':>10s}" if has_model else "") + "   (better)")
         for m in subset_metrics(subset):
             truth, _ = metrics.mean_ci(by_source["truth"][m])
             floor, _ = metrics.mean_ci(by_source["noise"][m])
-            mean, ci = metrics.mean_ci(by_source["model" if has_model else "truth"][m])
+            mean, ci = metrics.mean_ci(by_source["model" if has_model else "truth"][m])  # interval over cases
             key = f"{subset}/{m}"
             flat.update({key: mean, f"{key}_ci": ci, f"{key}_truth": truth, f"{key}_noise": floor})
-            line = f"{'':9s}{m:13s}{floor:9.3f}{truth:9.3f}"
+            line = f"{'':9s}{m:13s}{floor:9.3f}{truth:9.3f}"  # floor first: read each row left to right as progress
             if has_model:
                 frac = fraction_of_way(mean, truth, floor)
                 flat[f"{key}_fraction"] = frac
@@ -214,7 +217,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="--ablate: seeds per row (intervals need 3 or more)")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the rows train (rerunning reuses them)")
     args = parser.parse_args(argv)
-    if args.cases is None and not args.ablate:
+    if args.cases is None and not args.ablate:  # each ablation table carries its own case count
         args.cases = 8
     problems = flag_problems(args)
     if problems:  # all of them, one line each, before any work
@@ -261,9 +264,11 @@ def speed_main(args):
     if cfg.video_channels != 3:  # `full` consumes VAE latents; the toy world makes pixels
         raise SystemExit("bench.py times the toy world's presets (toy, small); `full` needs latent shards")
     world = data.WorldConfig()
+    # what the numbers were measured on travels with them, into the JSON line
     results = dict(config=args.config, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    threads=torch.get_num_threads(), batch_size=args.batch_size)
     results.update(bench_data(world))
+    # the math backend is the readable reference; SDPA is the fused kernel every real run uses
     variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
     if args.compile:
         variants.append(("compiled_sdpa", "sdpa", True))
@@ -276,6 +281,7 @@ def speed_main(args):
 def bench_data(world) -> dict:
     """Toy-world generation rate: paired clips and the audio-only corpus, one process."""
     out = {}
+    # each generator on its own: the clip maker renders video and speech, the audio-only one speech only
     for name, make, n in (("data_clips_per_s", data.make_clip, 40), ("data_audio_only_per_s", data.make_audio_only, 60)):
         start = time.perf_counter()
         for i in range(n):
@@ -287,6 +293,7 @@ def bench_data(world) -> dict:
 def bench_training(args, cfg, world, device, variants) -> dict:
     """Median training-step time of each variant, as the same fresh model on the same fixed batch."""
     batch = data.ToyBatches(world, args.batch_size, seed=0).make_batch(0)  # one fixed batch: time the model, not data
+    # the token counts the FLOP estimate needs are the ones this batch really has (subjects, caption length)
     clip = dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
                 ref_image_size=world.ref_image_size, ref_mel_frames=world.ref_mel_frames)
     tokens = model_lib.toy_token_counts(cfg, clip, subjects=batch["ref_images"].shape[1],
@@ -301,11 +308,12 @@ def bench_training(args, cfg, world, device, variants) -> dict:
         out[name] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec,
                          tokens_per_s=args.batch_size * tokens_per_sample / sec,
                          mfu=None if peak is None else flops * args.batch_size / sec / peak)
+    # ratios, not absolute times, are what carries over to another machine
     out["math_over_sdpa"] = out["eager_math"]["ms_per_step"] / out["eager_sdpa"]["ms_per_step"]
     if "compiled_sdpa" in out:
         out["eager_over_compiled"] = out["eager_sdpa"]["ms_per_step"] / out["compiled_sdpa"]["ms_per_step"]
     out["train_flops_per_sample"] = flops
-    out["peak_memory_mb"] = peak_memory_mb(device)
+    out["peak_memory_mb"] = peak_memory_mb(device)  # after every variant: the largest of them
     return out
 
 
@@ -336,24 +344,25 @@ def bench_identity_cache(args, cfg, world, device, repeats: int = 3) -> dict:
         cond = Conditioning.from_batch(data.collate([clip]))
         times = {True: [], False: []}
         for _ in range(repeats):
-            for cached in (True, False):
+            for cached in (True, False):  # alternated, so a slow spell of the machine hits both alike
                 start = time.perf_counter()
                 result = sample_lib.sample(net, cond, *shapes, steps=args.sample_steps, guidance=guidance,
                                            device=device, identity_cache=cached)
                 times[cached].append(time.perf_counter() - start)
                 out.setdefault(f"presence_{scene}_results", []).append(result)
-        a, b = out.pop(f"presence_{scene}_results")[:2]
+        a, b = out.pop(f"presence_{scene}_results")[:2]  # the first cached and the first recomputed clip
         out[f"presence_{scene}"] = dict(cached_s=statistics.median(times[True]), uncached_s=statistics.median(times[False]),
                                         subjects=cond.subjects, max_abs_diff=max((x - y).abs().max().item() for x, y in zip(a, b)))
     return out
 
 
 def print_speed(results: dict, args, variants):
+    """The speed report, one line per measurement, then every number as one JSON line."""
     print(f"device {results['device']} ({results['threads']} threads), preset {args.config}, batch {args.batch_size}")
     print(f"data generation      {results['data_clips_per_s']:7.1f} clips/s   audio-only {results['data_audio_only_per_s']:.1f}/s")
     for name, _, _ in variants:
         r = results[name]
-        mfu = "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mfu = "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"  # a CPU has no bf16 peak to divide by
         print(f"train {name:14s} {r['ms_per_step']:8.1f} ms/step  {r['samples_per_s']:7.2f} samples/s  "
               f"{r['tokens_per_s']:9.0f} tokens/s  MFU {mfu}")
     print(f"math / sdpa          {results['math_over_sdpa']:.2f}x step time")
@@ -382,6 +391,7 @@ def validate_main(args):
 
 
 def quality_main(args):
+    """--quality (one checkpoint, or the world alone) and --ablate (a paper's table): scores, then JSON."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()  # the whole benchmark's wall time goes into the JSON line
     if args.ablate:
@@ -389,7 +399,7 @@ def quality_main(args):
         flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
                                 device)
     else:
-        shift = 3.0
+        shift = 3.0  # read only when a model samples; a checkpoint replaces it with its own
         if args.ground_truth:
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
@@ -402,7 +412,7 @@ def quality_main(args):
                 raise SystemExit(f"error: {e}") from None
             shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"
-        guidance = sample_lib.Guidance(mode=args.guidance)
+        guidance = sample_lib.Guidance(mode=args.guidance)  # one guidance for every model compared: fair rows
         subsets = args.subsets.split(",")
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
                          subsets=subsets, shift=shift)

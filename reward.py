@@ -52,23 +52,27 @@ class Block(nn.Module):
         self.qkv, self.o = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x):
+    def forward(self, x):  # (B, N, d) -> (B, N, d)
+        # no positions here: the learned video_pos added once at the input is all the trunk needs
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1))
         x = x + self.o(attention(q, k, v).transpose(1, 2).flatten(2))
         return x + self.mlp(self.norm2(x))
 
 
 class LIRM(nn.Module):
+    """The reward r(video, reference): a video trunk, the reference's patches as queries, one cross-attention."""
+
     def __init__(self, cfg: RewardConfig = RewardConfig(), frames: int = 16, size: int = 32, ref_size: int = 16):
         super().__init__()
         self.cfg, d, p = cfg, cfg.dim, cfg.patch
-        n_video = (frames // p) * (size // p) ** 2
+        n_video = (frames // p) * (size // p) ** 2  # tubelets of p frames x p x p pixels
         self.video_embed = nn.Linear(3 * p ** 3, d)
         self.video_pos = nn.Parameter(torch.randn(1, n_video, d) * 0.02)          # learned: the trunk is small
         self.trunk = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.layers))
-        self.ref_embed = nn.Linear(3 * p * p, d)
+        self.ref_embed = nn.Linear(3 * p * p, d)  # the reference is one image: p x p patches
         self.ref_pos = nn.Parameter(torch.randn(1, (ref_size // p) ** 2, d) * 0.02)
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))     # identity cross-attention
+        # a logit, not a probability: LIReFL's -E[r] then keeps a gradient where a sigmoid would saturate
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
     def patches(self, video):
@@ -90,6 +94,7 @@ class LIRM(nn.Module):
         split = lambda t: t.unflatten(-1, (H, -1)).transpose(1, 2)  # noqa: E731   (B, H, S, d/H)
         h = attention(split(self.q(q)), split(self.k(f)), split(self.v(f)))         # the identity queries the video
         h = self.o(h.transpose(1, 2).flatten(2))                                     # (B, M, d)
+        # the residual keeps what the reference itself looked like next to what it found in the video
         return self.head((h + q).mean(1)).squeeze(-1)                               # (B,)
 
 
@@ -103,8 +108,10 @@ def pairs(videos, refs, index: torch.Tensor, gen: torch.Generator):
     """For clips `index` of a pool: each with its own person's reference (label 1) and with another clip's
     person's (label 0), noised to t in [0, 0.6]. Returns videos (2n, ...), references (2n, ...), labels (2n,)."""
     n = len(index)
+    # a shift of 1..len-1 around the pool: a random partner that is never the clip itself
     other = (index + torch.randint(1, len(videos), (n,), generator=gen)) % len(videos)   # never the same clip
-    video = torch.cat([videos[index], videos[index]])
+    video = torch.cat([videos[index], videos[index]])  # the same clips twice: label 1, then label 0
+    # up to t = 0.6: LIReFL scores one-step predictions, which are blurred like a moderately noisy clip
     t = torch.rand(2 * n, generator=gen).view(-1, 1, 1, 1, 1) * 0.6
     video = (1 - t) * video + t * torch.randn(video.shape, generator=gen)
     return video, torch.cat([refs[index], refs[other]]), torch.cat([torch.ones(n), torch.zeros(n)])
@@ -121,7 +128,7 @@ def train_lirm(steps: int, batch: int = 16, seed: int = 0, lr: float = 1e-3, poo
     draws other clips, other partners and other noise from the pool."""
     torch.manual_seed(seed)
     model = LIRM(cfg)
-    videos, refs = clip_pool(reward_world(), seed, 5, pool)
+    videos, refs = clip_pool(reward_world(), seed, 5, pool)  # stream 5: not the generator's training stream
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
@@ -140,8 +147,8 @@ def held_out_accuracy(model: LIRM, cases: int = 64, seed: int = 2024) -> float:
     """Share of held-out clips (people never trained on) whose own person's reference scores above another's."""
     videos, refs = clip_pool(reward_world(), seed, 6, cases)
     video, ref, _ = pairs(videos, refs, torch.arange(cases), torch.Generator().manual_seed(seed))
-    r = model(video, ref)
-    return (r[:cases] > r[cases:]).float().mean().item()
+    r = model(video, ref)  # the first half with their own person's reference, the second with another's
+    return (r[:cases] > r[cases:]).float().mean().item()  # a pairwise ranking: the threshold does not matter
 
 
 def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
@@ -157,7 +164,7 @@ def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
     if sizes and sizes != ckpt["sizes"]:
         import model as model_lib
         raise model_lib.CheckpointError(f"{path}: a reward model for clips of {ckpt['sizes']}, this run's are {sizes}")
-    for p in model.parameters():
+    for p in model.parameters():  # frozen: LIReFL's gradient flows through it into the generator only
         p.requires_grad_(False)
     return model.eval()
 

@@ -90,16 +90,17 @@ class Guidance:
         return ["pos"]
 
     def combine(self, v: dict, a: dict):
-        if self.mode == "multi":
+        """The guided (video, audio) velocity from each pass's output, keyed by the names of passes()."""
+        if self.mode == "multi":  # DreamID-Omni eq.: a text term and a reference term per modality
             video = v["neg"] + self.mc_text_video * (v["pos"] - v["neg"]) + self.mc_ref_video * (v["pos"] - v["no_video_ref"])
             audio = a["neg"] + self.mc_text_audio * (a["pos"] - a["neg"]) + self.mc_ref_audio * (a["pos"] - a["no_audio_ref"])
             return video, audio
         if self.mode == "presence":
             return (guide(v["pos"], v["neg_keep_face"], self.presence_video),
                     guide(a["pos"], a["neg_keep_face"], self.presence_audio))
-        if "neg" in v:
+        if "neg" in v:  # plain CFG, with separate scales for the two towers as Ovi samples
             return guide(v["pos"], v["neg"], self.cfg_video), guide(a["pos"], a["neg"], self.cfg_audio)
-        return v["pos"], a["pos"]
+        return v["pos"], a["pos"]  # no guidance: one conditional pass
 
 
 def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
@@ -108,7 +109,7 @@ def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
     The negative passes use the very operations training's condition dropout uses (conditioning.py), so
     each asks the model something it was trained on: "neg" = the empty prompt (references kept),
     "no_video_ref" / "no_audio_ref" = the reference images / voices masked out of every attention."""
-    everyone = torch.ones(cond.batch_size, dtype=torch.bool)
+    everyone = torch.ones(cond.batch_size, dtype=torch.bool)  # at sampling, every sample of the pass is dropped
     make = {"pos": lambda: cond, "neg": lambda: cond.drop_prompt(everyone),
             "no_video_ref": lambda: cond.drop_references(everyone, voices=False),
             "no_audio_ref": lambda: cond.drop_references(everyone, images=False),
@@ -150,7 +151,7 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
 
     replace = keep_source and cond.source_video is not None
     if replace:
-        C = video_shape[2]
+        C = video_shape[2]  # the source carries C channels of video plus one of mask
         source = cond.source_video.to(device)
         known, edit = source[:, :, :C], source[:, :, C:]  # edit: 1 = regenerate
         source_noise = x_v.clone()  # one fixed noise draw for the kept region's path
@@ -263,18 +264,18 @@ def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.Worl
         vstream = container.add_stream("libx264", rate=world.fps)
         vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2] * scale, frames.shape[1] * scale, "yuv420p"
         astream = container.add_stream("aac", rate=world.sample_rate)
-        for fr in frames:
-            big = np.repeat(np.repeat(fr, scale, 0), scale, 1)
+        for fr in frames:  # (H, W, 3) uint8 each
+            big = np.repeat(np.repeat(fr, scale, 0), scale, 1)  # nearest-neighbour: the toy's pixels stay crisp
             for packet in vstream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")):
                 container.mux(packet)
-        for packet in vstream.encode():
+        for packet in vstream.encode():  # flush: the encoder holds frames back for its look-ahead
             container.mux(packet)
         pcm = (wav.numpy()[None] * 32767).astype(np.int16)  # (channels=1, samples), packed s16
         audio_frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         audio_frame.sample_rate = world.sample_rate
         for packet in astream.encode(audio_frame):
             container.mux(packet)
-        for packet in astream.encode():
+        for packet in astream.encode():  # flush the audio encoder the same way
             container.mux(packet)
     return True
 
@@ -321,7 +322,7 @@ def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
     n = shard["video"].shape[0]
     if not 0 <= index < n:
         raise InputError(f"--latent_index {index}: {path} holds samples 0..{n - 1}")
-    one = {k: v[index: index + 1] for k, v in shard.items()}
+    one = {k: v[index: index + 1] for k, v in shard.items()}  # a batch of one, every field keeps its batch axis
     return Conditioning.from_batch(one), tuple(one["video"].shape), tuple(one["audio"].shape)
 
 
@@ -422,24 +423,24 @@ def motion_request(args, cond: Conditioning, world: data.WorldConfig, truth: dic
     elif truth is not None:
         size = torch.tensor([world.image_size, world.image_size], dtype=torch.float)
         boxes, points = truth["boxes"][None] / size.repeat(2), truth["trajectories"][None] / size
-    else:
+    else:  # a user's caption without --motion: nothing to ask for
         return cond
-    return dataclasses.replace(cond, boxes=boxes, trajectories=points)
+    return dataclasses.replace(cond, boxes=boxes, trajectories=points)  # boxes (1, K, T, 4), points (1, K, T, P, 2)
 
 
 def draw_motion(frames: np.ndarray, boxes: torch.Tensor, points: torch.Tensor, scale: int = 6):
     """The requested boxes (outlines) and tracked points (dots) over the frames, one colour per subject:
     (T, H, W, 3) uint8 -> list of enlarged PIL images."""
     from PIL import Image, ImageDraw
-    colours = [(255, 60, 60), (60, 160, 255), (255, 210, 0), (80, 220, 120)]
+    colours = [(255, 60, 60), (60, 160, 255), (255, 210, 0), (80, 220, 120)]  # subject k: colours[k % 4]
     T, H, W, _ = frames.shape
     out = []
     for t in range(T):
         img = Image.fromarray(frames[t]).resize((W * scale, H * scale), Image.NEAREST)
         pen = ImageDraw.Draw(img)
         for k in range(boxes.shape[0]):
-            x0, y0, x1, y1 = (boxes[k, t] * torch.tensor([W, H, W, H]) * scale).tolist()
-            if x1 > x0 and y1 > y0:
+            x0, y0, x1, y1 = (boxes[k, t] * torch.tensor([W, H, W, H]) * scale).tolist()  # fractions -> pixels
+            if x1 > x0 and y1 > y0:  # an empty box: the subject is off screen in this frame, nothing to draw
                 pen.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colours[k % 4], width=2)
                 for x, y in (points[k, t] * torch.tensor([W, H]) * scale).tolist():
                     pen.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[k % 4])
@@ -460,6 +461,7 @@ def main():
     run = dict(steps=args.steps, shift=args.shift, seed=args.seed, solver=args.solver, device=args.device,
                keep_source=args.keep_source)
     try:  # every input problem ends here as one line, before any model work
+        # real data (Ovi's weights or a latent shard) has no toy world: its own path, which writes latents
         if model_lib.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
             run["shift"] = args.shift or (trained_shift(None) if model_lib.is_ovi_checkpoint(args.ckpt)
                                           else trained_shift(model_lib.load_checkpoint(args.ckpt)))
@@ -470,7 +472,7 @@ def main():
         run["shift"] = args.shift or trained_shift(ckpt)
         world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
                                                     data.world_problems)  # sizes, rates and mel settings the model knows
-        caption, batch, cond, truth = toy_case(args, world)
+        caption, batch, cond, truth = toy_case(args, world)  # inputs before weights: a bad file fails fast
         run["guidance"] = guidance_for(args, model_lib.config_from_checkpoint(ckpt, args.ckpt))
         net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
         if args.merge_lora:
@@ -481,7 +483,7 @@ def main():
                           (1, world.mel_frames, world.n_mels), **run)
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio
-    motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])
+    motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])  # drawn over the result
     write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
                   batch["ref_audio"][0], truth, motion)
     print(f"caption: {caption}")
