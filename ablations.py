@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import bench
+import checkpoint
 import data
 import metrics
 import model as model_lib
@@ -266,7 +267,7 @@ def check_table(table: Table, steps: int, out_dir: str) -> list[str]:
 def finished(out_dir: str, steps: int) -> bool:
     """A run that already reached its steps (rerunning a table reuses it)."""
     path = os.path.join(out_dir, "ckpt.pt")
-    return os.path.exists(path) and model_lib.load_checkpoint(path)["step"] >= steps
+    return os.path.exists(path) and checkpoint.load_checkpoint(path)["step"] >= steps
 
 
 def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
@@ -292,10 +293,10 @@ def train_lirm(table: Table, out_dir: str, log) -> str:
 def score(path: str, world: data.WorldConfig, table: Table, seed: int, cases: int, sample_steps: int,
           device) -> dict:
     """{(subset, metric): the mean over the cases} of one checkpoint, for every metric of every scored subset."""
-    net = model_lib.model_from_checkpoint(path, device=device)
+    net = checkpoint.model_from_checkpoint(path, device=device)
     # every row samples with plain guidance, at the noise levels it trained at, with its seed's noise
     scores = bench.quality(net, world, cases, steps=sample_steps, device=device, seed=1000 * seed,
-                           subsets=table.subsets, shift=sample_lib.trained_shift(model_lib.load_checkpoint(path)),
+                           subsets=table.subsets, shift=sample_lib.trained_shift(checkpoint.load_checkpoint(path)),
                            log=lambda *_: None)
     # one number per (subset, metric) and seed: the seeds, not the cases, are the samples of the verdict
     return {(s, m): float(np.nanmean(v)) for s, by in scores.items() for m, v in by["model"].items()}

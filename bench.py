@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import attention
+import checkpoint
 import data
 import metrics
 import model as model_lib
@@ -404,11 +405,11 @@ def quality_main(args):
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
             try:
-                ckpt = model_lib.load_checkpoint(args.ckpt, need=("world_config",))
-                net = model_lib.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
-                world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
-                                                            data.world_problems)  # the world it was trained on
-            except model_lib.CheckpointError as e:
+                ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
+                net = checkpoint.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
+                world = checkpoint.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
+                                                             data.world_problems)  # the world it was trained on
+            except checkpoint.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
             shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"

@@ -18,6 +18,7 @@ import os
 
 import torch
 
+import checkpoint
 import data
 import model as model_lib
 import sample as sample_lib
@@ -33,7 +34,7 @@ def ema_model(ema: dict, mcfg: model_lib.ModelConfig):
     with torch.device("meta"):  # no second initialisation: the weights are overwritten at once
         net = model_lib.TwinTower(mcfg)
     net.to_empty(device="cpu")
-    model_lib.load_state(net, {n: e.cpu() for n, e in ema.items()}, "EMA")
+    checkpoint.load_state(net, {n: e.cpu() for n, e in ema.items()}, "EMA")
     return net.eval()
 
 

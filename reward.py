@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import data
 from attention import attention
 
@@ -158,12 +159,10 @@ def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
         model = LIRM(RewardConfig(**ckpt["config"]), **ckpt["sizes"])
         model.load_state_dict(ckpt["model"])
     except Exception as e:  # a truncated file, another kind of checkpoint: one line, not a traceback
-        import model as model_lib
-        raise model_lib.CheckpointError(f"{path}: not a reward model written by reward.py ({type(e).__name__})") from None
+        raise checkpoint.CheckpointError(f"{path}: not a reward model written by reward.py ({type(e).__name__})") from None
     sizes = dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size) if world else None
     if sizes and sizes != ckpt["sizes"]:
-        import model as model_lib
-        raise model_lib.CheckpointError(f"{path}: a reward model for clips of {ckpt['sizes']}, this run's are {sizes}")
+        raise checkpoint.CheckpointError(f"{path}: a reward model for clips of {ckpt['sizes']}, this run's are {sizes}")
     for p in model.parameters():  # frozen: LIReFL's gradient flows through it into the generator only
         p.requires_grad_(False)
     return model.eval()

@@ -31,6 +31,7 @@ import os
 import numpy as np
 import torch
 
+import checkpoint
 import data
 import lora
 import model as model_lib
@@ -462,22 +463,22 @@ def main():
                keep_source=args.keep_source)
     try:  # every input problem ends here as one line, before any model work
         # real data (Ovi's weights or a latent shard) has no toy world: its own path, which writes latents
-        if model_lib.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
-            run["shift"] = args.shift or (trained_shift(None) if model_lib.is_ovi_checkpoint(args.ckpt)
-                                          else trained_shift(model_lib.load_checkpoint(args.ckpt)))
-            run["guidance"] = guidance_for(args, model_lib.PRESETS["full"] if model_lib.is_ovi_checkpoint(args.ckpt)
-                                           else model_lib.config_from_checkpoint(model_lib.load_checkpoint(args.ckpt)))
+        if checkpoint.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
+            run["shift"] = args.shift or (trained_shift(None) if checkpoint.is_ovi_checkpoint(args.ckpt)
+                                          else trained_shift(checkpoint.load_checkpoint(args.ckpt)))
+            run["guidance"] = guidance_for(args, model_lib.PRESETS["full"] if checkpoint.is_ovi_checkpoint(args.ckpt)
+                                           else checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(args.ckpt)))
             return sample_latents(args, run)
-        ckpt = model_lib.load_checkpoint(args.ckpt, need=("world_config",))
+        ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
         run["shift"] = args.shift or trained_shift(ckpt)
-        world = model_lib.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
-                                                    data.world_problems)  # sizes, rates and mel settings the model knows
+        world = checkpoint.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
+                                                     data.world_problems)  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = toy_case(args, world)  # inputs before weights: a bad file fails fast
-        run["guidance"] = guidance_for(args, model_lib.config_from_checkpoint(ckpt, args.ckpt))
-        net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+        run["guidance"] = guidance_for(args, checkpoint.config_from_checkpoint(ckpt, args.ckpt))
+        net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
         if args.merge_lora:
             print(f"merged {lora.merge(net)} LoRA adapters into their base weights")
-    except (InputError, model_lib.CheckpointError) as e:
+    except (InputError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
                           (1, world.mel_frames, world.n_mels), **run)
@@ -496,7 +497,7 @@ def sample_latents(args, run: dict):
     if not args.latent_cond:
         raise InputError(f"{args.ckpt} is a latent model (Ovi): give --latent_cond SHARD.pt with the umT5 prompt "
                          "features and reference latents to sample (shards.py's format)")
-    net = model_lib.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+    net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
     cond, video_shape, audio_shape = latent_case(args.latent_cond, args.latent_index, net.cfg)
     video, audio = sample(net, cond, video_shape, audio_shape, **run)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import data
 import model as model_lib
 import progress as progress_lib
@@ -540,14 +541,14 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     model; otherwise the preset with the command line's overrides."""
     if resume is not None:
         path = os.path.join(tc.out_dir, "ckpt.pt")
-        return (model_lib.config_from_checkpoint(resume, path),
-                model_lib.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
+        return (checkpoint.config_from_checkpoint(resume, path),
+                checkpoint.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
     asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
-        mcfg, differ = fine_tune_config(model_lib.config_from_checkpoint(init, tc.init_from), asked, model_overrides)
+        mcfg, differ = fine_tune_config(checkpoint.config_from_checkpoint(init, tc.init_from), asked, model_overrides)
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
-            raise model_lib.CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"--init_from {tc.init_from} is a different model from --config {tc.config} with these flags ("
                 + ", ".join(f"{n} {getattr(mcfg, n)} there, {getattr(asked, n)} here" for n in differ[:3])
                 + "): give the --config and size flags it was trained with")
@@ -612,17 +613,17 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
     if net.cfg.lora_rank:
         base = resume.get("lora_base", tc.init_from) if resume is not None else tc.init_from
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
-        net.init_weights(seed=tc.seed, only=model_lib.load_base(net, base, log=log))
+        net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, base, log=log))
         if resume is not None:
-            model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"),
-                                 names={n for n, _ in net.named_parameters() if net.trains(n)})
+            checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"),
+                                  names={n for n, _ in net.named_parameters() if net.trains(n)})
     elif resume is not None:
-        model_lib.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
+        checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
     elif init is not None:  # what the checkpoint holds; the additions it lacks (ADDITION_FIELDS) start fresh
-        net.init_weights(seed=tc.seed, only=model_lib.load_base(net, tc.init_from, ckpt=init))
+        net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, tc.init_from, ckpt=init))
     elif tc.init_from:  # Ovi's released weights
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
-        fresh = model_lib.load_ovi_weights(net, tc.init_from, log=log)["fresh"]
+        fresh = checkpoint.load_ovi_weights(net, tc.init_from, log=log)["fresh"]
         net.init_weights(seed=tc.seed, only=set(fresh))
     else:
         net.init_weights(seed=tc.seed)
@@ -664,12 +665,12 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
     ckpt_path = os.path.join(tc.out_dir, "ckpt.pt")
     if rank == 0:
         remove_partial_writes(tc.out_dir)
-    resume = model_lib.load_checkpoint(ckpt_path, need=RESUME_NEEDS) if os.path.exists(ckpt_path) else None
+    resume = checkpoint.load_checkpoint(ckpt_path, need=RESUME_NEEDS) if os.path.exists(ckpt_path) else None
     if resume is not None and tc.init_from and rank == 0:  # the run's own weights move on from where it stopped
         print(f"note: resuming {ckpt_path} at step {resume['step']}; --init_from {tc.init_from} is not read again")
     # --init_from of ours (e.g. the previous stage); Ovi's safetensors are read tensor by tensor in fill_weights
-    init = model_lib.load_checkpoint(tc.init_from) if tc.init_from and resume is None and \
-        not model_lib.is_ovi_checkpoint(tc.init_from) else None
+    init = checkpoint.load_checkpoint(tc.init_from) if tc.init_from and resume is None and \
+        not checkpoint.is_ovi_checkpoint(tc.init_from) else None
     mcfg, wcfg = run_configs(tc, model_overrides, world_overrides, resume, init)
     torch.manual_seed(tc.seed)  # the same on every rank (weights come from init_weights' own generators)
     net = build_model(mcfg, tc, world, device)
@@ -1049,7 +1050,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (model_lib.CheckpointError, shards.ShardError, Diverged) as e:
+    except (checkpoint.CheckpointError, shards.ShardError, Diverged) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {os.path.join(tc.out_dir, 'ckpt.pt')}")

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+import checkpoint
 import lora
 import model
 import train
@@ -55,15 +56,15 @@ def test_only_adapters_and_additions_learn_and_the_checkpoint_holds_only_them(tm
     what trains and names the base; sampling rebuilds base + adapters."""
     tiny = dict(out_dir=str(tmp_path / "base"), batch_size=2, max_steps=2, progress_every=0, warmup_steps=0)
     train.train(train.TrainConfig(**tiny), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
-    base = model.load_checkpoint(str(tmp_path / "base" / "ckpt.pt"))["model"]
+    base = checkpoint.load_checkpoint(str(tmp_path / "base" / "ckpt.pt"))["model"]
     run = dict(tiny, out_dir=str(tmp_path / "lora"), init_from=str(tmp_path / "base" / "ckpt.pt"), max_steps=3)
     train.train(train.TrainConfig(**run), dict(TINY_OVERRIDES, lora_rank=4), TINY_WORLD_OVERRIDES)
-    ckpt = model.load_checkpoint(str(tmp_path / "lora" / "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "lora" / "ckpt.pt"))
     assert ckpt["lora_base"] == run["init_from"]
     held = set(ckpt["model"])
     assert held and all(lora.is_adapter(n) or model.is_addition(n) for n in held)
     assert any(n.endswith("lora_b") and ckpt["model"][n].abs().sum() > 0 for n in held)   # B left zero
-    net = model.model_from_checkpoint(str(tmp_path / "lora" / "ckpt.pt"), use_ema=False)
+    net = checkpoint.model_from_checkpoint(str(tmp_path / "lora" / "ckpt.pt"), use_ema=False)
     for name, p in net.named_parameters():
         expected = ckpt["model"][name] if name in held else base[name]   # the frozen base, bitwise
         assert torch.equal(p, expected), name
@@ -86,6 +87,6 @@ def test_a_lora_checkpoint_cannot_be_the_base_of_another(tmp_path):
     """It holds adapters, not weights: adapting it would silently start from random backbone weights."""
     import pytest
     torch.save(dict(model={}, model_config=dataclasses.asdict(ADAPTED), lora_base="ovi.safetensors"), tmp_path / "l.pt")
-    with pytest.raises(model.CheckpointError) as err:
-        model.load_base(model.TwinTower(ADAPTED), str(tmp_path / "l.pt"))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_base(model.TwinTower(ADAPTED), str(tmp_path / "l.pt"))
     assert "is a LoRA checkpoint" in str(err.value)

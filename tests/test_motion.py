@@ -191,13 +191,14 @@ def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
     backbone is the checkpoint's, the new injections start at zero; a size flag that differs still stops."""
     import pytest
 
+    import checkpoint
     import model
     import train
     from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
     base_run = dict(batch_size=2, max_steps=1, progress_every=0, warmup_steps=0)
     train.train(train.TrainConfig(out_dir=str(tmp_path / "base"), **base_run), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
     path = str(tmp_path / "base" / "ckpt.pt")
-    base = model.load_checkpoint(path)["model"]
+    base = checkpoint.load_checkpoint(path)["model"]
     tc = train.TrainConfig(out_dir=str(tmp_path / "motion"), init_from=path, **base_run)
     run = train.start_run(tc, dict(TINY_OVERRIDES, motion=True, ref_rope="condition"), TINY_WORLD_OVERRIDES,
                           0, 1, torch.device("cpu"))
@@ -209,7 +210,7 @@ def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
             assert torch.equal(p, base[name]), name
         elif name.startswith(("box_in.", "box_layers.")) and name.endswith("weight"):
             assert not p.any(), name                                    # zero-init: the base's function at step 0
-    with pytest.raises(model.CheckpointError) as err:
+    with pytest.raises(checkpoint.CheckpointError) as err:
         train.start_run(tc, dict(TINY_OVERRIDES, motion=True, ffn=128), TINY_WORLD_OVERRIDES, 0, 1,
                         torch.device("cpu"))
     assert "ffn 64 there, 128 here" in str(err.value)

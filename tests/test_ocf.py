@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+import checkpoint
 import data
 import speech
 import model
@@ -87,5 +88,5 @@ def test_each_switch_combination_trains(tmp_path, switches):
     tc = train.TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=3, log_every=1, ckpt_every=100)
     out = train.train(tc, dict(TINY_OVERRIDES, **switches), TINY_WORLD_OVERRIDES)
     assert len(out["losses"]) == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
-    net = model.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
+    net = checkpoint.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
     assert hasattr(net.prompt, "ocf") == switches["ocf"] and hasattr(net.prompt, "mtp_ca") == switches["mtp_ca"]

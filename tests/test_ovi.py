@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import checkpoint
 import model
 from conditioning import Conditioning
 from test_train import torchrun
@@ -38,7 +39,7 @@ def test_every_ovi_tensor_maps_onto_the_full_preset_with_its_shape():
     assert len(layout) == 2073
     mapped = {}
     for name, shape in layout.items():
-        target = model.ovi_to_ours(name)
+        target = checkpoint.ovi_to_ours(name)
         assert target in ours, name
         expect = (shape[0], torch.Size(shape[1:]).numel()) if name == "video_model.patch_embedding.weight" else shape
         assert tuple(ours[target].shape) == expect, name
@@ -92,11 +93,11 @@ def small_ovi_config():
 
 
 def write_ovi_like(path, cfg, split=False):
-    """A synthetic checkpoint in Ovi's names and layouts (the inverse map of model.OVI_RENAMES), from a
+    """A synthetic checkpoint in Ovi's names and layouts (the inverse map of checkpoint.OVI_RENAMES), from a
     randomly initialised model of ours. Returns {our name: the value written}."""
     torch.manual_seed(1)
     source = model.TwinTower(cfg)
-    inverse = {name: model.ovi_to_ours(name) for name in ovi_layout()}
+    inverse = {name: checkpoint.ovi_to_ours(name) for name in ovi_layout()}
     inverse = {k: v for k, v in inverse.items() if not v.startswith("layers.") or int(v.split(".")[1]) < cfg.layers}
     params = dict(source.named_parameters())
     tensors = {}
@@ -126,7 +127,7 @@ def test_a_synthetic_ovi_checkpoint_loads_and_reproduces_the_source(tmp_path, sp
     torch.manual_seed(2)
     net = model.TwinTower(cfg)
     lines = []
-    report = model.load_ovi_weights(net, path, log=lines.append)
+    report = checkpoint.load_ovi_weights(net, path, log=lines.append)
     ours = dict(net.named_parameters())
     for name in report["loaded"]:
         assert torch.equal(ours[name], source[name]), name
@@ -134,7 +135,7 @@ def test_a_synthetic_ovi_checkpoint_loads_and_reproduces_the_source(tmp_path, sp
     assert len(lines) == 1 and "initialised fresh: prompt.mtp_ca, prompt.ocf, prompt.phoneme_encoder" in lines[0]
     # the same weights give the same forward as the model they were written from
     reference = model.TwinTower(cfg)
-    model.load_state(reference, source)
+    checkpoint.load_state(reference, source)
     with torch.no_grad():
         for name in report["fresh"]:
             ours[name].copy_(source[name])
@@ -169,8 +170,8 @@ def test_bad_ovi_files_stop_with_one_line(tmp_path):
     cases["lacks"] = str(tmp_path / "partial.safetensors")
     cases["no such checkpoint"] = str(tmp_path / "missing.safetensors")
     for message, bad in cases.items():
-        with pytest.raises(model.CheckpointError) as err:
-            model.load_ovi_weights(model.TwinTower(cfg), bad, log=lambda *_: None)
+        with pytest.raises(checkpoint.CheckpointError) as err:
+            checkpoint.load_ovi_weights(model.TwinTower(cfg), bad, log=lambda *_: None)
         assert message in str(err.value) and "\n" not in str(err.value), (message, str(err.value))
 
 
@@ -195,8 +196,8 @@ def test_train_init_from_ovi_fills_fsdp_shards_like_one_rank(tmp_path):
              *[f"--{k}={v}" for k, v in sizes.items()]]
     torchrun(*flags, "--out_dir", str(tmp_path / "one"), nproc=1)
     torchrun(*flags, "--out_dir", str(tmp_path / "two"), "--fsdp", "true", nproc=2)
-    one = model.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
-    two = model.load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
+    one = checkpoint.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
+    two = checkpoint.load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
     for name, value in source.items():
         assert torch.allclose(one[name], two[name]), name
         if not model.is_addition(name):

@@ -28,6 +28,7 @@ def test_train_py_with_seq_parallel_2_trains_like_one_rank(tmp_path, fsdp):
     DDP's / FSDP2's average the group's sum: losses and weights after 3 steps as on one rank."""
     import json
 
+    import checkpoint
     import model
     from tiny import TINY_OVERRIDES
     flags = ["train.py", "--batch_size", "2", "--max_steps", "3", "--log_every", "1", "--ckpt_every", "3",
@@ -37,6 +38,6 @@ def test_train_py_with_seq_parallel_2_trains_like_one_rank(tmp_path, fsdp):
     torchrun(*flags, "--out_dir", str(tmp_path / "two"), "--seq_parallel", "2", "--fsdp", fsdp, nproc=2)
     losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "log.jsonl")] for run in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
-    one, two = (model.load_checkpoint(str(tmp_path / run / "ckpt.pt"))["model"] for run in ("one", "two"))
+    one, two = (checkpoint.load_checkpoint(str(tmp_path / run / "ckpt.pt"))["model"] for run in ("one", "two"))
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-4), name

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import checkpoint
 import data
 import model
 import sample
@@ -66,7 +67,7 @@ def test_curriculum_stages_switch_the_data_as_documented(tmp_path):
     train.train(tiny_train(out, curriculum=True, stage_steps="2,1,1"), TINY_OVERRIDES, WORLD)
     stages = [json.loads(line)["stage"] for line in open(out / "log.jsonl")]
     assert stages == [1, 2, 3]                          # stage 1's audio-only step logs with its joint step
-    assert model.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
+    assert checkpoint.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
 
 
 def test_new_modules_decay_to_a_tenth_while_a_constant_backbone_stays():

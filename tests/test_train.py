@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import data
 import model
 import train
@@ -89,8 +90,8 @@ def test_killed_run_resumes_with_identical_losses_and_log(tmp_path):
 def test_corrupt_checkpoint_stops_with_one_line(tmp_path):
     path = tmp_path / "ckpt.pt"
     path.write_bytes(b"\x00" * 100)
-    with pytest.raises(model.CheckpointError) as err:
-        model.load_checkpoint(str(path))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(str(path))
     assert "ckpt.pt" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -117,10 +118,10 @@ def test_fsdp_training_saves_and_resumes(tmp_path):
              "--clip_seconds", "1.0", "--ref_audio_seconds", "0.5", "--log_every", "1"] + [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
     torchrun(*flags, "--max_steps", "2")
     torchrun(*flags, "--max_steps", "3")
-    ckpt = model.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert ckpt["step"] == 3 and ckpt["model_config"]["dim"] == 32
-    net = model.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
-    one_rank = model.TwinTower(model.config_from_checkpoint(ckpt))
+    net = checkpoint.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
+    one_rank = model.TwinTower(checkpoint.config_from_checkpoint(ckpt))
     assert {n: p.shape for n, p in net.named_parameters()} == {n: p.shape for n, p in one_rank.named_parameters()}
     assert all(torch.equal(ckpt["ema"][n], p) for n, p in net.named_parameters())  # the full EMA was gathered
 

@@ -1,0 +1,272 @@
+"""Checkpoints into a TwinTower: Ovi's released weights and our own train.py checkpoints.
+
+Every paper here fine-tunes Ovi (its paper and released code), so reading Ovi's checkpoint is where a real
+run begins:
+
+  Ovi's release            one .safetensors, a sharded set's index.json, or a folder of them; each tensor is
+                           renamed through one key map (OVI_RENAMES) and read through safetensors' memory map,
+                           only the rows this rank holds (model.copy_rows): an FSDP2-sharded 11.7B model is
+                           filled without any rank holding a second full copy
+  ours                     train.py's ckpt.pt (model, ema, optimizer, step, rng, model_config,
+                           world_config), read with weights_only=True and memory-mapped
+  a base + additions       `load_base`: the backbone from either, the paper's new modules (OCF, MTP-CA,
+                           motion, identity stream, LoRA adapters) left to their own initialisation,
+                           which is zero where they inject, so the run starts from the base's function
+
+Anything that cannot be used -- a truncated file, another tool's layout, a tensor of the wrong shape,
+NaN weights, a LoRA file given as a base -- stops with one CheckpointError line naming the file and
+the problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+
+import torch
+
+import lora
+from model import PRESETS, ModelConfig, TwinTower, config_problems, copy_rows, is_addition
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; one line for the user (every entry point prints it
+    as `error: ...` and exits, never a traceback)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Ovi's released checkpoint: one key map, read with `safetensors` (memory-mapped)
+# ------------------------------------------------------------------------------------------------
+# Ovi's FusionModel holds video_model and audio_model (Wan-style DiTs, blocks.i each); ours holds TwinLayer i
+# with .video and .audio. Inside a block the names are the same (self_attn.{q,k,v,o,norm_q,norm_k}, norm3,
+# cross_attn.{q,k,v,o,norm_q,norm_k,k_fusion,v_fusion,norm_k_fusion,pre_attn_norm_fusion}, ffn.0, ffn.2).
+OVI_RENAMES = [  # (Ovi's name, ours) as regular expressions; the first match wins
+    (r"(video|audio)_model\.blocks\.(\d+)\.modulation\.modulation", r"layers.\2.\1.modulation"),
+    (r"(video|audio)_model\.blocks\.(\d+)\.(.+)", r"layers.\2.\1.\3"),
+    (r"video_model\.patch_embedding\.(weight|bias)", r"video_stem.\1"),             # Conv3d -> Linear, below
+    (r"audio_model\.patch_embedding\.0\.(weight|bias)", r"audio_stem.conv.\1"),     # Conv1d k7 (+ SiLU)
+    (r"audio_model\.patch_embedding\.2\.(w[123])\.weight", r"audio_stem.\1.weight"),  # the conv SwiGLU
+    (r"(video|audio)_model\.text_embedding\.([02]\.(?:weight|bias))", r"\1_tower.text_proj.\2"),
+    (r"(video|audio)_model\.time_embedding\.([02]\.(?:weight|bias))", r"\1_tower.time_embed.\2"),
+    (r"(video|audio)_model\.time_projection\.(1\.(?:weight|bias))", r"\1_tower.time_proj.\2"),
+    (r"(video|audio)_model\.head\.modulation", r"\1_tower.head_modulation"),
+    (r"(video|audio)_model\.head\.head\.(weight|bias)", r"\1_tower.head.\2"),
+]
+
+
+def ovi_to_ours(name: str) -> str | None:
+    """Our parameter name for one of Ovi's, or None for a name the map does not know."""
+    for pattern, replacement in OVI_RENAMES:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def ovi_files(path: str) -> list[str]:
+    """The .safetensors files of Ovi's checkpoint at `path`: one file, a sharded set's index.json, or a
+    folder holding either."""
+    if os.path.isdir(path):
+        found = glob.glob(os.path.join(path, "*.safetensors.index.json")) or glob.glob(os.path.join(path, "*.safetensors"))
+        if not found:
+            raise CheckpointError(f"{path}: the folder holds no .safetensors file or index")
+        return sorted(set(f for p in found for f in ovi_files(p)))
+    if path.endswith(".json"):
+        try:
+            weight_map = json.load(open(path))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{path}: not a safetensors index (a JSON file with a 'weight_map')") from None
+        files = sorted(set(os.path.join(os.path.dirname(path), f) for f in weight_map.values()))
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise CheckpointError(f"{path}: the index names {missing[0]}, which does not exist")
+        return files
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return [path]
+
+
+def is_ovi_checkpoint(path: str) -> bool:
+    """Ovi's release: one .safetensors, a sharded set's index .json, or a folder holding .safetensors."""
+    return path.endswith((".safetensors", ".json")) or (os.path.isdir(path) and
+                                                        bool(glob.glob(os.path.join(path, "*.safetensors"))))
+
+
+def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
+    """Fill `net`'s backbone from Ovi's released weights; our additions keep their own initialisation.
+
+    Works on a plain model and on FSDP2 shards alike: each tensor is read through safetensors' memory
+    map, and only the rows this rank holds (`copy_rows`), so no rank ever holds a second full copy.
+    A name the map does not know, a shape that does not fit or a backbone weight the files lack stops
+    with one line naming it. Returns {"loaded": [our names], "fresh": [our names]}.
+    """
+    from safetensors import safe_open
+    ours = dict(net.named_parameters())
+    loaded = []
+    for file in ovi_files(path):
+        try:
+            reader = safe_open(file, framework="pt", device="cpu")
+        except Exception as e:  # safetensors' own error, or the OS's: one line either way
+            raise CheckpointError(f"{file}: not a readable .safetensors file ({str(e).splitlines()[0][:80]})") from None
+        with reader:
+            for key in reader.keys():
+                name = ovi_to_ours(key)
+                if name is None or name not in ours:
+                    raise CheckpointError(f"{file}: unknown tensor '{key}' (not in Ovi's layout; is this Ovi's FusionModel?)")
+                loaded.append(name)
+                copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
+    fresh = [n for n in ours if n not in set(loaded)]
+    missing = [n for n in fresh if not (is_addition(n) or lora.is_adapter(n))]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. '{missing[0]}' (a shard missing?)")
+    prefixes = sorted({".".join(n.split(".")[:2 if n.startswith("prompt.") else 1]) for n in fresh})  # modules
+    log(f"loaded {len(loaded)} tensors ({sum(ours[n].numel() for n in loaded):,d} parameters) from Ovi's checkpoint "
+        f"{path}; initialised fresh: {', '.join(prefixes) or 'nothing'}")
+    return dict(loaded=loaded, fresh=fresh)
+
+
+def ovi_reader(tensor_slice, key: str, param, file: str):
+    """read_rows(start, end) for one of Ovi's tensors, after checking its shape against ours.
+
+    The one reshape: Ovi's video patch embedding is a Conv3d (D, C, pt, ph, pw) with kernel = stride; as
+    our Linear over tokens ordered (pt, ph, pw, C) it is weight.permute(0, 2, 3, 4, 1).reshape(D, -1)."""
+    shape = tuple(tensor_slice.get_shape())
+    conv3d = key == "video_model.patch_embedding.weight"
+    fits = (shape[0], math.prod(shape[1:])) == tuple(param.shape) if conv3d else shape == tuple(param.shape)
+    if not fits:
+        raise CheckpointError(f"{file}: '{key}' has shape {shape}, the model expects {tuple(param.shape)} "
+                              f"(use --config full, Ovi's size)")
+    if conv3d:
+        return lambda a, b: tensor_slice[a:b].permute(0, 2, 3, 4, 1).reshape(b - a, -1)
+    return lambda a, b: tensor_slice[a:b]
+
+
+# ------------------------------------------------------------------------------------------------
+# Our own checkpoints (train.py writes them)
+# ------------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str, need: tuple = ()) -> dict:
+    """torch.load with weights_only=True, memory-mapped (tensors are read when used); a corrupt or
+    foreign file, or one that lacks an entry in `need` (e.g. a resume needs "optimizer"), stops with one
+    clear line."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint; train one with train.py --out_dir ...")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder with no .safetensors (Ovi's) in it; give a checkpoint file, "
+                              f"e.g. {os.path.join(path, 'ckpt.pt')}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}); "
+                              "it may be truncated - use an earlier one or retrain") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise CheckpointError(f"{path}: is not a checkpoint written by train.py")
+    for key in ("model", "ema"):
+        state = ckpt.get(key, {})
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: its '{key}' is not a dict of tensors; not written by train.py")
+    missing = [key for key in need if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: lacks '{missing[0]}' (train.py writes model, ema, optimizer, step, rng, "
+                              "model_config, world_config); it was written by another tool or an older version")
+    return ckpt
+
+
+def check_finite(state: dict, path: str):
+    """A checkpoint whose weights hold NaN or inf would only make noise (or crash deep in Griffin-Lim)."""
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: weight '{name}' holds NaN or inf (a diverged run); use an earlier "
+                                  "checkpoint, e.g. a ckpt_minute*.pt snapshot")
+
+
+def dataclass_from_checkpoint(cls, fields, path: str, problems=None):
+    """A config dataclass from a checkpoint's dict of its fields (model_config, world_config): an unknown
+    key, a value of the wrong type or one that `problems` refuses stops with one line."""
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: its {cls.__name__} is a {type(fields).__name__}, not a dict; not written by train.py")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise CheckpointError(f"{path}: its {cls.__name__} has unknown key(s) {unknown}: written by another version "
+                              "of this code")
+    for name, value in fields.items():  # bool is an int in Python; anything else must match the default's type
+        default = known[name].default
+        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+            raise CheckpointError(f"{path}: its {cls.__name__}.{name} is {value!r}, expected a {type(default).__name__}")
+    cfg = cls(**fields)
+    bad = problems(cfg) if problems else []
+    if bad:
+        raise CheckpointError(f"{path}: its {cls.__name__} cannot build a model ({bad[0]})")
+    return cfg
+
+
+def config_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with (checked like the command line's)."""
+    return dataclass_from_checkpoint(ModelConfig, ckpt["model_config"], path, config_problems)
+
+
+def load_state(net: TwinTower, state: dict, what: str = "checkpoint", names=None):
+    """Copy a state dict into net (plain or FSDP2 shards), checking names and shapes first (one line).
+    `names`: the parameters the state must hold (default: all; a LoRA checkpoint holds what trains)."""
+    ours = {n: p for n, p in net.named_parameters() if names is None or n in names}
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(dict(net.named_parameters())))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise CheckpointError(f"{what}: {'lacks' if missing else 'has an unknown'} tensor '{name}' "
+                              f"({len(missing)} missing, {len(unexpected)} unknown): saved by another model layout")
+    for name, p in ours.items():
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise CheckpointError(f"{what}: '{name}' has shape {tuple(state[name].shape)}, the model expects "
+                                  f"{tuple(p.shape)} (trained with other --config / size flags?)")
+        copy_rows(p, lambda a, b, t=state[name]: t[a:b])
+
+
+def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) -> set:
+    """The base weights from `path` -- Ovi's release, or our checkpoint's `model` (a full fine-tune; `ckpt`
+    when already read) -- into `net`. Returns the names the base does not hold (adapters, additions): the
+    caller initialises those. Any other missing tensor means another model layout, and stops."""
+    if is_ovi_checkpoint(path):
+        return set(load_ovi_weights(net, path, log=log)["fresh"])
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    if ckpt["model_config"].get("lora_rank"):  # it holds adapters, not a base: loading it would lose the base
+        raise CheckpointError(f"{path}: is a LoRA checkpoint (adapters of {ckpt.get('lora_base', '?')}); adapt a full "
+                              "checkpoint or Ovi's weights")
+    base = ckpt["model"]
+    held = {n for n, _ in net.named_parameters() if n in base}
+    fresh = {n for n, _ in net.named_parameters()} - held
+    lacking = sorted(n for n in fresh if not (is_addition(n) or lora.is_adapter(n)))
+    if lacking:  # a backbone tensor the checkpoint should hold: not the same model
+        raise CheckpointError(f"{path}: lacks tensor '{lacking[0]}' ({len(lacking)} missing): saved by another "
+                              "model layout")
+    load_state(net, base, path, names=held)
+    return fresh
+
+
+def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> TwinTower:
+    """An eval-mode model from our checkpoint (EMA weights by default) or from Ovi's safetensors (`full`)."""
+    if is_ovi_checkpoint(path):
+        with torch.device("meta"):  # no 47 GB of random numbers first: storage, then the weights
+            net = TwinTower(PRESETS["full"])
+        net.to_empty(device=device)
+        net.init_weights(only=load_ovi_weights(net, path)["fresh"])
+        return net.eval()
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, path)
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    check_finite(state, path)
+    if cfg.lora_rank:  # adapters and new modules here; the frozen base where training read it from
+        if "lora_base" not in ckpt:
+            raise CheckpointError(f"{path}: a LoRA checkpoint without 'lora_base' (the weights it adapts)")
+        with torch.device("meta"):
+            net = TwinTower(cfg)
+        net.to_empty(device="cpu")
+        net.init_weights(only=load_base(net, ckpt["lora_base"], log=lambda *_: None))
+        load_state(net, state, path, names={n for n, _ in net.named_parameters() if net.trains(n)})
+        return net.to(device).eval()
+    net = TwinTower(cfg)
+    load_state(net, state, path)
+    return net.to(device).eval()
