@@ -397,8 +397,11 @@ def quality_main(args):
     start = time.time()  # the whole benchmark's wall time goes into the JSON line
     if args.ablate:
         import ablations
-        flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
-                                device)
+        try:
+            flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
+                                    device)
+        except checkpoint.CheckpointError as e:  # a run folder from another plan, or a damaged checkpoint
+            raise SystemExit(f"error: {e}") from None
     else:
         shift = 3.0  # read only when a model samples; a checkpoint replaces it with its own
         if args.ground_truth:

@@ -8,6 +8,7 @@ import torch
 
 import ablations
 import bench
+import checkpoint
 import data
 import train
 from ablations import Claim, Row, Table
@@ -93,6 +94,11 @@ def test_a_tiny_table_trains_scores_prints_verdicts_and_reuses_its_runs(tmp_path
     logs.clear()
     ablations.run_table(table, 2, 1.0, str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
     assert not any("trained" in line for line in logs)                           # finished runs are reused
+    # a table whose steps changed must not resume (or reuse) the old runs: one line, before any training
+    with pytest.raises(checkpoint.CheckpointError, match="a run of 2 steps, where this table now asks 3"):
+        ablations.run_table(dataclasses.replace(table, base=dataclasses.replace(table.base, steps=3)), 2, 1.0,
+                            str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
+    assert ablations.budget_dir(str(tmp_path), 2.0) == str(tmp_path / "budget2")  # a budget's runs: own folder
 
 
 def test_ablate_flags_are_checked_before_any_training():
