@@ -284,10 +284,14 @@ def finished(tc: train.TrainConfig) -> bool:
     return ckpt["step"] >= planned
 
 
-def budget_dir(out_dir: str, budget: float) -> str:
-    """Where a budget's runs live: out_dir itself at --budget 1, out_dir/budgetX otherwise, so a GPU's longer
-    table never resumes (or reuses) the CPU table's shorter runs."""
-    return out_dir if budget == 1 else os.path.join(out_dir, f"budget{budget:g}")
+def budget_dir(out_dir: str, budget: float, base_budget: float | None = None) -> str:
+    """Where a budget's runs live: out_dir itself at --budget 1, out_dir/budgetX otherwise (out_dir/budgetX_baseY
+    with a --base_budget of its own), so a longer table never resumes (or reuses) a shorter table's runs, and
+    rows fine-tuned from one base never meet rows fine-tuned from another."""
+    base_budget = budget if base_budget is None else base_budget
+    if budget == 1 and base_budget == 1:
+        return out_dir
+    return os.path.join(out_dir, f"budget{budget:g}" + (f"_base{base_budget:g}" if base_budget != budget else ""))
 
 
 def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
@@ -323,12 +327,13 @@ def score(path: str, world: data.WorldConfig, table: Table, seed: int, cases: in
 
 
 def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int, sample_steps: int, device,
-              log=print) -> dict:
-    """Train and score every row with every seed. Returns {row name: {(subset, metric): [value per seed]}}."""
+              log=print, base_budget: float | None = None) -> dict:
+    """Train and score every row with every seed. Returns {row name: {(subset, metric): [value per seed]}}.
+    base_budget scales the base's steps on its own (default: budget, like every row's)."""
     steps = max(1, round(table.steps * budget))
-    out_dir = budget_dir(out_dir, budget)
+    out_dir = budget_dir(out_dir, budget, base_budget)
     if table.base:
-        train_base(table, budget, out_dir, log)
+        train_base(table, budget if base_budget is None else base_budget, out_dir, log)
     lirm = train_lirm(table, os.path.join(out_dir, table.paper), log)
     results = {row.name: {} for row in table.rows}
     for seed in range(seeds):  # seed-major: an interrupted table has whole seeds done, each usable
@@ -401,19 +406,22 @@ def print_table(table: Table, results: dict, header: str) -> dict:
 
 
 def ablate(paper: str, seeds: int, budget: float, out_dir: str, cases: int | None, sample_steps: int,
-           device) -> dict:
+           device, base_budget: float | None = None) -> dict:
     """bench.py --ablate PAPER: the table, its verdicts and its wall time; returns the JSON fields."""
     table = TABLES[paper]
     cases = cases or table.cases  # each table's default is what fits its 90 minutes on 2 CPU cores
     start = time.time()           # the wall time goes into the header and the JSON: the budget is part of the result
+    base_steps = max(1, round(table.base.steps * (budget if base_budget is None else base_budget))) if table.base else 0
     print(f"{table.source}: {len(table.rows)} rows x {seeds} seeds, {max(1, round(table.steps * budget))} steps "
-          f"per row (--budget {budget:g}), {cases} cases per subset ({', '.join(table.subsets)})")
+          f"per row (--budget {budget:g}) over a base of {base_steps} steps, {cases} cases per subset "
+          f"({', '.join(table.subsets)}); runs in {budget_dir(out_dir, budget, base_budget)}")
     print(f"why this miniature: {table.why}")
-    results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device)
+    results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device, base_budget=base_budget)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     header = (f"\n{table.source}, {max(1, round(table.steps * budget))} steps per row, {seeds} seeds, {cases} cases "
               f"per subset, {sample_steps} sampling steps; mean +- 95% interval over seeds "
               f"({(time.time() - start) / 60:.1f} min on {where})")
     flat = print_table(table, results, header)
-    flat.update(paper=paper, seeds=seeds, budget=budget, cases=cases, minutes=(time.time() - start) / 60)
+    flat.update(paper=paper, seeds=seeds, budget=budget, base_steps=base_steps, cases=cases,
+                minutes=(time.time() - start) / 60)
     return flat

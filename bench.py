@@ -13,7 +13,8 @@
     python bench.py --ablate omni-customizer   a paper's ablation table in miniature (ablations.py): every row
                                           trained with 3 seeds, scored, and each claim's verdict computed from
                                           the 95% interval of the paired difference; also dreamid-omni,
-                                          presence, dreamvideo; --budget 4 trains 4x longer (a GPU)
+                                          presence, dreamvideo; --budget 4 trains 4x longer (a GPU);
+                                          --base_budget 4 trains only the shared base 4x longer
 
 Benchmark cases come from a held-out stream (stream 3, seed 2024): identities never seen in training,
 with cross-pair references (nothing in them can be copied), in three subsets like OC-Bench:
@@ -215,6 +216,8 @@ def parse_args(argv=None):
     parser.add_argument("--ablate", choices=PAPERS,
                         help="train and score this paper's ablation rows, with verdicts (ablations.py)")
     parser.add_argument("--budget", type=float, default=1.0, help="--ablate: training steps x this (1: the CPU tables)")
+    parser.add_argument("--base_budget", type=float, default=None,
+                        help="--ablate: the shared base's steps x this, on their own (default: --budget)")
     parser.add_argument("--seeds", type=int, default=3, help="--ablate: seeds per row (intervals need 3 or more)")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the rows train (rerunning reuses them)")
     args = parser.parse_args(argv)
@@ -233,8 +236,10 @@ def flag_problems(args) -> list[str]:
                 if getattr(args, name) is not None and getattr(args, name) < 1]
     problems += [f"--{name} must be 0 or more, got {getattr(args, name)}" for name in ("warmup", "threads")
                  if getattr(args, name) < 0]
-    if not (math.isfinite(args.budget) and args.budget > 0):
-        problems.append(f"--budget scales the training steps: a positive number, got {args.budget}")
+    for name in ("budget", "base_budget"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} scales training steps: a positive number, got {value}")
     if args.quality and not (args.ckpt or args.ground_truth):
         problems.append("--quality needs --ckpt (or --ground_truth for the world's own scores)")
     if not set(args.subsets.split(",")) <= set(SUBSETS + (MOTION,)):
@@ -399,7 +404,7 @@ def quality_main(args):
         import ablations
         try:
             flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
-                                    device)
+                                    device, base_budget=args.base_budget)
         except checkpoint.CheckpointError as e:  # a run folder from another plan, or a damaged checkpoint
             raise SystemExit(f"error: {e}") from None
     else:

@@ -99,6 +99,11 @@ def test_a_tiny_table_trains_scores_prints_verdicts_and_reuses_its_runs(tmp_path
         ablations.run_table(dataclasses.replace(table, base=dataclasses.replace(table.base, steps=3)), 2, 1.0,
                             str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append)
     assert ablations.budget_dir(str(tmp_path), 2.0) == str(tmp_path / "budget2")  # a budget's runs: own folder
+    # a longer base alone (--base_budget): its own base, and rows fine-tuned from it, in their own folder
+    ablations.run_table(table, 1, 1.0, str(tmp_path), 1, 2, torch.device("cpu"), log=logs.append, base_budget=2.0)
+    stronger = tmp_path / "budget1_base2"
+    assert checkpoint.load_checkpoint(str(stronger / "base" / "ckpt.pt"))["step"] == 4        # 2 base steps x 2
+    assert checkpoint.load_checkpoint(str(stronger / "tiny" / "from_base" / "seed0" / "ckpt.pt"))["step"] == 2
 
 
 def test_ablate_flags_are_checked_before_any_training():
@@ -106,6 +111,8 @@ def test_ablate_flags_are_checked_before_any_training():
         bench.parse_args(["--ablate", "nobody"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--ablate", "presence", "--budget", "nan"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ablate", "presence", "--base_budget", "0"])
     args = bench.parse_args(["--ablate", "presence"])
     assert args.cases is None and args.seeds == 3                 # the table's own cases; intervals need 3 seeds
 
