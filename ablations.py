@@ -411,14 +411,16 @@ def ablate(paper: str, seeds: int, budget: float, out_dir: str, cases: int | Non
     table = TABLES[paper]
     cases = cases or table.cases  # each table's default is what fits its 90 minutes on 2 CPU cores
     start = time.time()           # the wall time goes into the header and the JSON: the budget is part of the result
-    base_steps = max(1, round(table.base.steps * (budget if base_budget is None else base_budget))) if table.base else 0
+    base_budget = budget if base_budget is None else base_budget
+    base_steps = max(1, round(table.base.steps * base_budget)) if table.base else 0
     print(f"{table.source}: {len(table.rows)} rows x {seeds} seeds, {max(1, round(table.steps * budget))} steps "
           f"per row (--budget {budget:g}) over a base of {base_steps} steps, {cases} cases per subset "
           f"({', '.join(table.subsets)}); runs in {budget_dir(out_dir, budget, base_budget)}")
     print(f"why this miniature: {table.why}")
     results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device, base_budget=base_budget)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    header = (f"\n{table.source}, {max(1, round(table.steps * budget))} steps per row, {seeds} seeds, {cases} cases "
+    header = (f"\n{table.source}, {max(1, round(table.steps * budget))} steps per row over a {base_steps}-step base, "
+              f"{seeds} seeds, {cases} cases "
               f"per subset, {sample_steps} sampling steps; mean +- 95% interval over seeds "
               f"({(time.time() - start) / 60:.1f} min on {where})")
     flat = print_table(table, results, header)
