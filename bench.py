@@ -4,6 +4,8 @@
                                           data generation, sampling; last line JSON
     python bench.py --compile             adds torch.compile per TwinLayer (first step ~100 s on CPU)
     python bench.py --config small --batch_size 32      on a GPU: bf16 autocast, MFU vs the device peak
+    python bench.py --gpu_check           the GPU self-check to run first on a new machine (gpucheck.py); with
+                                          --device cpu it rehearses the same checks on the CPU
     python bench.py --quality --ckpt out/toy/ckpt.pt --cases 8     the toy benchmark (metrics.py) on the three
                                           subsets: noise (floor), ground truth (ceiling) and the model (mean +- 95%
                                           interval) per metric on the same cases, and the model's fraction of the
@@ -203,6 +205,10 @@ def parse_args(argv=None):
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
     # --- quality ---
+    parser.add_argument("--gpu_check", action="store_true",
+                        help="the GPU self-check (gpucheck.py): fp32 vs bf16 vs compiled, SDPA kernels, step time, "
+                             "peak memory against the plan, FSDP2 over the local GPUs; non-zero exit on a mismatch")
+    parser.add_argument("--device", default="cuda", help="--gpu_check: cuda (default), or cpu to rehearse the checks")
     parser.add_argument("--quality", action="store_true", help="run the toy benchmark instead of the speed one")
     parser.add_argument("--ckpt", help="--quality: the checkpoint to benchmark")
     parser.add_argument("--ground_truth", action="store_true",
@@ -253,6 +259,10 @@ def flag_problems(args) -> list[str]:
 
 def main():
     args = parse_args()
+    if args.gpu_check:
+        import gpucheck
+        raise SystemExit(gpucheck.run(args.config, args.batch_size, args.device, compile_too=args.compile or
+                                      args.device.startswith("cuda")))
     if args.validate_metrics:
         return validate_main(args)
     if args.quality or args.ablate:

@@ -59,6 +59,9 @@ def relative_points(batch: dict) -> torch.Tensor | None:
     return batch["trajectories"].float() / torch.tensor([W, H], dtype=torch.float)
 
 
+KEY_MASKS = ("text_mask", "image_mask", "voice_mask")  # the masks that become attention key masks
+
+
 @dataclass
 class Conditioning:
     text: torch.Tensor             # (B, L) token ids (toy) or (B, L, D_text) text features (umT5 for real data)
@@ -78,6 +81,8 @@ class Conditioning:
                                                # t, (x0, y0, x1, y1) as fractions of the frame; zero area = no box
     trajectories: torch.Tensor | None = None   # (B, K, T, P, 2) where subject k's tracked points should be, (x, y)
                                                # fractions of the frame; a point counts where its box is given
+    full: frozenset = frozenset()              # names of the masks known to be all True, decided on the host
+                                               # (`to`): attention then gets no mask and may use flash kernels
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -108,11 +113,18 @@ class Conditioning:
 
     def _map(self, fn) -> "Conditioning":
         """A new Conditioning with fn applied to every tensor (None stays None)."""
-        return dataclasses.replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                                            for f in dataclasses.fields(self)})
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def known_full(self) -> frozenset:
+        """The key masks that are all True, where that can be seen without waiting for a device: masks still on
+        the CPU are checked; a mask already on a GPU keeps what was known when it moved there."""
+        on_host = {name for name in KEY_MASKS if getattr(self, name).device.type == "cpu"}
+        return frozenset(n for n in on_host if bool(getattr(self, n).all())) | (self.full - on_host)
 
     def to(self, device) -> "Conditioning":
-        return self._map(lambda x: x.to(device, non_blocking=True))
+        """Move to `device`; the host learns here, for free, which masks are all True (see `full`)."""
+        return dataclasses.replace(self._map(lambda x: x.to(device, non_blocking=True)), full=self.known_full())
 
     def __getitem__(self, index) -> "Conditioning":
         """The samples `index` (a slice, an index tensor or a bool mask) of every field."""
@@ -128,6 +140,8 @@ class Conditioning:
                 if not all(v is None for v in values):
                     raise ValueError(f"Conditioning.cat: {f.name} is given for some parts and not others")
                 out[f.name] = None
+            elif f.name == "full":  # all True in the whole batch only where all True in every part
+                out[f.name] = frozenset.intersection(*values)
             else:
                 out[f.name] = torch.cat(values)
         return Conditioning(**out)
@@ -147,13 +161,15 @@ class Conditioning:
             text_mask[:, 0] |= ~keep                        # the null token itself is attended
         else:
             text, text_mask = self.text * keep[:, None, None], self.text_mask
-        return dataclasses.replace(self, text=text, text_mask=text_mask,
-                                   subject_spans=self.subject_spans * keep[:, None, None],
-                                   line_mask=self.line_mask & keep[:, None],
-                                   phoneme_mask=self.phoneme_mask & keep[:, None, None])
+        out = dataclasses.replace(self, text=text, text_mask=text_mask, subject_spans=self.subject_spans * keep[:, None, None],
+                                  line_mask=self.line_mask & keep[:, None], phoneme_mask=self.phoneme_mask & keep[:, None, None],
+                                  full=self.full - {"text_mask"})
+        return dataclasses.replace(out, full=out.known_full())
 
     def drop_references(self, which: torch.Tensor, images: bool = True, voices: bool = True) -> "Conditioning":
         """Mask the flagged samples' reference images and/or voices out of every attention."""
         drop = which.to(self.image_mask.device)[:, None]
-        return dataclasses.replace(self, image_mask=self.image_mask & ~drop if images else self.image_mask,
-                                   voice_mask=self.voice_mask & ~drop if voices else self.voice_mask)
+        out = dataclasses.replace(self, image_mask=self.image_mask & ~drop if images else self.image_mask,
+                                  voice_mask=self.voice_mask & ~drop if voices else self.voice_mask,
+                                  full=self.full - {"image_mask", "voice_mask"})
+        return dataclasses.replace(out, full=out.known_full())

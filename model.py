@@ -51,6 +51,7 @@ import ocf
 import rope
 import seqpar
 from attention import attention, key_padding
+from precision import LayerNorm32, RMSNorm32, linear32
 from conditioning import Conditioning
 
 
@@ -208,8 +209,9 @@ def is_addition(name: str) -> bool:
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     """(N,) flow time in [0, 1] -> (N, dim) sinusoidal features of 1000 t (Wan's convention: cos, then sin)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
-    angles = 1000 * t.double()[:, None] * freqs
+    wide = torch.float32 if t.device.type == "mps" else torch.float64   # Apple's GPUs have no float64
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=wide) / half)
+    angles = 1000 * t.to(wide)[:, None] * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 
@@ -240,8 +242,10 @@ def modulate(x, shift, scale, n_content):
 
 
 def gate(y, g, n_content):
-    """Per-segment gate of a residual branch: y (B, S, D) times g (B, 2, D)."""
-    return torch.cat([y[:, :n_content] * g[:, :1].to(y.dtype), y[:, n_content:] * g[:, 1:].to(y.dtype)], dim=1)
+    """Per-segment gate of a residual branch: y (B, S, D) times the fp32 gate g (B, 2, D), in fp32 (Wan:
+    `x = x + y * e[2]`), so adding it promotes the residual stream to fp32 under bf16 autocast."""
+    y32 = y.float()
+    return torch.cat([y32[:, :n_content] * g[:, :1], y32[:, n_content:] * g[:, 1:]], dim=1)
 
 
 class Heads:
@@ -261,7 +265,7 @@ class SelfAttention(Heads, nn.Module):
         d = cfg.dim
         self.heads = cfg.heads
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q, self.norm_k = nn.RMSNorm(d, eps=cfg.eps), nn.RMSNorm(d, eps=cfg.eps)
+        self.norm_q, self.norm_k = RMSNorm32(d, eps=cfg.eps), RMSNorm32(d, eps=cfg.eps)
 
     def queries(self, x, cos, sin):
         return rope.apply_rope(self.split(self.norm_q(self.q(x))), cos, sin)     # (B, H, S, hd)
@@ -289,9 +293,9 @@ class CrossAttention(SelfAttention):
         super().__init__(cfg)
         d = cfg.dim
         # the other tower's keys and values: the "fusion" weights (1.13B of Ovi's 11.7B)
-        self.pre_attn_norm_fusion = nn.LayerNorm(d, eps=cfg.eps)   # affine, on the other tower's tokens
+        self.pre_attn_norm_fusion = LayerNorm32(d, eps=cfg.eps)   # affine, on the other tower's tokens
         self.k_fusion, self.v_fusion = nn.Linear(d, d), nn.Linear(d, d)
-        self.norm_k_fusion = nn.RMSNorm(d, eps=cfg.eps)
+        self.norm_k_fusion = RMSNorm32(d, eps=cfg.eps)
 
     def forward(self, x, text, text_mask, other, other_mask, rope_self, rope_other, sp=None):
         q = self.split(self.norm_q(self.q(x)))                                     # (B, H, S, hd)
@@ -322,7 +326,7 @@ class IdentityKeys(Heads, nn.Module):
         d = cfg.dim
         self.heads = cfg.heads
         self.k, self.v = nn.Linear(d, d), nn.Linear(d, d)
-        self.norm_k = nn.RMSNorm(d, eps=cfg.eps)
+        self.norm_k = RMSNorm32(d, eps=cfg.eps)
 
 
 class IdentityStream(nn.Module):
@@ -353,11 +357,11 @@ class Block(nn.Module):
         self.last = last
         if cfg.ref_mode == "presence" and decoupled:
             self.identity = IdentityStream(cfg, last)
-        self.norm1 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm1 = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(cfg)
-        self.norm3 = nn.LayerNorm(d, eps=cfg.eps)
+        self.norm3 = LayerNorm32(d, eps=cfg.eps)
         self.cross_attn = CrossAttention(cfg)
-        self.norm2 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm2 = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn, d))
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))   # per-block bias on the shared timestep MLP
 
@@ -411,14 +415,14 @@ class Block(nn.Module):
         per_subject = lambda t: t.unflatten(2, (subjects, -1)).transpose(1, 2).flatten(0, 1)  # noqa: E731
         y = attention(per_subject(w.self_attn.queries(h, cos, sin)), per_subject(kv[0]), per_subject(kv[1]))
         y = y.unflatten(0, (-1, subjects)).transpose(1, 2).flatten(2, 3)                    # (B, H, K*m, hd)
-        return ident + w.self_attn.out(y) * mod[:, 2:3].to(ident.dtype), kv
+        return ident + w.self_attn.out(y).float() * mod[:, 2:3], kv       # fp32 gate, as gate()
 
     def identity_ffn_part(self, ident, e):
         if self.last or ident.shape[1] == 0:
             return ident
         w, mod = self.identity_weights(), self.identity_mod(e)
         h = (self.norm2(ident).float() * (1 + mod[:, 4:5]) + mod[:, 3:4]).to(ident.dtype)
-        return ident + w.ffn(h) * mod[:, 5:6].to(ident.dtype)
+        return ident + w.ffn(h).float() * mod[:, 5:6]
 
 
 class TwinLayer(nn.Module):
@@ -427,11 +431,20 @@ class TwinLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         self.index, self.presence = index, cfg.ref_mode == "presence"
+        self.grad_ckpt = False  # train.py --grad_ckpt: recompute this layer in the backward
         last = index == cfg.layers - 1
         self.video = Block(cfg, cfg.decouple_video, last)
         self.audio = Block(cfg, cfg.decouple_audio, last)
 
     def forward(self, v, a, ctx: dict):
+        """Activation checkpointing lives *inside* the layer (torchtitan's order: checkpoint, then compile,
+        then FSDP2's fully_shard around it): FSDP2 gathers the weights before this runs, in the forward and
+        again before the recompute in the backward, and the recompute sees exactly the forward's inputs."""
+        if self.grad_ckpt and self.training:
+            return torch.utils.checkpoint.checkpoint(self.layer, v, a, ctx, use_reentrant=False)
+        return self.layer(v, a, ctx)
+
+    def layer(self, v, a, ctx: dict):
         if self.presence:
             return self.forward_presence(v, a, ctx)
         sp = ctx["sp"]  # sequence parallel (seqpar.py): v, a are this rank's slices; masks and attention whole
@@ -462,12 +475,12 @@ class TwinLayer(nn.Module):
         content = lambda rope_cs, n: tuple(x[:, :n] for x in rope_cs)  # noqa: E731  (content positions only)
         rope_a = content(ctx["rope_a"], n_a)
         v_c, a_c = (v[:, :n_v] if v is not None else None), a[:, :n_a]
-        a_new = a_c + self.audio.cross_attn(self.audio.norm3(a_c), ctx["text_a"], ctx["text_mask"], v_c,
-                                            None if v is None else ctx["mask_v"][:, :n_v], rope_a,
+        # the other tower's content tokens are all real: no key mask
+        a_new = a_c + self.audio.cross_attn(self.audio.norm3(a_c), ctx["text_a"], ctx["text_mask"], v_c, None, rope_a,
                                             None if v is None else content(ctx["rope_v"], n_v))
         if v is not None:
-            v_c = v_c + self.video.cross_attn(self.video.norm3(v_c), ctx["text_v"], ctx["text_mask"], a_c,
-                                              ctx["mask_a"][:, :n_a], content(ctx["rope_v"], n_v), rope_a)
+            v_c = v_c + self.video.cross_attn(self.video.norm3(v_c), ctx["text_v"], ctx["text_mask"], a_c, None,
+                                              content(ctx["rope_v"], n_v), rope_a)
             v = torch.cat([self.video.ffn_part(v_c, ctx["e_v"], n_v),
                            self.video.identity_ffn_part(v[:, n_v:], ctx["e_v"])], 1)
         return v, torch.cat([self.audio.ffn_part(a_new, ctx["e_a"], n_a),
@@ -509,25 +522,28 @@ class Tower(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
-        self.head_norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.head_norm = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.zeros(1, 2, d))
         self.head = nn.Linear(d, out_dim)
         self.freq_dim = cfg.freq_dim
 
     def timestep(self, t):
-        """(B,) flow time -> (B, 2, 6, D) fp32 modulation rows for (noisy content, clean references)."""
-        with torch.autocast(t.device.type, enabled=False):
-            both = torch.stack([t.float(), torch.zeros_like(t, dtype=torch.float)], dim=1).flatten()  # (2B,)
-            emb = self.time_embed(timestep_features(both, self.freq_dim))
-            return emb, self.time_proj(emb).unflatten(-1, (6, -1)).unflatten(0, (-1, 2))
+        """(B,) flow time -> (emb (2B, D), e (B, 2, 6, D)), both fp32: each row's timestep embedding (the head
+        reads it) and the modulation rows of (noisy content at t, clean references at 0). Computed in fp32 with
+        fp32 copies of the weights, as Wan does: under FSDP2 or a bf16 LoRA base the weights are bf16."""
+        both = torch.stack([t.float(), torch.zeros_like(t, dtype=torch.float)], dim=1).flatten()  # (2B,)
+        hidden = F.silu(linear32(timestep_features(both, self.freq_dim), self.time_embed[0]))
+        emb = linear32(hidden, self.time_embed[2])                                  # (2B, D)
+        e = linear32(F.silu(emb), self.time_proj[1])                                # (2B, 6D)
+        return emb, e.unflatten(-1, (6, -1)).unflatten(0, (-1, 2))                  # (B, 2, 6, D)
 
     def output(self, x, emb, n):
-        """Head on the content tokens only (references are dropped here, so never in the loss)."""
-        with torch.autocast(x.device.type, enabled=False):
-            # Wan's head: (1, 2, D) bias + the content tokens' timestep embedding -> shift, scale (B, D)
-            shift, scale = (self.head_modulation.float() + emb.unflatten(0, (-1, 2))[:, :1]).unbind(1)
-            y = self.head_norm(x[:, :n].float()) * (1 + scale[:, None]) + shift[:, None]
-            return self.head(y.to(self.head.weight.dtype))
+        """Head on the content tokens only (references are dropped here, so never in the loss); in fp32,
+        like Wan's Head (under `autocast(float32)`): the velocity is the loss's input."""
+        # Wan's head: (1, 2, D) bias + the content tokens' timestep embedding -> shift, scale (B, D)
+        shift, scale = (self.head_modulation.float() + emb.unflatten(0, (-1, 2))[:, :1]).unbind(1)
+        y = self.head_norm(x[:, :n].float()) * (1 + scale[:, None]) + shift[:, None]
+        return linear32(y, self.head)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,7 +564,6 @@ class TwinTower(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.grad_ckpt = False
         self.sp = None   # a seqpar.SeqGroup under --seq_parallel: this rank computes 1/N of each tower's tokens
         d = cfg.dim
         self.prompt = ocf.PromptEncoder(cfg)   # text encoder, phoneme encoder, OCF, MTP-CA (Sec. 4.2)
@@ -815,10 +830,12 @@ class TwinTower(nn.Module):
             v, mask_v, n_v, ref_hw = self.video_tokens(video, cond, cached)
             grid = self.video_grid(video.shape)
         rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
-        if self.cfg.motion and video is not None and cond.trajectories is not None and cond.boxes is not None:
+        trajectories = self.cfg.motion and video is not None and cond.trajectories is not None and cond.boxes is not None
+        if trajectories:
             traj, traj_mask, rope_v = self.trajectory_tokens(cond, video.shape, rope_v)
             v, mask_v = torch.cat([v, traj.to(v.dtype)], 1), torch.cat([mask_v, traj_mask], 1)
         full_n_v, full_n_a = n_v, n_a
+        mask_v, mask_a, text_mask = self.needed_masks(cond, mask_v, mask_a, trajectories)
         if self.sp is not None:  # keep this rank's slice of each stream; masks stay whole (they mask keys)
             if self.cfg.ref_mode == "presence":
                 raise ValueError("--seq_parallel supports ref_mode concat only (see seqpar.py)")
@@ -827,7 +844,7 @@ class TwinTower(nn.Module):
                 v, mask_v, rope_v, n_v = self.shard_stream(v, mask_v, rope_v, n_v)
         emb_a, e_a = self.audio_tower.timestep(t)
         emb_v, e_v = self.video_tower.timestep(t) if video is not None else (None, None)
-        ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=cond.text_mask,
+        ctx = dict(e_v=e_v, e_a=e_a, n_v=n_v, n_a=n_a, mask_v=mask_v, mask_a=mask_a, text_mask=text_mask,
                    cache=cache, subjects=cond.subjects, sp=self.sp,
                    rope_v=rope_v, rope_a=rope_a, text_a=self.audio_tower.text_proj(prompt),
                    text_v=self.video_tower.text_proj(prompt) if video is not None else None)
@@ -839,10 +856,7 @@ class TwinTower(nn.Module):
             z_box = self.box_features(cond.boxes.to(video.device), video.shape)
             v = self.inject_boxes(v, z_box, n_v, self.box_in)
         for i, layer in enumerate(self.layers):
-            if self.grad_ckpt and self.training:
-                v, a = torch.utils.checkpoint.checkpoint(layer, v, a, ctx, use_reentrant=False)
-            else:
-                v, a = layer(v, a, ctx)
+            v, a = layer(v, a, ctx)
             if z_box is not None and self.cfg.box_injection == "hierarchical":
                 v = self.inject_boxes(v, z_box, n_v, self.box_layers[i])
         if cache is not None:
@@ -852,6 +866,17 @@ class TwinTower(nn.Module):
             audio_out = precondition(audio_out, audio, t, self.cfg.sigma_audio)
             video_out = None if video is None else precondition(video_out, video, t, self.cfg.sigma_video)
         return video_out, audio_out
+
+    def needed_masks(self, cond: Conditioning, mask_v, mask_a, motion: bool):
+        """The key masks attention must apply: None where every key is real, so SDPA may choose its flash kernel
+        (any mask forces the slower memory-efficient one). Decided from cond.full, known on the host, so no
+        device sync; trajectory tokens (motion) and sequence parallel's padding keep their masks."""
+        K, full = cond.subjects, cond.full
+        if self.sp is not None:
+            return mask_v, mask_a, cond.text_mask if "text_mask" not in full else None
+        video_full = (K == 0 or "image_mask" in full) and not motion
+        return (None if video_full else mask_v, None if K == 0 or "voice_mask" in full else mask_a,
+                None if "text_mask" in full else cond.text_mask)
 
     def shard_stream(self, x, mask, rope_cs, n):
         """Sequence parallel: this rank's slice of a stream's tokens and RoPE tables, the whole key mask
@@ -908,15 +933,17 @@ class TwinTower(nn.Module):
 
 def shard_rows(p) -> tuple[int, int]:
     """The rows [start, end) of the full parameter that this rank holds. A plain tensor holds all of them;
-    an FSDP2 parameter is a DTensor sharded on dim 0 over a 1-D mesh in chunks of ceil(rows / ranks)
-    (torch.chunk's split: the last ranks may hold fewer rows, or none)."""
+    an FSDP2 parameter is a DTensor sharded on dim 0 along one mesh dimension (HSDP: replicated along the
+    other) in chunks of ceil(rows / ranks) (torch.chunk's split: the last ranks may hold fewer rows, or none)."""
     rows = p.shape[0]
     if not hasattr(p, "device_mesh"):
         return 0, rows
-    if len(p.placements) != 1 or not p.placements[0].is_shard(0):
-        raise ValueError(f"expected FSDP2's Shard(0) placement, got {p.placements}")
-    chunk = -(-rows // p.device_mesh.size())
-    start = min(rows, p.device_mesh.get_coordinate()[0] * chunk)
+    sharded = [i for i, placement in enumerate(p.placements) if not placement.is_replicate()]
+    if len(sharded) != 1 or not p.placements[sharded[0]].is_shard(0):
+        raise ValueError(f"expected FSDP2's Shard(0) placement (HSDP: Replicate, Shard(0)), got {p.placements}")
+    dim = sharded[0]
+    chunk = -(-rows // p.device_mesh.size(dim))
+    start = min(rows, p.device_mesh.get_coordinate()[dim] * chunk)
     return start, min(rows, start + chunk)
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import rope
 from attention import attention, key_padding
+from precision import LayerNorm32
 
 
 class TextBlock(nn.Module):
@@ -33,7 +34,7 @@ class TextBlock(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = LayerNorm32(dim), LayerNorm32(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
@@ -53,7 +54,7 @@ class CharTextEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm32(dim)
         self.head_dim = dim // heads
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ class ConvNeXtV2Block(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dwconv = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm32(dim, eps=1e-6)
         self.up, self.grn, self.down = nn.Linear(dim, 2 * dim), GRN(2 * dim), nn.Linear(2 * dim, dim)
 
     def forward(self, x):                                        # (N, P, d)
@@ -183,7 +184,7 @@ class MaskedPhonemeCrossAttention(nn.Module):
     def __init__(self, text_dim: int, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm = nn.LayerNorm(text_dim)
+        self.norm = LayerNorm32(text_dim)
         self.q, self.k, self.v = nn.Linear(text_dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.o = nn.Linear(dim, text_dim)
         nn.init.zeros_(self.o.weight)                              # zero-init, like OCF's residuals

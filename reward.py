@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import checkpoint
 import data
 from attention import attention
+from precision import LayerNorm32
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = LayerNorm32(dim), LayerNorm32(dim)
         self.qkv, self.o = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -74,7 +75,7 @@ class LIRM(nn.Module):
         self.ref_pos = nn.Parameter(torch.randn(1, (ref_size // p) ** 2, d) * 0.02)
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))     # identity cross-attention
         # a logit, not a probability: LIReFL's -E[r] then keeps a gradient where a sigmoid would saturate
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.head = nn.Sequential(LayerNorm32(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
     def patches(self, video):
         """(B, T, 3, H, W) -> (B, T/p * H/p * W/p, p^3 * 3)."""

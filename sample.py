@@ -316,8 +316,7 @@ def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
     audio shape). For Ovi-size models, which read VAE latents and umT5 features rather than the toy world."""
     import shards  # real data only; the toy path never needs it
     try:
-        shard = shards.LatentShards.load(path, shards.ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim,
-                                                         cfg.phoneme_vocab))
+        shard = shards.LatentShards.load(path, shards.spec_for(cfg))
     except shards.ShardError as e:
         raise InputError(str(e)) from None
     n = shard["video"].shape[0]

@@ -49,6 +49,13 @@ class ShardSpec:
     C_a: int = 20
     D_text: int = 4096
     phoneme_vocab: int = 19    # line_phonemes ids are < this (the model's phoneme table)
+    patch: tuple = (1, 2, 2)   # the model's video patch (t, h, w) in latents: it must tile T, H, W and H_r, W_r
+
+
+def spec_for(cfg) -> ShardSpec:
+    """What a model (model.ModelConfig) needs of a shard: its channels, prompt width, phoneme table, patch."""
+    return ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim, cfg.phoneme_vocab,
+                     (cfg.patch_t, cfg.patch_h, cfg.patch_w))
 
 
 class ShardError(ValueError):
@@ -71,19 +78,29 @@ def check_shard(shard: dict, path: str, spec: ShardSpec) -> int:
                 raise ShardError(f"{path}: field '{name}' has shape {tuple(t.shape)}, expected {dims} with {dim}={expect}")
             if isinstance(expect, str):
                 sizes[dim] = size
+    check_patch(sizes, path, spec)
     check_dtypes(shard, path)
     check_indices(shard, path, spec)
     return sizes["N"]
 
 
+def check_patch(sizes: dict, path: str, spec: ShardSpec):
+    """The model's patches must tile the latents exactly (a 720 x 720 clip gives 45 x 45 Wan2.2 latents, which
+    2 x 2 patches do not tile: Ovi snaps frame sizes to multiples of 32 pixels, 16 per latent x 2 per patch)."""
+    pt, ph, pw = spec.patch
+    for field, (t, h, w) in (("video", (sizes["T"], sizes["H"], sizes["W"])), ("ref_images", (pt, sizes["H_r"], sizes["W_r"]))):
+        if t % pt or h % ph or w % pw:
+            raise ShardError(f"{path}: field '{field}' has {t} x {h} x {w} latents (T x H x W) that the model's "
+                             f"{pt} x {ph} x {pw} patches do not tile; encode frames whose sides are multiples of "
+                             f"{16 * ph} pixels (Ovi snaps 720 to 704)")
+
+
 def check_dtypes(shard: dict, path: str):
-    """Floats where values are, bools where masks are, integers where indices are; no NaN / inf (one
-    would poison every weight at the first step)."""
+    """Floats where values are, bools where masks are, integers where indices are. Values are checked for
+    NaN / inf per batch (check_finite), where they are read."""
     for name in FLOAT_FIELDS:
         if not shard[name].is_floating_point():
             raise ShardError(f"{path}: field '{name}' is {shard[name].dtype}, expected a float dtype; re-export the shard")
-        if not torch.isfinite(shard[name]).all():
-            raise ShardError(f"{path}: field '{name}' holds NaN or inf values; re-export the shard")
     for name in BOOL_FIELDS:
         if shard[name].dtype != torch.bool:
             raise ShardError(f"{path}: field '{name}' is {shard[name].dtype}; store masks as torch.bool (True = real)")
@@ -120,11 +137,23 @@ def write_shard(path: str, shard: dict, spec: ShardSpec = ShardSpec()):
     os.replace(tmp, path)
 
 
+def check_finite(batch: dict, path: str):
+    """No NaN / inf in the values about to be trained on: one would poison every weight at the first step."""
+    for name in FLOAT_FIELDS:
+        if not torch.isfinite(batch[name]).all():
+            raise ShardError(f"{path}: field '{name}' holds NaN or inf values; re-export the shard")
+
+
 class LatentShards(torch.utils.data.IterableDataset):
     """Streams batches from precomputed shards, forever, shuffled per epoch with a seed.
 
-    Each rank reads shards i = rank, rank + world, ...; within a shard, samples are batched in a
-    seeded order. `start_batch` skips ahead (resume).
+    One global sequence of batches g = 0, 1, 2, ... (shards in a seeded order per epoch, samples in a
+    seeded order per shard, a batch never spans two shards), the same on every rank. Rank r takes
+    g = r, r + world, ... -- so ranks never read the same samples, even with fewer shards than ranks --
+    and its DataLoader worker w of W takes every W-th of those, in the order the loader's round-robin
+    returns them: the stream is the same for any --workers. `start_batch` (this rank's batches already
+    consumed) resumes it. Shards are memory-mapped: a rank reads only the rows of its own batches, and
+    checks and converts them (to fp32) in the worker, off the training thread.
     """
 
     def __init__(self, pattern: str, batch_size: int, spec: ShardSpec = ShardSpec(), seed: int = 0,
@@ -133,35 +162,55 @@ class LatentShards(torch.utils.data.IterableDataset):
         self.paths = sorted(glob.glob(pattern))
         if not self.paths:
             raise ShardError(f"no shard files match {pattern!r}")
-        self.paths = self.paths[rank::world] or self.paths
         self.batch_size, self.spec, self.seed, self.start_batch = batch_size, spec, seed, start_batch
+        self.rank, self.world = rank, world
 
     @staticmethod
-    def load(path: str, spec: ShardSpec) -> dict:
+    def open(path: str, spec: ShardSpec) -> dict:
+        """A shard memory-mapped, its structure checked (fields, shapes, dtypes, indices); values stay on disk."""
         try:
-            shard = torch.load(path, map_location="cpu", weights_only=True)
+            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # truncated/corrupt file: say which one, not a pickle traceback
             raise ShardError(f"{path}: cannot be read as a shard ({type(e).__name__}); re-export it") from None
         if not isinstance(shard, dict):
             raise ShardError(f"{path}: holds a {type(shard).__name__}, expected a dict of tensors")
         check_shard(shard, path, spec)
-        return {k: v.float() if k in FLOAT_FIELDS else v for k, v in shard.items() if k in SHARD_FIELDS}
+        return {k: v for k, v in shard.items() if k in SHARD_FIELDS}
+
+    @staticmethod
+    def rows(shard: dict, idx: torch.Tensor, path: str) -> dict:
+        """Samples `idx` of an open shard: read, checked for NaN / inf, floats as fp32."""
+        batch = {k: v[idx].float() if k in FLOAT_FIELDS else v[idx] for k, v in shard.items()}
+        check_finite(batch, path)
+        return batch
+
+    @classmethod
+    def load(cls, path: str, spec: ShardSpec) -> dict:
+        """A whole shard, checked and in fp32 (tools and tests; training reads rows with `open` and `rows`)."""
+        shard = cls.open(path, spec)
+        return cls.rows(shard, torch.arange(shard["video"].shape[0]), path)
+
+    def mine(self, g: int, workers: int, worker: int) -> bool:
+        """Is global batch g this rank's, at or after start_batch, and this worker's?"""
+        k, r = divmod(g, self.world)               # g is rank r's k-th batch
+        return r == self.rank and k >= self.start_batch and (k - self.start_batch) % workers == worker
 
     def __iter__(self):
-        b, epoch = 0, 0
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        g, epoch = 0, 0
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
             largest = 0  # batches come from one shard at a time: a shard smaller than a batch gives none
             for p in order:
-                shard = self.load(self.paths[p], self.spec)
+                shard = self.open(self.paths[p], self.spec)
                 n = shard["video"].shape[0]
                 largest = max(largest, n)
                 perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, int(p)]).permutation(n))
                 for i in range(0, n - self.batch_size + 1, self.batch_size):
-                    if b >= self.start_batch:
-                        idx = perm[i: i + self.batch_size]
-                        yield {k: v[idx] for k, v in shard.items()}
-                    b += 1
+                    if self.mine(g, workers, worker):
+                        yield self.rows(shard, perm[i: i + self.batch_size], self.paths[p])
+                    g += 1
             if largest < self.batch_size:  # a whole pass without one batch: the next pass would be the same
                 raise ShardError(f"no shard of {len(self.paths)} file(s) holds a batch of {self.batch_size} samples "
                                  f"(the largest holds {largest}): lower --batch_size to at most {largest} or "

@@ -56,10 +56,12 @@ import torch.distributed as dist
 
 import checkpoint
 import data
+import precision as precision_lib
 import model as model_lib
 import progress as progress_lib
 import reward as reward_lib
 import seqpar
+import sharded
 import shards
 from conditioning import Conditioning
 from inputs import OneLineParser, out_dir_problems, parse_bool  # the entry points' shared helpers
@@ -107,9 +109,11 @@ class TrainConfig:
     ckpt_every: int = 200              # steps per checkpoint (also at the end and on --max_minutes)
     workers: int = 0                   # DataLoader workers for the toy world (it is fast: 0 is fine on 2 cores)
     compile: bool = False              # torch.compile each TwinLayer in place
-    grad_ckpt: bool = False            # activation checkpointing per TwinLayer
+    precision: str = ""                # bf16 | fp32: CUDA's regime on any device (precision.py); "" = bf16 on CUDA, fp32 elsewhere
+    grad_ckpt: bool = False            # activation checkpointing inside each TwinLayer
     seq_parallel: int = 1              # ranks sharing each sample's tokens (seqpar.py: Ulysses all-to-all)
     fsdp: bool = False                 # FSDP2 instead of DDP under torchrun
+    shard_group: int = 0               # FSDP2: ranks that shard the weights; groups of them replicate (HSDP); 0 = one node
     threads: int = 0                   # torch CPU threads (0 = torch's default)
     progress_every: float = 2.5        # minutes between progress-strip rows (progress.png, index.html); 0 = off
     keep_snapshots: bool = False       # at every progress row also keep ckpt_minute{M}.pt (learning curves)
@@ -175,12 +179,16 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
             raise ValueError
     except ValueError:
         problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
+    if tc.precision not in ("", "auto", *precision_lib.CHOICES):
+        problems.append(f"--precision must be bf16 or fp32 (or empty: bf16 on CUDA, fp32 elsewhere), got {tc.precision!r}")
     if tc.backbone_lr_schedule not in ("cosine", "constant"):
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
     mcfg = dataclasses.replace(model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"]), **model_overrides)
     wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
     problems += recipe_problems(tc, model_overrides) + model_lib.config_problems(mcfg) + data.world_problems(wcfg)
     world = int(os.environ.get("WORLD_SIZE", 1))
+    if tc.shard_group < 0 or (tc.fsdp and world % shard_group_size(tc, world)):
+        problems.append(f"--shard_group {tc.shard_group} must be 0 (one node) or divide the ranks ({world})")
     if tc.seq_parallel < 1 or world % tc.seq_parallel or mcfg.heads % tc.seq_parallel:
         problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
     elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
@@ -350,16 +358,20 @@ def masked_mse(pred, target, mask, dims, weight=1.0):
     return err.sum(dims) / (mask.expand_as(err).sum(dims)).clamp_min(1)
 
 
-def task_inputs(batch: dict, tasks: torch.Tensor, device):
+def task_inputs(batch: dict, tasks: torch.Tensor, device, task_weights=(1.0, 1.0, 1.0)):
     """Per-sample DreamID-Omni task inputs: RV2AV gets the video with every subject box blanked plus the
-    mask as a channel; RA2V gets the clean audio as the driving track; other samples get zeros."""
+    mask as a channel; RA2V gets the clean audio as the driving track; other samples get zeros.
+
+    Whether an input exists is decided by the task mix, not by this batch's draw: every rank must run the
+    same parameters, or FSDP2's reduce-scatters (one per unit, over the parameters that have gradients)
+    would disagree between a rank that drew an RV2AV sample and one that did not."""
     rv, ra = (tasks == 1), (tasks == 2)  # per-sample flags; task 0 (R2AV) gets neither input
     source = driving = None
-    if rv.any():
+    if task_weights[1] > 0:
         mask = batch["source_mask"]
         source = torch.cat([batch["video"] * (1 - mask), mask], dim=2) * rv.view(-1, 1, 1, 1, 1)
         source = source.to(device)
-    if ra.any():
+    if task_weights[2] > 0:
         driving = (batch["audio"] * ra.view(-1, 1, 1)).to(device)
     return source, driving
 
@@ -390,9 +402,10 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
         noise_v = torch.randn(x0_v.shape, generator=gen).to(device)
         tv = t_dev.view(B, 1, 1, 1, 1)
         xt_v, target_v = (1 - tv) * x0_v + tv * noise_v, noise_v - x0_v          # v = noise - x0
-        source, driving = task_inputs(batch, tasks, device)
-    cond = Conditioning.from_batch(batch, source, driving).to(device)
+        source, driving = task_inputs(batch, tasks, device, task_weights)
+    cond = Conditioning.from_batch(batch, source, driving)   # dropped on the host, so `to` sees the final masks
     cond = cond.drop_prompt(drop_text).drop_references(drop_images, voices=False).drop_references(drop_voices, images=False)
+    cond = cond.to(device)
     pred_v, pred_a = net(xt_v, xt_a, t_dev, cond)
     audio_mask = torch.ones(B, audio.shape[1], 1)
     video_mask = None
@@ -492,11 +505,6 @@ def full_tensor(x):
     return x.full_tensor() if hasattr(x, "full_tensor") else x
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; nothing on CPU (no gain there). Norms, modulation and RoPE stay fp32 inside."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 # ------------------------------------------------------------------------------------------------
 # Building a run: configs -> model on the meta device -> wrap (compile, FSDP2) -> weights -> EMA, optimizer
 # ------------------------------------------------------------------------------------------------
@@ -520,6 +528,7 @@ class Run:
     log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
     reward: object = None             # LIReFL: the frozen LIRM (reward.py), or None
+    precision: str = "fp32"           # the resolved --precision: bf16 | fp32
 
     @property
     def data_rank(self) -> int:
@@ -540,7 +549,7 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
     """(ModelConfig, WorldConfig): a resumed run keeps its own; an --init_from checkpoint of ours brings its
     model; otherwise the preset with the command line's overrides."""
     if resume is not None:
-        path = os.path.join(tc.out_dir, "ckpt.pt")
+        path = resume.get("sharded", os.path.join(tc.out_dir, "ckpt.pt"))
         return (checkpoint.config_from_checkpoint(resume, path),
                 checkpoint.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
@@ -584,25 +593,43 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
     then allocates only its shards: the 11.7B model is never whole on any rank."""
     with torch.device("meta"):
         net = model_lib.TwinTower(mcfg)
+    regime = precision_lib.resolve(tc.precision, device)
     for name, p in net.named_parameters():  # LoRA: the backbone is frozen (before FSDP2 groups the parameters)
         p.requires_grad_(net.trains(name))
-        if not p.requires_grad and device.type == "cuda":  # and held in bf16 (2 B, memory.py); CPU keeps fp32
-            p.data = p.data.to(torch.bfloat16)
-    net.grad_ckpt = tc.grad_ckpt
+        if not p.requires_grad:  # and stored in the compute dtype: bf16 (2 B, memory.py) under --precision bf16
+            p.data = p.data.to(precision_lib.compute_dtype(regime))
+    for layer in net.layers:
+        layer.grad_ckpt = tc.grad_ckpt
     if tc.seq_parallel > 1:  # groups of consecutive ranks share a sample; a plain attribute, not a module
         net.sp = seqpar.make_groups(tc.seq_parallel)
     if tc.compile:
         for layer in net.layers:
             layer.compile()
     if world > 1 and tc.fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        # bf16 compute with fp32 gradient reduction on GPUs; CPUs gain nothing from bf16, so fp32 there
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if device.type == "cuda" else MixedPrecisionPolicy()
+        from torch.distributed.fsdp import fully_shard
+        mp = precision_lib.fsdp_policy(regime)  # bf16 gathers, fp32 reductions; inputs left to autocast
+        mesh = fsdp_mesh(tc, world, device)
         for layer in net.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(net, mp_policy=mp)
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(net, mesh=mesh, mp_policy=mp)
     return net.to_empty(device=device)
+
+
+def shard_group_size(tc: TrainConfig, world: int) -> int:
+    """How many ranks shard the weights among themselves: --shard_group, or one node (torchrun's LOCAL_WORLD_SIZE)."""
+    return tc.shard_group or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def fsdp_mesh(tc: TrainConfig, world: int, device):
+    """FSDP2's device mesh. Within a node (NVLink) every rank holds 1/g of the weights; across nodes a flat mesh
+    would all-gather and reduce-scatter the whole model over the slower network every step (~93 GB per GPU
+    at Ovi's size). HSDP instead shards within groups of g ranks and replicates across the groups: across
+    nodes only the gradient shards are all-reduced (torchtitan's data_parallel_replicate x shard)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    g = shard_group_size(tc, world)
+    if g == world:
+        return init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+    return init_device_mesh(device.type, (world // g, g), mesh_dim_names=("replicate", "shard"))
 
 
 def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
@@ -614,9 +641,11 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
         base = resume.get("lora_base", tc.init_from) if resume is not None else tc.init_from
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
         net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, base, log=log))
-        if resume is not None:
+        if resume is not None and "model" in resume:
             checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"),
                                   names={n for n, _ in net.named_parameters() if net.trains(n)})
+    elif resume is not None and "sharded" in resume:
+        pass  # every weight comes from the sharded folder (start_run), nothing to initialise first
     elif resume is not None:
         checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
     elif init is not None:  # what the checkpoint holds; the additions it lacks (ADDITION_FIELDS) start fresh
@@ -660,14 +689,37 @@ def remove_partial_writes(out_dir: str):
         print(f"note: removed {path}, a partial write left by an interrupted run")
 
 
+def resume_point(tc: TrainConfig, rank: int, world: int) -> str:
+    """Where this run resumes from: its sharded folder (FSDP2 runs), its ckpt.pt, or "" (a fresh run).
+    Rank 0 looks and every rank follows, so the ranks never disagree (nodes without a shared filesystem
+    would; a rank that cannot then read the checkpoint stops with one line)."""
+    folder, path = os.path.join(tc.out_dir, sharded.NAME), os.path.join(tc.out_dir, "ckpt.pt")
+    found = [""]
+    if rank == 0:
+        sharded.recover(folder)
+        found = [folder if tc.fsdp and world > 1 and os.path.isdir(folder) else path if os.path.exists(path) else ""]
+    if world > 1:
+        dist.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+def read_resume(point: str) -> dict | None:
+    """The resumed run's record: ckpt.pt whole, or a sharded folder's meta.pt (its tensors load after wrapping)."""
+    if not point:
+        return None
+    if os.path.basename(point) == sharded.NAME:
+        return dict(sharded.read_meta(point), sharded=point)
+    return checkpoint.load_checkpoint(point, need=RESUME_NEEDS)
+
+
 def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, world: int, device) -> Run:
     """Build (or resume) the run in tc.out_dir."""
-    ckpt_path = os.path.join(tc.out_dir, "ckpt.pt")
     if rank == 0:
         remove_partial_writes(tc.out_dir)
-    resume = checkpoint.load_checkpoint(ckpt_path, need=RESUME_NEEDS) if os.path.exists(ckpt_path) else None
+    point = resume_point(tc, rank, world)
+    resume = read_resume(point)
     if resume is not None and tc.init_from and rank == 0:  # the run's own weights move on from where it stopped
-        print(f"note: resuming {ckpt_path} at step {resume['step']}; --init_from {tc.init_from} is not read again")
+        print(f"note: resuming {point} at step {resume['step']}; --init_from {tc.init_from} is not read again")
     # --init_from of ours (e.g. the previous stage); Ovi's safetensors are read tensor by tensor in fill_weights
     init = checkpoint.load_checkpoint(tc.init_from) if tc.init_from and resume is None and \
         not checkpoint.is_ovi_checkpoint(tc.init_from) else None
@@ -681,53 +733,54 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         wrapped = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     run = Run(tc, mcfg, wcfg, net, wrapped, make_optimizer(net, tc), make_ema(net, resume or init),
-              set(net.frozen_in_audio_only_steps()), rank, world, device)
+              set(net.frozen_in_audio_only_steps()), rank, world, device,
+              precision=precision_lib.resolve(tc.precision, device))
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
     if tc.reward_model:
         run.reward = reward_lib.load_lirm(tc.reward_model, wcfg).to(device)
-    if resume is not None:
-        if run.fsdp:
+    if resume is not None and "sharded" in resume:  # every rank reads its own shards, in place
+        sharded.load(net, run.ema, run.opt, resume["sharded"], resume)
+    elif resume is not None:
+        if run.fsdp:  # a ckpt.pt of an earlier version's FSDP2 run: full tensors, each rank keeps its rows
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
             # strict=False: parameters that never had a gradient (unused task inputs) have no Adam state yet
             set_optimizer_state_dict(net, run.opt, resume["optimizer"],
                                      options=StateDictOptions(full_state_dict=True, strict=False))
         else:
             run.opt.load_state_dict(resume["optimizer"])
+    if resume is not None:
         run.step = resume["step"]
         run.log_window = resume.get("log_window", {})
         torch.set_rng_state(resume["rng"])  # noise and data are functions of the step; this covers the rest
     return run
 
 
-def save(run: Run, name: str = "ckpt.pt"):
-    """Write ckpt.pt (or `name`) atomically. All ranks take part (FSDP2 gathers shards, one tensor at a time); rank 0 writes."""
+def run_record(run: Run) -> dict:
+    """Everything of a checkpoint besides the tensors: what a resume (and sample.py) reads."""
+    tc, plan = run.tc, step_plan(run.step, run.tc)
+    return dict(step=run.step, rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
+                world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
+                log_window=run.log_window, **({"lora_base": run.lora_base} if run.mcfg.lora_rank else {}),
+                # for readers and tools: a resume recomputes these from `step` (step_plan)
+                data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
+                                   audio_only_batches=plan["audio_index"] * tc.grad_accum))
+
+
+def save(run: Run, name: str = "ckpt"):
+    """Checkpoint the run atomically; every rank takes part. FSDP2: each rank writes its shards into
+    out_dir/{name}_sharded (sharded.py: nothing is gathered). Otherwise rank 0 writes out_dir/{name}.pt."""
     if run.fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors on rank 0's host only
-        model_state = get_model_state_dict(run.net, options=options)
-        opt_state = get_optimizer_state_dict(run.net, run.opt, options=options)
-    else:
-        model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
-        opt_state = run.opt.state_dict()
+        folder = os.path.join(run.tc.out_dir, sharded.NAME if name == "ckpt" else f"{name}_sharded")
+        sharded.save(run.net, run.ema, run.opt, run_record(run), folder, run.rank)
+        return
+    model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
     if run.mcfg.lora_rank:  # the checkpoint holds what trains; the frozen base is named, not copied
         model_state = {k: v for k, v in model_state.items() if run.net.trains(k)}
-    ema_state = {}
-    for k, v in run.ema.items():   # every rank gathers each EMA tensor; rank 0 keeps it
-        full = full_tensor(v)
-        if run.rank == 0:
-            ema_state[k] = full.cpu()
     if run.rank == 0:
-        tc, plan = run.tc, step_plan(run.step, run.tc)
-        save_atomic(dict(model=model_state, ema=ema_state, optimizer=opt_state, step=run.step,
-                         rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
-                         world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
-                         log_window=run.log_window, **({"lora_base": run.lora_base} if run.mcfg.lora_rank else {}),
-                         # for readers and tools: a resume recomputes these from `step` (step_plan)
-                         data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
-                                            audio_only_batches=plan["audio_index"] * tc.grad_accum)),
-                    os.path.join(tc.out_dir, name))
+        ema_state = {k: v.cpu() for k, v in run.ema.items()}
+        save_atomic(dict(model=model_state, ema=ema_state, optimizer=run.opt.state_dict(), **run_record(run)),
+                    os.path.join(run.tc.out_dir, f"{name}.pt"))
     if run.world > 1:
         dist.barrier()
 
@@ -760,8 +813,7 @@ class StageData:
                 if audio_only:
                     raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
                 m = self.run.mcfg  # the shard's channels and prompt width must be the model's
-                dataset = shards.LatentShards(tc.data, tc.batch_size, shards.ShardSpec(m.video_channels, m.audio_channels,
-                                                                                     m.text_dim, m.phoneme_vocab),
+                dataset = shards.LatentShards(tc.data, tc.batch_size, shards.spec_for(m),
                                               seed=seed, rank=self.run.data_rank, world=self.run.data_world,
                                               start_batch=start)
             self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=tc.workers))
@@ -769,13 +821,12 @@ class StageData:
 
 
 def gradient_sync(run: Run, last: bool):
-    """Accumulate locally over micro-steps; all-reduce (DDP) / reduce-scatter (FSDP2) on the last one only."""
-    if run.world == 1:
+    """DDP: accumulate locally over micro-steps and all-reduce on the last one only. FSDP2: reduce-scatter on
+    every micro-step into the fp32 gradient shards (torchtitan's default): skipping the sync would keep an
+    unsharded fp32 gradient of every parameter until the last micro-step (~47 GB per GPU at full size)."""
+    if run.world == 1 or run.fsdp or last:
         return contextlib.nullcontext()
-    if run.fsdp:
-        run.net.set_requires_gradient_sync(last)
-        return contextlib.nullcontext()
-    return contextlib.nullcontext() if last else run.wrapped.no_sync()
+    return run.wrapped.no_sync()
 
 
 def train_step(run: Run, plan: dict, next_batch) -> dict:
@@ -792,7 +843,7 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint)
     for micro in range(tc.grad_accum):
         batch = next_batch(plan)
-        with gradient_sync(run, last=micro == tc.grad_accum - 1), autocast(run.device):
+        with gradient_sync(run, last=micro == tc.grad_accum - 1), precision_lib.autocast(run.device, run.precision):
             loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
                                     task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False),
                                     reward=run.reward if spec.get("reward", True) else None)
@@ -823,9 +874,11 @@ def update_ema(run: Run, joint: bool):
     """ema <- decay * ema + (1 - decay) * weights, with a warm-up (early on the EMA follows closely, else a
     short run's EMA is mostly the initial weights); frozen weights are skipped in audio-only steps."""
     decay = ema_decay_at(run.step, run.tc)
-    for n, p in run.net.named_parameters():
-        if n in run.ema and (joint or n not in run.frozen):
-            run.ema[n].lerp_(p.detach().float(), 1 - decay)
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731  (FSDP2: this rank's shard)
+    pairs = [(local(run.ema[n]), local(p.detach())) for n, p in run.net.named_parameters()
+             if n in run.ema and (joint or n not in run.frozen)]
+    if pairs:  # one fused call over every local shard, not one DTensor dispatch per parameter
+        torch._foreach_lerp_([e for e, _ in pairs], [p.float() for _, p in pairs], 1 - decay)
 
 
 class Logger:
@@ -930,7 +983,7 @@ class ProgressStrip:
             self.strip.add(progress_lib.ema_model(ema, run.mcfg), minutes, run.step)
             progress_lib.plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))
         if run.tc.keep_snapshots:  # the state at this minute, for bench.py --quality (every rank: collectives)
-            save(run, f"ckpt_minute{minutes:.1f}.pt")
+            save(run, f"ckpt_minute{minutes:.1f}")
 
 
 class Diverged(RuntimeError):
@@ -977,6 +1030,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
           on_step=None) -> dict:
     """Train (or resume) a run in tc.out_dir. Returns {"step", "losses": [loss per step]}."""
     rank, world, device = setup_distributed()  # world = 1 outside torchrun
+    precision_lib.enable_tf32(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     os.makedirs(tc.out_dir, exist_ok=True)
@@ -1019,7 +1073,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     progress.close()
     if rank == 0:
         progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
-    return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [])
+    where = os.path.join(tc.out_dir, sharded.NAME if run.fsdp else "ckpt.pt")
+    return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [], checkpoint=where)
 
 
 def complete_record(line: str) -> bool:
@@ -1053,7 +1108,9 @@ def main():
     except (checkpoint.CheckpointError, shards.ShardError, Diverged) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"done: step {out['step']}, checkpoint {os.path.join(tc.out_dir, 'ckpt.pt')}")
+        print(f"done: step {out['step']}, checkpoint {out['checkpoint']}")
+        if out["checkpoint"].endswith(sharded.NAME):
+            print(f"      (sharded: `python sharded.py {out['checkpoint']}` writes the ckpt.pt that sample.py reads)")
     if dist.is_initialized():
         dist.destroy_process_group()
 

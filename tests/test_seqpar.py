@@ -30,6 +30,7 @@ def test_train_py_with_seq_parallel_2_trains_like_one_rank(tmp_path, fsdp):
 
     import checkpoint
     import model
+    import sharded
     from tiny import TINY_OVERRIDES
     flags = ["train.py", "--batch_size", "2", "--max_steps", "3", "--log_every", "1", "--ckpt_every", "3",
              "--progress_every", "0", "--clip_seconds", "1.0", "--ref_audio_seconds", "0.5", "--heads", "4",
@@ -38,6 +39,8 @@ def test_train_py_with_seq_parallel_2_trains_like_one_rank(tmp_path, fsdp):
     torchrun(*flags, "--out_dir", str(tmp_path / "two"), "--seq_parallel", "2", "--fsdp", fsdp, nproc=2)
     losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "log.jsonl")] for run in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    if fsdp == "true":  # FSDP2 writes a sharded checkpoint: consolidate it into the ckpt.pt form
+        sharded.consolidate(str(tmp_path / "two" / "ckpt_sharded"), str(tmp_path / "two" / "ckpt.pt"))
     one, two = (checkpoint.load_checkpoint(str(tmp_path / run / "ckpt.pt"))["model"] for run in ("one", "two"))
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-4), name

@@ -44,8 +44,9 @@ def test_a_shard_holding_nan_is_refused(tmp_path):
     poisoned = tiny_shard()
     poisoned["audio"][1, 3, 0] = float("nan")
     torch.save(poisoned, tmp_path / "nan.pt")
-    with pytest.raises(shards.ShardError, match="'audio' holds NaN or inf"):
-        next(iter(shards.LatentShards(str(tmp_path / "nan.pt"), batch_size=1)))
+    stream = iter(shards.LatentShards(str(tmp_path / "nan.pt"), batch_size=1))
+    with pytest.raises(shards.ShardError, match="'audio' holds NaN or inf"):   # refused before it is trained on
+        [next(stream) for _ in range(3)]
 
 
 def test_shards_smaller_than_a_batch_stop_with_one_line_instead_of_hanging(tmp_path):
@@ -103,3 +104,27 @@ def test_padding_entries_are_not_range_checked_and_float64_is_read_as_float32(tm
     torch.save(s, tmp_path / "s.pt")
     loaded = shards.LatentShards.load(str(tmp_path / "s.pt"), shards.ShardSpec())
     assert loaded["video"].dtype == torch.float32 and torch.equal(loaded["video"], s["video"].float())
+
+
+def test_ranks_and_workers_split_the_batches_without_repeats(tmp_path):
+    """Two ranks on ONE shard read disjoint samples; 2 DataLoader workers give the same stream as none (a
+    loader without get_worker_info() repeated every batch once per worker); start_batch resumes it."""
+    shards.write_shard(str(tmp_path / "s0.pt"), tiny_shard(n=8))
+    ids = lambda b: b["audio"][:, 0, 0].tolist()  # noqa: E731  (each sample's own value)
+
+    def stream(rank=0, world=1, workers=0, start=0, n=4):
+        data = shards.LatentShards(str(tmp_path / "*.pt"), 1, rank=rank, world=world, start_batch=start)
+        it = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers))
+        return [ids(next(it))[0] for _ in range(n)]
+    r0, r1 = stream(0, 2), stream(1, 2)
+    assert not set(r0) & set(r1) and len(set(r0 + r1)) == 8              # one epoch, split, nothing twice
+    assert stream(0, 2, workers=2) == r0 and stream(0, 2, start=1, n=3) == r0[1:]
+
+
+def test_latents_the_patches_do_not_tile_are_named(tmp_path):
+    """720 x 720 pixels are 45 x 45 Wan2.2 latents: a 2 x 2 patch cannot tile them (was a reshape error)."""
+    s = tiny_shard()
+    s["video"] = torch.randn(3, 2, 48, 5, 5)
+    torch.save(s, tmp_path / "s.pt")
+    with pytest.raises(shards.ShardError, match="do not tile; encode frames whose sides are multiples of 32"):
+        shards.LatentShards.load(str(tmp_path / "s.pt"), shards.ShardSpec())

@@ -155,3 +155,16 @@ def test_rv2av_keeps_the_unmasked_source_region():
     free, _ = sample.sample(net, cond, batch["video"].shape, batch["audio"].shape, steps=4,
                             keep_source=False)
     assert (free[0][keep] - clip["video"][keep]).abs().mean() > 0.05           # the switch is what keeps it
+
+
+def test_task_input_weights_get_a_gradient_whatever_the_batch_drew():
+    """Under --task_mix every rank must run the same parameters (FSDP2 reduce-scatters per unit): the RV2AV and
+    RA2V projections run (on zeros) even when this batch drew only R2AV samples."""
+    torch.manual_seed(0)
+    net = model.TwinTower(TINY)
+    batch = tiny_batch(batch_size=2, scene="single")
+    tc = train.TrainConfig(cond_drop=0.0)
+    loss, stats = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(0), "cpu", task_weights=(1.0, 1e-9, 1e-9))
+    assert (stats["task"] == 0).all()                    # every sample drew R2AV ...
+    loss.backward()
+    assert net.source_embed.weight.grad is not None and net.driving_embed.weight.grad is not None   # ... yet both ran

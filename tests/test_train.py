@@ -113,14 +113,25 @@ def test_two_rank_run_matches_one_rank_at_the_same_global_batch(tmp_path, mode):
         assert torch.allclose(one[name], two[name], atol=1e-4), name
 
 
-def test_fsdp_training_saves_and_resumes(tmp_path):
-    flags = ["train.py", "--fsdp", "true", "--out_dir", str(tmp_path), "--batch_size", "1", "--ckpt_every", "2",
-             "--clip_seconds", "1.0", "--ref_audio_seconds", "0.5", "--log_every", "1"] + [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
-    torchrun(*flags, "--max_steps", "2")
-    torchrun(*flags, "--max_steps", "3")
-    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["step"] == 3 and ckpt["model_config"]["dim"] == 32
-    net = checkpoint.model_from_checkpoint(str(tmp_path / "ckpt.pt"))
+def test_fsdp_run_saves_sharded_resumes_exactly_and_consolidates(tmp_path):
+    """FSDP2 under --precision bf16 writes a sharded checkpoint (sharded.py, nothing gathered); a run stopped
+    at step 2 and resumed gives the uninterrupted run's losses bitwise; `sharded.py` makes the ckpt.pt that
+    sample.py reads, with the full EMA."""
+    flags = ["train.py", "--fsdp", "true", "--precision", "bf16", "--batch_size", "1", "--ckpt_every", "2",
+             "--interleave_audio", "0", "--decay_steps", "4", "--warmup_steps", "1", "--log_every", "1",
+             "--progress_every", "0", "--clip_seconds", "1.0", "--ref_audio_seconds", "0.5"]
+    flags += [f"--{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    torchrun(*flags, "--out_dir", str(tmp_path / "straight"), "--max_steps", "4")
+    torchrun(*flags, "--out_dir", str(tmp_path / "resumed"), "--max_steps", "2")
+    torchrun(*flags, "--out_dir", str(tmp_path / "resumed"), "--max_steps", "4")
+    losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "log.jsonl")] for run in ("straight", "resumed")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    folder = tmp_path / "resumed" / "ckpt_sharded"
+    assert (folder / ".metadata").exists() and not (tmp_path / "resumed" / "ckpt.pt").exists()
+    done = subprocess.run([sys.executable, "sharded.py", str(folder)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "step 4" in done.stdout, done.stderr[-2000:]
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))
+    net = checkpoint.model_from_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))
     one_rank = model.TwinTower(checkpoint.config_from_checkpoint(ckpt))
     assert {n: p.shape for n, p in net.named_parameters()} == {n: p.shape for n, p in one_rank.named_parameters()}
     assert all(torch.equal(ckpt["ema"][n], p) for n, p in net.named_parameters())  # the full EMA was gathered

@@ -1,0 +1,195 @@
+"""The GPU self-check a user runs first on a new machine: `python bench.py --gpu_check`.
+
+Everything here is verified on the CPU by the test suite (the CPU rehearses CUDA's precision regime,
+precision.py); this check is what only a GPU can show. On the first GPU, for one model (default: the toy
+preset at batch 8) it runs and compares:
+
+  precision   the same batch, weights and noise through the model eager in fp32, eager under
+              --precision bf16, and compiled (torch.compile per TwinLayer) under bf16: each bf16 loss
+              within BF16_RTOL of fp32, compiled within COMPILE_RTOL of eager
+  kernels     every attention call of one bf16 forward, grouped by shape, and the SDPA kernel PyTorch's
+              dispatcher picks for it (torch._fused_sdp_choice, the function F.scaled_dot_product_attention
+              itself asks): flash where nothing is masked, memory-efficient where a key mask is needed
+  speed       a training step (forward, backward, AdamW) under bf16: median time, samples/s
+  memory      the step's peak allocated memory against the memory plan's prediction (memory.py) for the
+              same model, batch and tokens: a peak above PLAN_SLACK x the plan means the plan is wrong
+  FSDP2       with several local GPUs: train.py under torchrun on all of them (FSDP2, bf16,
+              --grad_ckpt, --grad_accum 2), three steps to finite losses
+
+It exits non-zero on any mismatch. Without a GPU it says so in one line (exit 1); `--device cpu` runs the
+same checks on the CPU (no memory figures), which is how the tests exercise this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import data
+import memory
+import model as model_lib
+import precision
+import train
+from conditioning import Conditioning
+
+BF16_RTOL = 0.05      # bf16 vs fp32 loss of one step, from the same weights (the CPU tests see < 2%)
+COMPILE_RTOL = 0.01   # compiled vs eager, both bf16: the same arithmetic, fused differently
+PLAN_SLACK = 1.25     # measured peak / predicted peak above this: the memory plan misses something
+
+
+def setup(cfg, batch_size: int, device, seed: int = 0):
+    """A model with every path active (weights nudged off their zero-init) and a fixed toy batch."""
+    torch.manual_seed(seed)
+    net = model_lib.TwinTower(cfg)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.02)
+    batch = data.ToyBatches(data.WorldConfig(), batch_size, seed=seed).make_batch(0)
+    return net.to(device), batch
+
+
+def loss_of(net, batch, device, regime: str) -> float:
+    """One flow-matching loss on fixed t and noise (train.flow_loss with a seeded generator), no dropout."""
+    tc = train.TrainConfig(cond_drop=0.0)
+    with torch.no_grad(), precision.autocast(device, regime):
+        loss, _ = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(1), device)
+    return loss.item()
+
+
+def check_precision(cfg, batch_size, device, compile_too: bool) -> tuple[list[str], list[str]]:
+    """(lines to print, mismatches): fp32 vs bf16 vs compiled bf16 on one batch."""
+    net, batch = setup(cfg, batch_size, device)
+    fp32 = loss_of(net, batch, device, "fp32")
+    bf16 = loss_of(net.to(torch.bfloat16), batch, device, "bf16")   # bf16 weights, as FSDP2 gathers them
+    lines = [f"precision: loss fp32 {fp32:.5f}, bf16 {bf16:.5f} ({(bf16 - fp32) / fp32:+.2%})"]
+    bad = [] if abs(bf16 - fp32) <= BF16_RTOL * fp32 else [f"bf16 loss {bf16:.5f} is not within {BF16_RTOL:.0%} of fp32 {fp32:.5f}"]
+    if compile_too:
+        for layer in net.layers:
+            layer.compile()
+        start = time.time()
+        compiled = loss_of(net, batch, device, "bf16")
+        lines.append(f"           compiled bf16 {compiled:.5f} ({(compiled - bf16) / bf16:+.2%} vs eager; "
+                     f"first call {time.time() - start:.0f} s)")
+        if abs(compiled - bf16) > COMPILE_RTOL * abs(bf16):
+            bad.append(f"compiled loss {compiled:.5f} is not within {COMPILE_RTOL:.0%} of eager {bf16:.5f}")
+    return lines, bad
+
+
+def sdpa_choice(q, k, v, mask) -> str:
+    """The kernel F.scaled_dot_product_attention dispatches these inputs to (its own choice function)."""
+    from torch.nn.attention import SDPBackend
+    return SDPBackend(torch._fused_sdp_choice(q, k, v, mask)).name.lower()
+
+
+def check_kernels(cfg, batch_size, device) -> tuple[list[str], list[str]]:
+    """Every attention call of one bf16 forward (model.py and the prompt side), by shape and mask: its kernel."""
+    import ocf
+    net, batch = setup(cfg, batch_size, device)
+    net = net.to(torch.bfloat16)
+    calls = {}
+
+    def record(real):
+        def attention(q, k, v, mask=None):
+            key = (tuple(q.shape), tuple(k.shape), str(q.dtype).replace("torch.", ""), mask is not None)
+            calls[key] = calls.get(key, 0) + 1
+            calls.setdefault(("kernel",) + key, sdpa_choice(q, k, v, mask))
+            return real(q, k, v, mask)
+        return attention
+    saved = model_lib.attention, ocf.attention
+    model_lib.attention, ocf.attention = record(saved[0]), record(saved[1])
+    try:
+        loss_of(net, batch, device, "bf16")
+    finally:
+        model_lib.attention, ocf.attention = saved
+    lines, bad = ["kernels:   q shape -> k shape, dtype, mask: SDPA's kernel (calls per forward)"], []
+    for key, count in calls.items():
+        if key[0] == "kernel":
+            continue
+        kernel = calls[("kernel",) + key]
+        lines.append(f"           {key[0]} -> {key[1]} {key[2]} {'masked' if key[3] else 'no mask'}: {kernel} ({count})")
+        if key[2] != "bfloat16":
+            bad.append(f"an attention call runs in {key[2]} under bf16 autocast: {key[0]}")
+    return lines, bad
+
+
+def check_step(cfg, batch_size, device, steps: int = 5) -> tuple[list[str], list[str]]:
+    """A training step under bf16: median time and, on a GPU, peak memory against the memory plan."""
+    net, batch = setup(cfg, batch_size, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    tc = train.TrainConfig(cond_drop=0.0)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        with precision.autocast(device, "bf16"):
+            loss, _ = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(i), device)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[1:])                          # the first step warms the caches up
+    lines = [f"speed:     train step {step * 1000:.1f} ms (median of {steps}), {batch_size / step:.1f} samples/s"]
+    if device.type != "cuda":
+        return lines + ["memory:    n/a on the CPU"], []
+    tokens = model_lib.toy_token_counts(cfg, subjects=batch["ref_images"].shape[1])
+    plan = memory.plan(cfg, tokens, gpus=1, batch=batch_size, bytes_per=2)
+    peak = torch.cuda.max_memory_allocated(device)
+    lines.append(f"memory:    peak {peak / 1e9:.2f} GB allocated, the plan predicts {plan['peak'] / 1e9:.2f} GB "
+                 f"({peak / plan['peak']:.2f}x)")
+    bad = [f"peak memory {peak / 1e9:.2f} GB is over {PLAN_SLACK}x the plan's {plan['peak'] / 1e9:.2f} GB"] \
+        if peak > PLAN_SLACK * plan["peak"] else []
+    return lines, bad
+
+
+def check_fsdp(gpus: int) -> tuple[list[str], list[str]]:
+    """train.py under torchrun on every local GPU: FSDP2, bf16, checkpointing, accumulation: three steps."""
+    out = os.path.join("out", "gpu_check_fsdp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "train.py",
+           "--fsdp", "true", "--precision", "bf16", "--grad_ckpt", "true", "--grad_accum", "2", "--max_steps", "3",
+           "--log_every", "1", "--progress_every", "0", "--interleave_audio", "0", "--out_dir", out]
+    if os.path.isdir(out):
+        import shutil
+        shutil.rmtree(out)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    if done.returncode != 0:
+        return [], [f"FSDP2 on {gpus} GPUs failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}"]
+    import json
+    losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "log.jsonl"))]
+    return [f"FSDP2:     {gpus} GPUs, 3 steps, losses {', '.join(f'{x:.4f}' for x in losses)}"], []
+
+
+def run(config: str = "toy", batch_size: int = 8, device: str = "cuda", compile_too: bool = True) -> int:
+    """All checks; prints them and returns the exit code (0: all agree, 1: no GPU, 2: a mismatch)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: this machine has no CUDA GPU; nothing to check here (the CPU rehearsal is "
+              "`bench.py --gpu_check --device cpu`)")
+        return 1
+    cfg = model_lib.PRESETS[config]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"gpu_check on {name}, torch {torch.__version__}: --config {config}, batch {batch_size}")
+    lines, bad = [], []
+    for part in (check_precision(cfg, batch_size, device, compile_too), check_kernels(cfg, batch_size, device),
+                 check_step(cfg, batch_size, device)):
+        lines += part[0]
+        bad += part[1]
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        part = check_fsdp(torch.cuda.device_count())
+        lines, bad = lines + part[0], bad + part[1]
+    print("\n".join(lines))
+    for problem in bad:
+        print(f"MISMATCH: {problem}")
+    print("gpu_check: " + ("all checks agree" if not bad else f"{len(bad)} mismatch(es)"))
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(*(sys.argv[1:2] or ["toy"])))
