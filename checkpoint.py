@@ -246,12 +246,19 @@ def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) ->
     return fresh
 
 
-def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> TwinTower:
-    """An eval-mode model from our checkpoint (EMA weights by default) or from Ovi's safetensors (`full`)."""
+def empty_model(cfg: ModelConfig, device, dtype=torch.float32) -> TwinTower:
+    """A model with storage but no values, in `dtype` (bf16: Ovi's 23 GB instead of 47): built on the meta
+    device, so no 11.7B random numbers are drawn first only to be overwritten (~2 minutes at full size)."""
+    with torch.device("meta"):
+        net = TwinTower(cfg)
+    return net.to_empty(device=device).to(dtype)
+
+
+def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu", dtype=torch.float32) -> TwinTower:
+    """An eval-mode model from our checkpoint (EMA weights by default) or from Ovi's safetensors (`full`),
+    its weights in `dtype` (sample.py --precision bf16: bf16; norms and modulation still compute in fp32)."""
     if is_ovi_checkpoint(path):
-        with torch.device("meta"):  # no 47 GB of random numbers first: storage, then the weights
-            net = TwinTower(PRESETS["full"])
-        net.to_empty(device=device)
+        net = empty_model(PRESETS["full"], device, dtype)
         net.init_weights(only=load_ovi_weights(net, path)["fresh"])
         return net.eval()
     ckpt = load_checkpoint(path)
@@ -261,12 +268,10 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu") -> Twin
     if cfg.lora_rank:  # adapters and new modules here; the frozen base where training read it from
         if "lora_base" not in ckpt:
             raise CheckpointError(f"{path}: a LoRA checkpoint without 'lora_base' (the weights it adapts)")
-        with torch.device("meta"):
-            net = TwinTower(cfg)
-        net.to_empty(device="cpu")
+        net = empty_model(cfg, "cpu")  # merging adapters (sample.py --merge_lora) wants fp32 first
         net.init_weights(only=load_base(net, ckpt["lora_base"], log=lambda *_: None))
         load_state(net, state, path, names={n for n, _ in net.named_parameters() if net.trains(n)})
-        return net.to(device).eval()
-    net = TwinTower(cfg)
-    load_state(net, state, path)
-    return net.to(device).eval()
+        return net.to(device, dtype).eval()
+    net = empty_model(cfg, device, dtype)
+    load_state(net, state, path)  # every parameter: load_state refuses a state that lacks one
+    return net.eval()

@@ -29,12 +29,11 @@ SCALE = 3                      # pixels per toy pixel in the strip
 LABEL_W = 150                  # width of the label column
 
 
-def ema_model(ema: dict, mcfg: model_lib.ModelConfig):
-    """A plain TwinTower on the CPU holding the EMA weights (full tensors: train.py gathers FSDP2 shards)."""
-    with torch.device("meta"):  # no second initialisation: the weights are overwritten at once
-        net = model_lib.TwinTower(mcfg)
-    net.to_empty(device="cpu")
-    checkpoint.load_state(net, {n: e.cpu() for n, e in ema.items()}, "EMA")
+def ema_model(ema: dict, mcfg: model_lib.ModelConfig, device="cpu"):
+    """A plain TwinTower on `device` (the training GPU: sampling a row there takes seconds, on the CPU minutes)
+    holding the EMA weights (full tensors: train.py gathers FSDP2 shards)."""
+    net = checkpoint.empty_model(mcfg, device)  # no second initialisation: the weights are overwritten at once
+    checkpoint.load_state(net, ema, "EMA")
     return net.eval()
 
 
@@ -91,13 +90,15 @@ class Progress:
 
     @torch.no_grad()
     def add(self, net, minutes: float, step: int):
-        """Sample the held-out case from `net` (the EMA model, CPU) and append its row."""
+        """Sample the held-out case from `net` (the EMA model, on its device) and append its row."""
         batch = data.collate([self.case])  # a batch of one, as bench.py asks for each case
         w = self.world
         # seed 0 every time: each row starts from the same noise, so rows differ only by the weights
+        device = next(net.parameters()).device
         video, mel = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
                                        batch["audio"].shape, steps=self.sample_steps, seed=0, shift=self.shift,
-                                       guidance=sample_lib.Guidance(mode="plain"))  # as the benchmark samples
+                                       guidance=sample_lib.Guidance(mode="plain"), device=device)  # as bench samples
+        video, mel = video.cpu(), mel.cpu()
         append_row(self.path, row_image(video[0], mel[0], f"minute {minutes:.1f}\nstep {step}\nEMA, CFG, "
                                                           f"{self.sample_steps} steps\n{w.frames} frames: "
                                                           f"{', '.join(str(f) for f in strip_frames(w.frames))}"))

@@ -22,7 +22,6 @@ index.html showing references, caption and result (and the toy world's own clip 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import math
@@ -35,6 +34,7 @@ import checkpoint
 import data
 import lora
 import model as model_lib
+import precision as precision_lib
 import speech
 from inputs import (InputError, OneLineParser, load_frames, load_image, load_motion, load_wav, out_dir_problems,
                     parse_bool)
@@ -121,7 +121,7 @@ def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
 @torch.no_grad()
 def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
            guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
-           keep_source: bool = True, identity_cache: bool = True):
+           keep_source: bool = True, identity_cache: bool = True, precision: str = ""):
     """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
 
     cond.source_video (B, T, C+1, H, W) makes it RV2AV, cond.driving_audio (B, T_a, C_a) RA2V.
@@ -130,7 +130,8 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
         clean reference tail at every step), so what is not to be edited stays the source.
     identity_cache (presence models): compute the identity tokens' keys/values once per clip (IdentityCache)
         instead of at every step; the result is the same.
-    Deterministic per seed: the noise comes from its own generator. bf16 autocast on CUDA.
+    precision: bf16 | fp32 (precision.py; "" = bf16 on CUDA, fp32 elsewhere): the forward's autocast.
+    Deterministic per seed: the noise comes from its own generator.
     """
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG is left alone
@@ -140,13 +141,13 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     names = guidance.passes()  # e.g. ["pos", "neg"]: each step evaluates all of them as one batch
     n = len(names)
     batched = conditionings(cond, names).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    regime = precision_lib.resolve(precision, device)
     cache = model_lib.IdentityCache() if identity_cache and net.cfg.ref_mode == "presence" else None
 
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
-        with autocast:
+        with precision_lib.autocast(device, regime):
             v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, cache=cache)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
@@ -361,7 +362,10 @@ def parse_args(argv=None):
     parser.add_argument("--latent_index", type=int, default=0, help="--latent_cond: which sample of the shard")
     parser.add_argument("--out_dir", default="out/sample", help="where to write (only our own files are replaced)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda (default when available; bf16 autocast) or cpu")
+                        help="cuda (default when available) or cpu")
+    parser.add_argument("--precision", choices=["", *precision_lib.CHOICES], default="",
+                        help="bf16: bf16 weights (Ovi: 23 GB instead of 47) and bf16 autocast, norms and modulation "
+                             "in fp32; fp32: all fp32 (default: bf16 on CUDA, fp32 elsewhere)")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps (Ovi: 50)")
     parser.add_argument("--shift", type=float, default=None,
                         help="schedule shift (default: the shift the checkpoint was trained with, --t_shift; Ovi's: 5)")
@@ -458,8 +462,10 @@ def guidance_for(args, mcfg: model_lib.ModelConfig) -> Guidance:
 
 def main():
     args = parse_args()
+    regime = precision_lib.resolve(args.precision, args.device)
+    precision_lib.enable_tf32(args.device)
     run = dict(steps=args.steps, shift=args.shift, seed=args.seed, solver=args.solver, device=args.device,
-               keep_source=args.keep_source)
+               keep_source=args.keep_source, precision=regime)
     try:  # every input problem ends here as one line, before any model work
         # real data (Ovi's weights or a latent shard) has no toy world: its own path, which writes latents
         if checkpoint.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
@@ -474,7 +480,8 @@ def main():
                                                      data.world_problems)  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = toy_case(args, world)  # inputs before weights: a bad file fails fast
         run["guidance"] = guidance_for(args, checkpoint.config_from_checkpoint(ckpt, args.ckpt))
-        net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+        net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
+                                           dtype=precision_lib.compute_dtype(regime))
         if args.merge_lora:
             print(f"merged {lora.merge(net)} LoRA adapters into their base weights")
     except (InputError, checkpoint.CheckpointError) as e:
@@ -496,7 +503,8 @@ def sample_latents(args, run: dict):
     if not args.latent_cond:
         raise InputError(f"{args.ckpt} is a latent model (Ovi): give --latent_cond SHARD.pt with the umT5 prompt "
                          "features and reference latents to sample (shards.py's format)")
-    net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device)
+    net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
+                                           dtype=precision_lib.compute_dtype(run["precision"]))
     cond, video_shape, audio_shape = latent_case(args.latent_cond, args.latent_index, net.cfg)
     video, audio = sample(net, cond, video_shape, audio_shape, **run)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -21,7 +21,7 @@ BAD_TRAIN_FLAGS = [
     (["--lr", "fast"], "argument --lr: invalid float value"),
     (["--no_such_flag"], "unrecognized arguments"),
     (["--threads", "-1"], "--threads must be 0 or more"),
-    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--workers", "-2"], "--workers must be -1 (auto) or 0 or more"),
     (["--weight_decay", "-1"], "--weight_decay must be 0 or more"),
     (["--t_mean", "nan"], "--t_mean must be a finite number"),
     (["--lr", "inf"], "--lr must be a finite number"),
