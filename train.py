@@ -408,20 +408,24 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     cond = Conditioning.from_batch(batch, source, driving)   # dropped on the host, so `to` sees the final masks
     cond = cond.drop_prompt(drop_text).drop_references(drop_images, voices=False).drop_references(drop_voices, images=False)
     cond = cond.to(device)
-    pred_v, pred_a = net(xt_v, xt_a, t_dev, cond)
+    # everything the loss needs from the host is queued before the forward: a copy queued after it would make
+    # the host wait for the forward to finish before it could queue the backward
     audio_mask = torch.ones(B, audio.shape[1], 1)
     video_mask = None
     if video and tc.masked_loss and "ref_frame" in batch:
         video_mask, audio_mask = loss_masks(batch, x0_v.shape, audio.shape, batch["ref_audio"].shape[2])
-    loss_a = masked_mse(pred_a, noise_a - audio, audio_mask.to(device), (1, 2))                    # (B,)
+    audio_mask = audio_mask.to(device, non_blocking=True)
     # RA2V is given its audio: only the video is generated, so only the video is scored
-    audio_weight = (tasks != 2).float().to(device) if video else torch.ones(B, device=device)
+    audio_weight = (tasks != 2).float().to(device, non_blocking=True) if video else torch.ones(B, device=device)
+    if video:
+        mask = torch.ones_like(x0_v[:, :, :1]) if video_mask is None else video_mask.to(device, non_blocking=True)
+        boxed = tc.box_loss_weight and "boxes" in batch   # DreamVideo-Omni: (1 + lambda_1 M) |v - v_hat|^2
+        weight = box_weights(batch, x0_v.shape, tc.box_loss_weight).to(device, non_blocking=True) if boxed else 1.0
+    pred_v, pred_a = net(xt_v, xt_a, t_dev, cond)
+    loss_a = masked_mse(pred_a, noise_a - audio, audio_mask, (1, 2))                    # (B,)
     loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
     stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
     if video:
-        mask = torch.ones_like(x0_v[:, :, :1]) if video_mask is None else video_mask.to(device)
-        boxed = tc.box_loss_weight and "boxes" in batch   # DreamVideo-Omni: (1 + lambda_1 M) |v - v_hat|^2
-        weight = box_weights(batch, x0_v.shape, tc.box_loss_weight).to(device) if boxed else 1.0
         loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4), weight)
         loss = loss + tc.video_loss_weight * loss_v.mean()
         stats["loss_video"] = loss_v.detach()
