@@ -15,12 +15,14 @@ callers never hand them one (MTP-CA gives such rows every key, then zeroes them)
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 BACKEND = "sdpa"  # sdpa | math
+WATCHERS: list = []  # functions called with (q, k, v, mask) before every attention (`watching`)
 
 
 def key_padding(key_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -30,6 +32,8 @@ def key_padding(key_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """q (B, H, S_q, d), k/v (B, H, S_k, d), mask broadcastable to (B, H, S_q, S_k) -> (B, H, S_q, d)."""
+    for watch in WATCHERS:
+        watch(q, k, v, mask)
     if BACKEND == "math":
         return attention_math(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -41,3 +45,14 @@ def attention_math(q, k, v, mask=None):
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))                      # masked keys get weight 0
     return scores.softmax(dim=-1) @ v
+
+
+@contextlib.contextmanager
+def watching(fn):
+    """Call fn(q, k, v, mask) before every attention of the project while inside the block (gpucheck.py lists
+    the kernel SDPA picks for each call this way)."""
+    WATCHERS.append(fn)
+    try:
+        yield
+    finally:
+        WATCHERS.remove(fn)

@@ -28,7 +28,6 @@ a device missing from PEAK_FLOPS shows MFU as unknown rather than a guess.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -45,6 +44,7 @@ import checkpoint
 import data
 import metrics
 import model as model_lib
+import precision as precision_lib
 import sample as sample_lib
 import train
 from conditioning import Conditioning
@@ -94,8 +94,9 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False):
-    """Median seconds of one full training step (forward, backward, AdamW) of a fresh model."""
+def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False, precision=""):
+    """Median seconds of one full training step (forward, backward, AdamW) of a fresh model, under --precision
+    `precision` ("": the device's default, so bf16 on CUDA and fp32 on the CPU, as in training)."""
     torch.manual_seed(0)
     net = model_lib.TwinTower(cfg).to(device)
     if compile_layers:
@@ -103,13 +104,12 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
             layer.compile()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     tc = train.TrainConfig()  # train.py's defaults: flow matching on both towers, logit-normal t
-    # bf16 autocast exists only where the GPU path uses it; on CPU the step runs in fp32 as in training
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    regime = precision_lib.resolve(precision, device)
     attention.BACKEND = backend  # every attention of the project (model and prompt side) switches
     gen = torch.Generator().manual_seed(0)  # the same t and noise for every variant
 
     def step():  # exactly what train.py does per optimizer step, minus logging and EMA
-        with autocast:
+        with precision_lib.autocast(device, regime):
             loss, _ = train.flow_loss(net, batch, tc, gen, device)
         loss.backward()
         opt.step()

@@ -116,15 +116,12 @@ class Conditioning:
         return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 
-    def known_full(self) -> frozenset:
-        """The key masks that are all True, where that can be seen without waiting for a device: masks still on
-        the CPU are checked; a mask already on a GPU keeps what was known when it moved there."""
-        on_host = {name for name in KEY_MASKS if getattr(self, name).device.type == "cpu"}
-        return frozenset(n for n in on_host if bool(getattr(self, n).all())) | (self.full - on_host)
-
     def to(self, device) -> "Conditioning":
-        """Move to `device`; the host learns here, for free, which masks are all True (see `full`)."""
-        return dataclasses.replace(self._map(lambda x: x.to(device, non_blocking=True)), full=self.known_full())
+        """Move to `device`. The host learns here, without waiting for a device, which key masks are all True
+        (see `full`): masks still on the CPU are checked; one already on a GPU keeps what was known of it."""
+        on_host = {name for name in KEY_MASKS if getattr(self, name).device.type == "cpu"}
+        full = frozenset(n for n in on_host if bool(getattr(self, n).all())) | (self.full - on_host)
+        return dataclasses.replace(self._map(lambda x: x.to(device, non_blocking=True)), full=full)
 
     def __getitem__(self, index) -> "Conditioning":
         """The samples `index` (a slice, an index tensor or a bool mask) of every field."""
@@ -161,15 +158,15 @@ class Conditioning:
             text_mask[:, 0] |= ~keep                        # the null token itself is attended
         else:
             text, text_mask = self.text * keep[:, None, None], self.text_mask
-        out = dataclasses.replace(self, text=text, text_mask=text_mask, subject_spans=self.subject_spans * keep[:, None, None],
-                                  line_mask=self.line_mask & keep[:, None], phoneme_mask=self.phoneme_mask & keep[:, None, None],
-                                  full=self.full - {"text_mask"})
-        return dataclasses.replace(out, full=out.known_full())
+        return dataclasses.replace(self, text=text, text_mask=text_mask,
+                                   subject_spans=self.subject_spans * keep[:, None, None],
+                                   line_mask=self.line_mask & keep[:, None],
+                                   phoneme_mask=self.phoneme_mask & keep[:, None, None],
+                                   full=self.full - {"text_mask"})   # no longer known: `to` looks again
 
     def drop_references(self, which: torch.Tensor, images: bool = True, voices: bool = True) -> "Conditioning":
         """Mask the flagged samples' reference images and/or voices out of every attention."""
         drop = which.to(self.image_mask.device)[:, None]
-        out = dataclasses.replace(self, image_mask=self.image_mask & ~drop if images else self.image_mask,
-                                  voice_mask=self.voice_mask & ~drop if voices else self.voice_mask,
-                                  full=self.full - {"image_mask", "voice_mask"})
-        return dataclasses.replace(out, full=out.known_full())
+        return dataclasses.replace(self, image_mask=self.image_mask & ~drop if images else self.image_mask,
+                                   voice_mask=self.voice_mask & ~drop if voices else self.voice_mask,
+                                   full=self.full - {"image_mask", "voice_mask"})

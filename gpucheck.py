@@ -21,21 +21,22 @@ same checks on the CPU (no memory figures), which is how the tests exercise this
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import time
 
 import torch
 
+import attention
+import bench
 import data
 import memory
 import model as model_lib
 import precision
 import train
-from conditioning import Conditioning
 
 BF16_RTOL = 0.05      # bf16 vs fp32 loss of one step, from the same weights (the CPU tests see < 2%)
 COMPILE_RTOL = 0.01   # compiled vs eager, both bf16: the same arithmetic, fused differently
@@ -43,7 +44,8 @@ PLAN_SLACK = 1.25     # measured peak / predicted peak above this: the memory pl
 
 
 def setup(cfg, batch_size: int, device, seed: int = 0):
-    """A model with every path active (weights nudged off their zero-init) and a fixed toy batch."""
+    """A model with every path active and a fixed toy batch. At initialisation the gates and heads are zero
+    (adaLN-zero), so the prediction is exactly 0 whatever the precision: the weights are nudged off it."""
     torch.manual_seed(seed)
     net = model_lib.TwinTower(cfg)
     with torch.no_grad():
@@ -65,10 +67,11 @@ def check_precision(cfg, batch_size, device, compile_too: bool) -> tuple[list[st
     """(lines to print, mismatches): fp32 vs bf16 vs compiled bf16 on one batch."""
     net, batch = setup(cfg, batch_size, device)
     fp32 = loss_of(net, batch, device, "fp32")
-    bf16 = loss_of(net.to(torch.bfloat16), batch, device, "bf16")   # bf16 weights, as FSDP2 gathers them
+    # bf16 weights, as FSDP2 gathers them: the fp32 islands (precision.py) must cope with bf16 weights too
+    bf16 = loss_of(net.to(torch.bfloat16), batch, device, "bf16")
     lines = [f"precision: loss fp32 {fp32:.5f}, bf16 {bf16:.5f} ({(bf16 - fp32) / fp32:+.2%})"]
     bad = [] if abs(bf16 - fp32) <= BF16_RTOL * fp32 else [f"bf16 loss {bf16:.5f} is not within {BF16_RTOL:.0%} of fp32 {fp32:.5f}"]
-    if compile_too:
+    if compile_too:  # train.py --compile: each TwinLayer compiled in place; the first call pays for compiling
         for layer in net.layers:
             layer.compile()
         start = time.time()
@@ -81,67 +84,47 @@ def check_precision(cfg, batch_size, device, compile_too: bool) -> tuple[list[st
 
 
 def sdpa_choice(q, k, v, mask) -> str:
-    """The kernel F.scaled_dot_product_attention dispatches these inputs to (its own choice function)."""
+    """The kernel F.scaled_dot_product_attention dispatches these inputs to: torch._fused_sdp_choice is the
+    function SDPA itself asks, so this is what runs, not a guess from the shapes."""
     from torch.nn.attention import SDPBackend
     return SDPBackend(torch._fused_sdp_choice(q, k, v, mask)).name.lower()
 
 
 def check_kernels(cfg, batch_size, device) -> tuple[list[str], list[str]]:
-    """Every attention call of one bf16 forward (model.py and the prompt side), by shape and mask: its kernel."""
-    import ocf
+    """Every attention call of one bf16 forward (both towers and the prompt side), grouped by (q shape,
+    k shape, dtype, masked?): how often it runs and the kernel SDPA picks for it."""
     net, batch = setup(cfg, batch_size, device)
-    net = net.to(torch.bfloat16)
-    calls = {}
+    calls, kernels = {}, {}
 
-    def record(real):
-        def attention(q, k, v, mask=None):
-            key = (tuple(q.shape), tuple(k.shape), str(q.dtype).replace("torch.", ""), mask is not None)
-            calls[key] = calls.get(key, 0) + 1
-            calls.setdefault(("kernel",) + key, sdpa_choice(q, k, v, mask))
-            return real(q, k, v, mask)
-        return attention
-    saved = model_lib.attention, ocf.attention
-    model_lib.attention, ocf.attention = record(saved[0]), record(saved[1])
-    try:
-        loss_of(net, batch, device, "bf16")
-    finally:
-        model_lib.attention, ocf.attention = saved
+    def record(q, k, v, mask):
+        key = (tuple(q.shape), tuple(k.shape), str(q.dtype).replace("torch.", ""), mask is not None)
+        calls[key] = calls.get(key, 0) + 1
+        kernels.setdefault(key, sdpa_choice(q, k, v, mask))
+    with attention.watching(record):
+        loss_of(net.to(torch.bfloat16), batch, device, "bf16")
     lines, bad = ["kernels:   q shape -> k shape, dtype, mask: SDPA's kernel (calls per forward)"], []
-    for key, count in calls.items():
-        if key[0] == "kernel":
-            continue
-        kernel = calls[("kernel",) + key]
-        lines.append(f"           {key[0]} -> {key[1]} {key[2]} {'masked' if key[3] else 'no mask'}: {kernel} ({count})")
-        if key[2] != "bfloat16":
-            bad.append(f"an attention call runs in {key[2]} under bf16 autocast: {key[0]}")
+    for (q_shape, k_shape, dtype, masked), count in calls.items():
+        kernel = kernels[(q_shape, k_shape, dtype, masked)]
+        lines.append(f"           {q_shape} -> {k_shape} {dtype} {'masked' if masked else 'no mask'}: {kernel} ({count})")
+        if dtype != "bfloat16":  # an fp32 attention under bf16 autocast: a cast went missing somewhere
+            bad.append(f"an attention call runs in {dtype} under bf16 autocast: {q_shape}")
     return lines, bad
 
 
 def check_step(cfg, batch_size, device, steps: int = 5) -> tuple[list[str], list[str]]:
-    """A training step under bf16: median time and, on a GPU, peak memory against the memory plan."""
-    net, batch = setup(cfg, batch_size, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    tc = train.TrainConfig(cond_drop=0.0)
-    times = []
+    """A training step under bf16 (bench.py's, exactly what train.py does per step): median time and, on a
+    GPU, the peak allocated memory against the memory plan's prediction for the same model and batch."""
+    _, batch = setup(cfg, batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        with precision.autocast(device, "bf16"):
-            loss, _ = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(i), device)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    step = statistics.median(times[1:])                          # the first step warms the caches up
+    step = bench.bench_train_step(cfg, batch, device, steps, warmup=1, precision="bf16")
     lines = [f"speed:     train step {step * 1000:.1f} ms (median of {steps}), {batch_size / step:.1f} samples/s"]
-    if device.type != "cuda":
+    if device.type != "cuda":  # the CPU's peak resident memory says nothing about a GPU's
         return lines + ["memory:    n/a on the CPU"], []
+    # the plan for one GPU (no FSDP2 terms), the toy clip's tokens with as many subjects as the batch holds
     tokens = model_lib.toy_token_counts(cfg, subjects=batch["ref_images"].shape[1])
     plan = memory.plan(cfg, tokens, gpus=1, batch=batch_size, bytes_per=2)
-    peak = torch.cuda.max_memory_allocated(device)
+    peak = bench.peak_memory_mb(device) * 2 ** 20
     lines.append(f"memory:    peak {peak / 1e9:.2f} GB allocated, the plan predicts {plan['peak'] / 1e9:.2f} GB "
                  f"({peak / plan['peak']:.2f}x)")
     bad = [f"peak memory {peak / 1e9:.2f} GB is over {PLAN_SLACK}x the plan's {plan['peak'] / 1e9:.2f} GB"] \
@@ -155,13 +138,10 @@ def check_fsdp(gpus: int) -> tuple[list[str], list[str]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "train.py",
            "--fsdp", "true", "--precision", "bf16", "--grad_ckpt", "true", "--grad_accum", "2", "--max_steps", "3",
            "--log_every", "1", "--progress_every", "0", "--interleave_audio", "0", "--out_dir", out]
-    if os.path.isdir(out):
-        import shutil
-        shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume of the last check's
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-    if done.returncode != 0:
+    if done.returncode != 0:  # the last line of a torchrun failure names the error
         return [], [f"FSDP2 on {gpus} GPUs failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}"]
-    import json
     losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "log.jsonl"))]
     return [f"FSDP2:     {gpus} GPUs, 3 steps, losses {', '.join(f'{x:.4f}' for x in losses)}"], []
 
@@ -174,9 +154,12 @@ def run(config: str = "toy", batch_size: int = 8, device: str = "cuda", compile_
               "`bench.py --gpu_check --device cpu`)")
         return 1
     cfg = model_lib.PRESETS[config]
+    if cfg.video_channels != 3:  # the checks feed the toy world's pixels; latent presets need shards
+        print(f"gpu_check: --config {config} models latents; the check runs the toy world's presets (toy, small)")
+        return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu_check on {name}, torch {torch.__version__}: --config {config}, batch {batch_size}")
-    lines, bad = [], []
+    lines, bad = [], []  # every check runs, then all are printed: one mismatch does not hide the others
     for part in (check_precision(cfg, batch_size, device, compile_too), check_kernels(cfg, batch_size, device),
                  check_step(cfg, batch_size, device)):
         lines += part[0]

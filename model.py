@@ -51,8 +51,8 @@ import ocf
 import rope
 import seqpar
 from attention import attention, key_padding
-from precision import LayerNorm32, RMSNorm32, linear32
 from conditioning import Conditioning
+from precision import LayerNorm32, RMSNorm32, linear32
 
 
 @dataclass
@@ -661,11 +661,10 @@ class TwinTower(nn.Module):
         """Presence: each decoupled identity weight (in `only`) becomes a copy of the content weight it
         mirrors, as it stands now -- after Ovi's weights were loaded, a copy of Ovi's. Each rank copies the
         rows it holds (twin and copy are sharded alike)."""
-        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
         for name, p in self.named_parameters():
             if ".identity." in name and (only is None or name in only):
-                twin = local(self.get_parameter(name.replace(".identity.", ".")))
-                local(p).copy_(twin[tuple(slice(0, s) for s in local(p).shape)])
+                twin = local_shard(self.get_parameter(name.replace(".identity.", ".")))
+                local_shard(p).copy_(twin[tuple(slice(0, s) for s in local_shard(p).shape)])
 
     # --- patchify: pixels / latents <-> tokens -----------------------------------------------------
     def patchify_video(self, x):
@@ -872,11 +871,11 @@ class TwinTower(nn.Module):
         (any mask forces the slower memory-efficient one). Decided from cond.full, known on the host, so no
         device sync; trajectory tokens (motion) and sequence parallel's padding keep their masks."""
         K, full = cond.subjects, cond.full
-        if self.sp is not None:
-            return mask_v, mask_a, cond.text_mask if "text_mask" not in full else None
+        text_mask = None if "text_mask" in full else cond.text_mask
+        if self.sp is not None:  # the padding of each rank's slice is masked
+            return mask_v, mask_a, text_mask
         video_full = (K == 0 or "image_mask" in full) and not motion
-        return (None if video_full else mask_v, None if K == 0 or "voice_mask" in full else mask_a,
-                None if "text_mask" in full else cond.text_mask)
+        return None if video_full else mask_v, None if K == 0 or "voice_mask" in full else mask_a, text_mask
 
     def shard_stream(self, x, mask, rope_cs, n):
         """Sequence parallel: this rank's slice of a stream's tokens and RoPE tables, the whole key mask
@@ -947,11 +946,16 @@ def shard_rows(p) -> tuple[int, int]:
     return start, min(rows, start + chunk)
 
 
+def local_shard(p: torch.Tensor) -> torch.Tensor:
+    """This rank's part of p: the local tensor of an FSDP2 DTensor, or p itself."""
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
 @torch.no_grad()
 def copy_rows(p, read_rows):
     """Fill p (a plain parameter or its FSDP2 shard) from read_rows(start, end) -> those rows of the full value."""
     start, end = shard_rows(p)
-    local = p.to_local() if hasattr(p, "to_local") else p
+    local = local_shard(p)
     if end > start:
         local[: end - start].copy_(read_rows(start, end))
 

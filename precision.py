@@ -48,8 +48,8 @@ def default_precision(device) -> str:
 
 
 def resolve(precision: str, device) -> str:
-    """The flag's value, with "" / "auto" meaning the device's default."""
-    return default_precision(device) if precision in ("", "auto") else precision
+    """The flag's value, with "" meaning the device's default."""
+    return precision or default_precision(device)
 
 
 def autocast(device, precision: str):

@@ -56,8 +56,8 @@ import torch.distributed as dist
 
 import checkpoint
 import data
-import precision as precision_lib
 import model as model_lib
+import precision as precision_lib
 import progress as progress_lib
 import reward as reward_lib
 import seqpar
@@ -181,7 +181,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
             raise ValueError
     except ValueError:
         problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
-    if tc.precision not in ("", "auto", *precision_lib.CHOICES):
+    if tc.precision not in ("", *precision_lib.CHOICES):
         problems.append(f"--precision must be bf16 or fp32 (or empty: bf16 on CUDA, fp32 elsewhere), got {tc.precision!r}")
     if tc.backbone_lr_schedule not in ("cosine", "constant"):
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
@@ -534,7 +534,11 @@ class Run:
     log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
     reward: object = None             # LIReFL: the frozen LIRM (reward.py), or None
-    precision: str = "fp32"           # the resolved --precision: bf16 | fp32
+
+    @property
+    def precision(self) -> str:
+        """The regime this run computes in: --precision, or the device's default (bf16 on CUDA)."""
+        return precision_lib.resolve(self.tc.precision, self.device)
 
     @property
     def data_rank(self) -> int:
@@ -703,7 +707,10 @@ def resume_point(tc: TrainConfig, rank: int, world: int) -> str:
     found = [""]
     if rank == 0:
         sharded.recover(folder)
-        found = [folder if tc.fsdp and world > 1 and os.path.isdir(folder) else path if os.path.exists(path) else ""]
+        if tc.fsdp and world > 1 and os.path.isdir(folder):
+            found = [folder]
+        elif os.path.exists(path):  # a DDP or one-process run; or an FSDP2 run saved whole by an older version
+            found = [path]
     if world > 1:
         dist.broadcast_object_list(found, src=0)
     return found[0]
@@ -739,8 +746,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         wrapped = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     run = Run(tc, mcfg, wcfg, net, wrapped, make_optimizer(net, tc), make_ema(net, resume or init),
-              set(net.frozen_in_audio_only_steps()), rank, world, device,
-              precision=precision_lib.resolve(tc.precision, device))
+              set(net.frozen_in_audio_only_steps()), rank, world, device)
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
     if tc.reward_model:
@@ -777,7 +783,7 @@ def save(run: Run, name: str = "ckpt"):
     """Checkpoint the run atomically; every rank takes part. FSDP2: each rank writes its shards into
     out_dir/{name}_sharded (sharded.py: nothing is gathered). Otherwise rank 0 writes out_dir/{name}.pt."""
     if run.fsdp:
-        folder = os.path.join(run.tc.out_dir, sharded.NAME if name == "ckpt" else f"{name}_sharded")
+        folder = os.path.join(run.tc.out_dir, f"{name}_sharded")     # ckpt -> sharded.NAME
         sharded.save(run.net, run.ema, run.opt, run_record(run), folder, run.rank)
         return
     model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
@@ -894,9 +900,8 @@ def update_ema(run: Run, joint: bool):
     """ema <- decay * ema + (1 - decay) * weights, with a warm-up (early on the EMA follows closely, else a
     short run's EMA is mostly the initial weights); frozen weights are skipped in audio-only steps."""
     decay = ema_decay_at(run.step, run.tc)
-    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731  (FSDP2: this rank's shard)
-    pairs = [(local(run.ema[n]), local(p.detach())) for n, p in run.net.named_parameters()
-             if n in run.ema and (joint or n not in run.frozen)]
+    pairs = [(model_lib.local_shard(run.ema[n]), model_lib.local_shard(p.detach()))
+             for n, p in run.net.named_parameters() if n in run.ema and (joint or n not in run.frozen)]
     if pairs:  # one fused call over every local shard, not one DTensor dispatch per parameter
         torch._foreach_lerp_([e for e, _ in pairs], [p.float() for _, p in pairs], 1 - decay)
 
@@ -1024,8 +1029,7 @@ def check_finite(run: Run, first_bad: torch.Tensor):
     bad = first_bad.clone()
     weights_bad = torch.zeros((), device=run.device)
     for p in run.net.parameters():  # local shards under FSDP2; the all-reduce covers the rest
-        local = p.to_local() if hasattr(p, "to_local") else p
-        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(local.detach())).any().float())
+        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(model_lib.local_shard(p).detach())).any().float())
     if run.world > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)

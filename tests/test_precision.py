@@ -2,6 +2,7 @@
 the fp32 islands stay fp32, and the real entry points (train.py under torchrun: FSDP2 + activation
 checkpointing + gradient accumulation, LoRA's bf16 base, sequence parallel, compile) train under
 `--precision bf16` to losses within a stated bf16 tolerance of the fp32 run."""
+import copy
 import dataclasses
 import json
 import os
@@ -23,10 +24,7 @@ LOSS_RTOL = 0.02
 
 def bf16_copy(net):
     """The model as FSDP2 gathers it (or a LoRA base stores it) under --precision bf16: every weight bf16."""
-    copy = dataclasses.replace(net.cfg)
-    other = model.TwinTower(copy)
-    other.load_state_dict(net.state_dict())
-    return other.to(torch.bfloat16)
+    return copy.deepcopy(net).to(torch.bfloat16)
 
 
 def forward(net, batch, video=True, regime="fp32"):
@@ -87,7 +85,7 @@ def train_losses(tmp_path, name, regime, *flags, nproc=2):
     base = ["train.py", "--out_dir", str(out), "--precision", regime, "--batch_size", "1", "--max_steps", "4",
             "--log_every", "1", "--ckpt_every", "4", "--progress_every", "0", "--interleave_audio", "0",
             "--warmup_steps", "0", "--lr", "1e-2", "--cond_drop", "0"]
-    overrides = {**TINY_OVERRIDES, **{k: v for k, v in TINY_WORLD_OVERRIDES.items()}}
+    overrides = {**TINY_OVERRIDES, **TINY_WORLD_OVERRIDES}
     torchrun(*base, *[f"--{k}={v}" for k, v in overrides.items() if f"--{k}" not in flags], *flags, nproc=nproc)
     return [json.loads(line)["loss"] for line in open(out / "log.jsonl")]
 
