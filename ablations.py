@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 import bench
+import build
 import checkpoint
 import data
 import metrics
-import model as model_lib
 import reward as reward_lib
 import sample as sample_lib
 import train
@@ -263,7 +263,7 @@ def check_table(table: Table, steps: int, out_dir: str) -> list[str]:
         problems += [f"{table.paper} row {row.name!r}: {p}" for p in train.config_problems(tc, model, world)
                      if "--reward_model" not in p]
         if row.start == "base":  # what train.py will say of --init_from the base (only additions may differ)
-            asked, base = (dataclasses.replace(model_lib.PRESETS["toy"], **m) for m in (model, table.base.model))
+            asked, base = (dataclasses.replace(build.PRESETS["toy"], **m) for m in (model, table.base.model))
             problems += [f"{table.paper} row {row.name!r}: --{n} {getattr(base, n)} in the base, {getattr(asked, n)} "
                          "here; give the base's value" for n in train.fine_tune_config(base, asked, model)[1]]
     return problems

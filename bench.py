@@ -23,7 +23,7 @@ with cross-pair references (nothing in them can be copied), in three subsets lik
 single subject; two-person dialogue; complex (a silent identity or an off-screen speaker, language B).
 
 Times are medians over --steps timed steps after --warmup untimed ones. MFU = model FLOPs
-(model.estimate_flops, forward + backward, no recompute) / step time / the device's dense bf16 peak;
+(build.estimate_flops, forward + backward, no recompute) / step time / the device's dense bf16 peak;
 a device missing from PEAK_FLOPS shows MFU as unknown rather than a guess.
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import resource
 import statistics
 import time
@@ -40,10 +39,10 @@ import numpy as np
 import torch
 
 import attention
+import build
 import checkpoint
 import data
 import metrics
-import model as model_lib
 import precision as precision_lib
 import sample as sample_lib
 import train
@@ -98,7 +97,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
     """Median seconds of one full training step (forward, backward, AdamW) of a fresh model, under --precision
     `precision` ("": the device's default, so bf16 on CUDA and fp32 on the CPU, as in training)."""
     torch.manual_seed(0)
-    net = model_lib.TwinTower(cfg).to(device)
+    net = build.build_model(cfg).to(device)
     if compile_layers:
         for layer in net.layers:
             layer.compile()
@@ -197,7 +196,7 @@ def parse_args(argv=None):
     """The command line: speed by default, --quality, --validate_metrics, --ablate."""
     parser = OneLineParser(description=__doc__.split("\n")[0])
     # --- speed ---
-    parser.add_argument("--config", default="toy", choices=list(model_lib.PRESETS))
+    parser.add_argument("--config", default="toy", choices=list(build.PRESETS))
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -276,7 +275,7 @@ def speed_main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = model_lib.PRESETS[args.config]
+    cfg = build.PRESETS[args.config]
     if cfg.video_channels != 3:  # `full` consumes VAE latents; the toy world makes pixels
         raise SystemExit("bench.py times the toy world's presets (toy, small); `full` needs latent shards")
     world = data.WorldConfig()
@@ -312,10 +311,10 @@ def bench_training(args, cfg, world, device, variants) -> dict:
     # the token counts the FLOP estimate needs are the ones this batch really has (subjects, caption length)
     clip = dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
                 ref_image_size=world.ref_image_size, ref_mel_frames=world.ref_mel_frames)
-    tokens = model_lib.toy_token_counts(cfg, clip, subjects=batch["ref_images"].shape[1],
+    tokens = build.toy_token_counts(cfg, clip, subjects=batch["ref_images"].shape[1],
                                         text_tokens=batch["text_ids"].shape[1])
     tokens["phoneme_tokens"] = batch["line_phonemes"][0].numel()
-    flops = model_lib.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
+    flops = build.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
     tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]  # content tokens: what is generated
     peak = device_peak(device)
     out = {}
@@ -335,7 +334,7 @@ def bench_training(args, cfg, world, device, variants) -> dict:
 
 def bench_sampling(args, cfg, world, device) -> dict:
     """Seconds per clip, with and without CFG (CFG doubles the batch inside each step)."""
-    net = model_lib.TwinTower(cfg).to(device).eval()  # untrained weights cost the same as trained ones
+    net = build.build_model(cfg).to(device).eval()  # untrained weights cost the same as trained ones
     cond = Conditioning.from_batch(data.collate([data.make_clip(data.sample_rng(0, 2, 0, 0), world)]))
     shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
     out = dict(sample_steps=args.sample_steps)
@@ -351,7 +350,7 @@ def bench_identity_cache(args, cfg, world, device, repeats: int = 3) -> dict:
     """Identity-as-Presence sampling with the identity keys/values computed once per clip (IdentityCache)
     against recomputing them at every step: median seconds per clip of each, alternated, with the
     released guidance (2 passes), for a one- and a two-subject case; also checks they agree."""
-    net = model_lib.TwinTower(dataclasses.replace(cfg, ref_mode="presence")).to(device).eval()
+    net = build.build_model(dataclasses.replace(cfg, ref_mode="presence")).to(device).eval()
     shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
     guidance = sample_lib.Guidance(mode="presence")
     out = {}

@@ -5,7 +5,7 @@ run begins:
 
   Ovi's release            one .safetensors, a sharded set's index.json, or a folder of them; each tensor is
                            renamed through one key map (OVI_RENAMES) and read through safetensors' memory map,
-                           only the rows this rank holds (model.copy_rows): an FSDP2-sharded 11.7B model is
+                           only the rows this rank holds (sharded.copy_rows): an FSDP2-sharded 11.7B model is
                            filled without any rank holding a second full copy
   ours                     train.py's ckpt.pt (model, ema, optimizer, step, rng, model_config,
                            world_config), read with weights_only=True and memory-mapped
@@ -29,7 +29,9 @@ import re
 import torch
 
 import lora
-from model import PRESETS, ModelConfig, TwinTower, config_problems, copy_rows, is_addition
+from build import PRESETS, ModelConfig, build_model, config_problems
+from model import TwinTower
+from sharded import copy_rows
 
 
 class CheckpointError(RuntimeError):
@@ -118,7 +120,7 @@ def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
                 loaded.append(name)
                 copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
     fresh = [n for n in ours if n not in set(loaded)]
-    missing = [n for n in fresh if not (is_addition(n) or lora.is_adapter(n))]
+    missing = [n for n in fresh if not (net.is_addition(n) or lora.is_adapter(n))]
     if missing:
         raise CheckpointError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. '{missing[0]}' (a shard missing?)")
     prefixes = sorted({".".join(n.split(".")[:2 if n.startswith("prompt.") else 1]) for n in fresh})  # modules
@@ -204,9 +206,21 @@ def dataclass_from_checkpoint(cls, fields, path: str, problems=None):
     return cfg
 
 
+# Switches that were removed (in no paper; measured harmful or inconclusive, docs/experiments.md): a checkpoint
+# that has them at the value the model now always has loads; one trained with them on cannot be rebuilt.
+RETIRED = {"input_skip": False, "precond": "none", "sigma_video": None, "sigma_audio": None}
+
+
 def config_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> ModelConfig:
     """The ModelConfig a checkpoint was trained with (checked like the command line's)."""
-    return dataclass_from_checkpoint(ModelConfig, ckpt["model_config"], path, config_problems)
+    fields = ckpt["model_config"]
+    if isinstance(fields, dict):
+        for name, neutral in RETIRED.items():
+            if name in fields and neutral is not None and fields[name] != neutral:
+                raise CheckpointError(f"{path}: was trained with --{name} {fields[name]}, a switch this version no "
+                                      "longer has (docs/experiments.md); train it again without")
+        fields = {n: v for n, v in fields.items() if n not in RETIRED}
+    return dataclass_from_checkpoint(ModelConfig, fields, path, config_problems)
 
 
 def load_state(net: TwinTower, state: dict, what: str = "checkpoint", names=None):
@@ -238,7 +252,7 @@ def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) ->
     base = ckpt["model"]
     held = {n for n, _ in net.named_parameters() if n in base}
     fresh = {n for n, _ in net.named_parameters()} - held
-    lacking = sorted(n for n in fresh if not (is_addition(n) or lora.is_adapter(n)))
+    lacking = sorted(n for n in fresh if not (net.is_addition(n) or lora.is_adapter(n)))
     if lacking:  # a backbone tensor the checkpoint should hold: not the same model
         raise CheckpointError(f"{path}: lacks tensor '{lacking[0]}' ({len(lacking)} missing): saved by another "
                               "model layout")
@@ -250,7 +264,7 @@ def empty_model(cfg: ModelConfig, device, dtype=torch.float32) -> TwinTower:
     """A model with storage but no values, in `dtype` (bf16: Ovi's 23 GB instead of 47): built on the meta
     device, so no 11.7B random numbers are drawn first only to be overwritten (~2 minutes at full size)."""
     with torch.device("meta"):
-        net = TwinTower(cfg)
+        net = build_model(cfg)
     return net.to_empty(device=device).to(dtype)
 
 
@@ -270,7 +284,7 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu", dtype=t
             raise CheckpointError(f"{path}: a LoRA checkpoint without 'lora_base' (the weights it adapts)")
         net = empty_model(cfg, "cpu")  # merging adapters (sample.py --merge_lora) wants fp32 first
         net.init_weights(only=load_base(net, ckpt["lora_base"], log=lambda *_: None))
-        load_state(net, state, path, names={n for n, _ in net.named_parameters() if net.trains(n)})
+        load_state(net, state, path, names={n for n, _ in net.named_parameters() if lora.trains(net, n)})
         return net.to(device, dtype).eval()
     net = empty_model(cfg, device, dtype)
     load_state(net, state, path)  # every parameter: load_state refuses a state that lacks one

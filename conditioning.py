@@ -51,6 +51,16 @@ def relative_boxes(batch: dict) -> torch.Tensor | None:
     return batch["boxes"].float() / torch.tensor([W, H, W, H], dtype=torch.float)
 
 
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The one box rasteriser: boxes (..., 4) as (x0, y0, x1, y1) fractions of the frame -> (..., height, width)
+    True where a pixel's centre lies inside [x0, x1) x [y0, y1). For the toy's integer pixel boxes divided by
+    the frame size this is exactly the pixels [y0:y1, x0:x1]."""
+    ys = (torch.arange(height, device=boxes.device) + 0.5) / height                # pixel centres
+    xs = (torch.arange(width, device=boxes.device) + 0.5) / width
+    b = boxes[..., None, None, :]                                                   # (..., 1, 1, 4)
+    return (xs >= b[..., 0]) & (xs < b[..., 2]) & (ys[:, None] >= b[..., 1]) & (ys[:, None] < b[..., 3])
+
+
 def relative_points(batch: dict) -> torch.Tensor | None:
     """A toy batch's per-frame tracked points (pixels) as fractions of the frame, or None without them."""
     if "trajectories" not in batch or "video" not in batch:

@@ -32,9 +32,9 @@ import torch
 
 import attention
 import bench
+import build
 import data
 import memory
-import model as model_lib
 import precision
 import train
 
@@ -47,7 +47,7 @@ def setup(cfg, batch_size: int, device, seed: int = 0):
     """A model with every path active and a fixed toy batch. At initialisation the gates and heads are zero
     (adaLN-zero), so the prediction is exactly 0 whatever the precision: the weights are nudged off it."""
     torch.manual_seed(seed)
-    net = model_lib.TwinTower(cfg)
+    net = build.build_model(cfg)
     with torch.no_grad():
         for name, p in net.named_parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.02)
@@ -122,7 +122,7 @@ def check_step(cfg, batch_size, device, steps: int = 5) -> tuple[list[str], list
     if device.type != "cuda":  # the CPU's peak resident memory says nothing about a GPU's
         return lines + ["memory:    n/a on the CPU"], []
     # the plan for one GPU (no FSDP2 terms), the toy clip's tokens with as many subjects as the batch holds
-    tokens = model_lib.toy_token_counts(cfg, subjects=batch["ref_images"].shape[1])
+    tokens = build.toy_token_counts(cfg, subjects=batch["ref_images"].shape[1])
     plan = memory.plan(cfg, tokens, gpus=1, batch=batch_size, bytes_per=2)
     peak = bench.peak_memory_mb(device) * 2 ** 20
     lines.append(f"memory:    peak {peak / 1e9:.2f} GB allocated, the plan predicts {plan['peak'] / 1e9:.2f} GB "
@@ -153,7 +153,7 @@ def run(config: str = "toy", batch_size: int = 8, device: str = "cuda", compile_
         print("gpu_check: this machine has no CUDA GPU; nothing to check here (the CPU rehearsal is "
               "`bench.py --gpu_check --device cpu`)")
         return 1
-    cfg = model_lib.PRESETS[config]
+    cfg = build.PRESETS[config]
     if cfg.video_channels != 3:  # the checks feed the toy world's pixels; latent presets need shards
         print(f"gpu_check: --config {config} models latents; the check runs the toy world's presets (toy, small)")
         return 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,24 @@ TARGETS = {
 }
 
 
+@dataclass
+class LoRAConfig:
+    # LoRA: low-rank adapters on the backbone's linear layers, the backbone frozen
+    lora_rank: int = 0             # 0 = no adapters (full fine-tuning)
+    lora_alpha: float = 0.0        # the update is scaled by alpha / rank (0 = rank: scale 1)
+    lora_targets: str = "self,cross,fusion,ffn"  # which linear layers: any of self, cross, fusion, ffn
+
+
+def config_problems(cfg) -> list[str]:
+    problems = []
+    if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
+        problems.append(f"--lora_rank and --lora_alpha must be 0 or more, got {cfg.lora_rank}, {cfg.lora_alpha}")
+    unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in TARGETS]
+    if unknown or not cfg.lora_targets.strip():
+        problems.append(f"--lora_targets takes some of {','.join(TARGETS)}, got {cfg.lora_targets!r}")
+    return problems
+
+
 class LoRALinear(nn.Linear):
     """nn.Linear plus a low-rank update; `weight` and `bias` are the frozen base."""
 
@@ -46,6 +65,15 @@ class LoRALinear(nn.Linear):
     def forward(self, x):
         base = F.linear(x, self.weight, self.bias)
         return base + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale   # B (A x) * alpha / r
+
+    def init_param(self, leaf: str, shape: tuple, gen: torch.Generator):
+        """The adapters' initial values (model.TwinTower.initial_value asks; None: the base's usual rule).
+        A: uniform in +-1/sqrt(d_in) (PyTorch's Linear default); B: zero, so B A = 0 at the start."""
+        if leaf == "lora_b":
+            return torch.zeros(shape)
+        if leaf == "lora_a":
+            return (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(shape[1])
+        return None
 
 
 def target_pattern(targets: str) -> re.Pattern:
@@ -71,15 +99,13 @@ def add_adapters(net: nn.Module, rank: int, alpha: float, targets: str) -> list[
     return adapted
 
 
-def initial_value(leaf: str, shape: tuple, gen: torch.Generator) -> torch.Tensor:
-    """A: uniform in +-1/sqrt(d_in) (PyTorch's Linear default); B: zero, so B A = 0 at the start."""
-    if leaf == "lora_b":
-        return torch.zeros(shape)
-    return (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(shape[1])
-
-
 def is_adapter(name: str) -> bool:
     return name.endswith((".lora_a", ".lora_b"))
+
+
+def trains(net: nn.Module, name: str) -> bool:
+    """Does parameter `name` train? All do, except the backbone under LoRA (frozen: the adapters learn)."""
+    return not net.cfg.lora_rank or net.is_addition(name) or is_adapter(name)
 
 
 @torch.no_grad()

@@ -36,16 +36,18 @@ import dataclasses
 
 import torch
 
+import build
+import lora
+
 ACT_D, ACT_F, ACT_TEXT, ACT_FP32_D = 31, 2, 10, 4   # per-token numbers saved per layer (see above)
 CUDA_CONTEXT, NCCL_BUFFERS = 1.0e9, 0.75e9            # bytes outside PyTorch's allocator (see above)
 
 
 def counts(cfg) -> dict:
     """Parameters that train and that are frozen, and the parameters of one TwinLayer (meta device)."""
-    import model
     with torch.device("meta"):
-        net = model.TwinTower(cfg)
-    trains = sum(p.numel() for n, p in net.named_parameters() if net.trains(n))
+        net = build.build_model(cfg)
+    trains = sum(p.numel() for n, p in net.named_parameters() if lora.trains(net, n))
     total = sum(p.numel() for p in net.parameters())
     layers = sum(p.numel() for p in net.layers.parameters())
     return dict(trains=trains, frozen=total - trains, layer=sum(p.numel() for p in net.layers[0].parameters()),
@@ -62,7 +64,7 @@ def activation_bytes_per_layer(cfg, tokens: int, text_tokens: int, bytes_per: in
 
 def plan(cfg, tokens: dict, gpus: int = 1, batch: int = 1, grad_ckpt: bool = False, seq_parallel: int = 1,
          bytes_per: int = 2) -> dict:
-    """Bytes per GPU of each item, and the peak. `tokens` as model.full_token_counts / toy_token_counts."""
+    """Bytes per GPU of each item, and the peak. `tokens` as build.full_token_counts / toy_token_counts."""
     c = counts(cfg)
     n_tokens = (tokens["video_tokens"] + tokens["ref_video_tokens"] + tokens["audio_tokens"] +
                 tokens["ref_audio_tokens"])

@@ -2,7 +2,7 @@
 
 Omni-Customizer Sec. 4.2 enriches the prompt *before* the DiT sees it:
 
-  T  = text embeddings of the structured caption (toy: `CharTextEncoder`; full: precomputed umT5)
+  T  = text embeddings of the structured caption (toy: text.CharTextEncoder; full: precomputed umT5)
   P  = PhonemeEncoder(phoneme ids of every <S> ... <E> line)           F5-TTS style, ConvNeXt-V2 blocks
   OCF:    h_0 = [T, R_v, R_a, P]  (text, reference-image tokens, reference-voice tokens, phonemes)
           h_i = Block_i(h_{i-1})  with SA-MRoPE positions (rope.sa_mrope_positions) or plain 1D ones
@@ -18,53 +18,48 @@ follow M-RoPE's convention (Qwen2-VL, used by SA-MRoPE): text token i sits at (i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import rope
-from attention import attention, key_padding
+from attention import attention
+from model import declare
 from precision import LayerNorm32
+from text import Prompt, TextBlock
 
 
-class TextBlock(nn.Module):
-    """Pre-norm transformer block (self-attention with RoPE, GELU MLP) over the caption tokens."""
+@dataclass
+class OCFConfig:
+    # identity binding on the prompt side (Omni-Customizer Sec. 4.2; defaults as in the paper)
+    ocf: bool = True               # Omni-Context Fusion of [text, ref images, ref voices, phonemes]
+    ocf_rope: str = "sa_mrope"     # sa_mrope | 1d: positions of the OCF sequence
+    mtp_ca: bool = True            # masked TTS-to-prompt cross-attention
+    ocf_dim: int = 0               # width of OCF / MTP-CA / phoneme encoder (0 = text_dim)
+    ocf_layers: int = 2            # transformer blocks of OCF
+    ocf_heads: int = 4             # heads of OCF and MTP-CA
+    phoneme_layers: int = 2        # ConvNeXt-V2 blocks of the phoneme encoder (F5-TTS: 4)
+    phoneme_vocab: int = 19        # phoneme ids incl. padding and word gap, speech.N_PHONEME_IDS (tests check it)
+    sa_mrope_phoneme_w: float = -1.0  # the distinct last coordinate of phoneme tokens (Eq. 4)
 
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = LayerNorm32(dim), LayerNorm32(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
-
-    def forward(self, x, cos, sin, key_mask):
-        B, L, D = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)            # (B, H, L, hd)
-        att = attention(q, k, v, key_padding(key_mask))                              # (B, H, L, hd)
-        x = x + self.proj(att.transpose(1, 2).reshape(B, L, D))
-        return x + self.mlp(self.norm2(x))
+    @property
+    def fusion_dim(self) -> int:
+        return self.ocf_dim or self.text_dim
 
 
-class CharTextEncoder(nn.Module):
-    """Caption token ids (B, L) -> text features (B, L, dim); padding rows are returned as zeros."""
-
-    def __init__(self, vocab: int, dim: int, layers: int, heads: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
-        self.norm = LayerNorm32(dim)
-        self.head_dim = dim // heads
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)[:, None].expand(-1, 3)  # (L, 3): token i -> (i, i, i)
-        angles = rope.rope_angles(pos, rope.rope_frequencies(self.head_dim, device=ids.device), self.head_dim)[None]
-        cos, sin = angles.cos(), angles.sin()
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x, cos, sin, mask)
-        return self.norm(x) * mask[..., None]
+def config_problems(cfg) -> list[str]:
+    """The prompt side's impossible values, one line each (cfg: build.ModelConfig)."""
+    problems = [f"--{name} must be at least 1, got {getattr(cfg, name)}" for name in ("phoneme_vocab", "ocf_heads")
+                if getattr(cfg, name) < 1]
+    problems += [f"--{name} must be 0 or more, got {getattr(cfg, name)}" for name in ("ocf_layers", "phoneme_layers",
+                                                                                     "ocf_dim") if getattr(cfg, name) < 0]
+    if cfg.ocf_rope not in ("sa_mrope", "1d"):
+        problems.append(f"--ocf_rope must be one of sa_mrope | 1d, got {cfg.ocf_rope!r}")
+    if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
+        problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,6 +73,7 @@ class GRN(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.gamma, self.beta = nn.Parameter(torch.zeros(1, 1, dim)), nn.Parameter(torch.zeros(1, 1, dim))
+        self.zero_init = ("gamma", "beta")                        # starts as the identity
 
     def forward(self, x):                                        # (N, P, d)
         norm = x.norm(p=2, dim=1, keepdim=True)                  # over the sequence, per channel
@@ -141,11 +137,10 @@ class OmniContextFusion(nn.Module):
         self.image_in = nn.Linear(image_token_dim, dim)
         self.voice_in = nn.Linear(voice_token_dim, dim)
         self.kind = nn.Parameter(torch.zeros(4, dim))             # which stream a token came from
+        self.zero_init = ("kind",)
         self.blocks = nn.ModuleList(TextBlock(dim, heads) for _ in range(layers))
-        self.back = nn.ModuleList(nn.Linear(dim, text_dim) for _ in range(layers))
-        for lin in self.back:                                     # zero-init: T passes unchanged at start
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        # zero-init: T passes unchanged at start
+        self.back = declare(nn.ModuleList(nn.Linear(dim, text_dim) for _ in range(layers)), zero=True)
         self.head_dim = dim // heads
 
     def forward(self, text, text_mask, image_tokens, image_mask, voice_tokens, voice_mask, phonemes,
@@ -186,9 +181,7 @@ class MaskedPhonemeCrossAttention(nn.Module):
         self.heads = heads
         self.norm = LayerNorm32(text_dim)
         self.q, self.k, self.v = nn.Linear(text_dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, text_dim)
-        nn.init.zeros_(self.o.weight)                              # zero-init, like OCF's residuals
-        nn.init.zeros_(self.o.bias)
+        self.o = declare(nn.Linear(dim, text_dim), zero=True)     # zero-init, like OCF's residuals
 
     def forward(self, text, phonemes, phoneme_mask, speech_spans, line_mask):
         """text (B, L, text_dim); phonemes (B, M, P, dim); phoneme_mask (B, M, P). Returns the new text."""
@@ -210,17 +203,12 @@ class MaskedPhonemeCrossAttention(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-class PromptEncoder(nn.Module):
+class PromptEncoder(Prompt):
     """Sec. 4.2 end to end: text encoder (toy) -> phoneme encoder -> OCF -> MTP-CA, each behind its switch.
-
-    `cfg` is model.ModelConfig (read by attribute: this file does not import model.py).
-    """
+    It replaces the twin tower's plain `prompt` (build.py); cfg is build.ModelConfig."""
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        if cfg.text_layers > 0:  # the toy's own encoder; real runs bring precomputed umT5 features
-            self.text_encoder = CharTextEncoder(cfg.text_vocab, cfg.text_dim, cfg.text_layers, cfg.text_heads)
+        super().__init__(cfg)   # the toy's own text encoder; real runs bring precomputed umT5 features
         if cfg.ocf or cfg.mtp_ca:
             self.phoneme_encoder = PhonemeEncoder(cfg.phoneme_vocab, cfg.fusion_dim, cfg.phoneme_layers)
         if cfg.ocf:
@@ -233,7 +221,7 @@ class PromptEncoder(nn.Module):
     def forward(self, cond) -> torch.Tensor:
         """cond: a Conditioning -> (B, L, text_dim) prompt features (padding rows of the toy encoder are 0)."""
         cfg = self.cfg
-        text = self.text_encoder(cond.text, cond.text_mask) if cfg.text_layers > 0 else cond.text
+        text = super().forward(cond)
         if not (cfg.ocf or cfg.mtp_ca):
             return text
         phonemes = self.phoneme_encoder(cond.line_phonemes, cond.phoneme_mask)         # (B, M, P, fusion_dim)

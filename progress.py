@@ -18,9 +18,9 @@ import os
 
 import torch
 
+import build
 import checkpoint
 import data
-import model as model_lib
 import sample as sample_lib
 from conditioning import Conditioning
 
@@ -29,7 +29,7 @@ SCALE = 3                      # pixels per toy pixel in the strip
 LABEL_W = 150                  # width of the label column
 
 
-def ema_model(ema: dict, mcfg: model_lib.ModelConfig, device="cpu"):
+def ema_model(ema: dict, mcfg: build.ModelConfig, device="cpu"):
     """A plain TwinTower on `device` (the training GPU: sampling a row there takes seconds, on the CPU minutes)
     holding the EMA weights (full tensors: train.py gathers FSDP2 shards)."""
     net = checkpoint.empty_model(mcfg, device)  # no second initialisation: the weights are overwritten at once

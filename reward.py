@@ -21,7 +21,6 @@ step predicts x0_hat = x_t - t v_hat; the frozen LIRM scores it against the refe
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from dataclasses import dataclass

@@ -30,11 +30,12 @@ import os
 import numpy as np
 import torch
 
+import build
 import checkpoint
 import data
 import lora
-import model as model_lib
 import precision as precision_lib
+import presence
 import speech
 from inputs import (InputError, OneLineParser, load_frames, load_image, load_motion, load_wav, out_dir_problems,
                     parse_bool)
@@ -142,13 +143,14 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     n = len(names)
     batched = conditionings(cond, names).to(device)
     regime = precision_lib.resolve(precision, device)
-    cache = model_lib.IdentityCache() if identity_cache and net.cfg.ref_mode == "presence" else None
+    cache = presence.IdentityCache() if identity_cache and net.cfg.ref_mode == "presence" else None
 
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
         with precision_lib.autocast(device, regime):
-            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, cache=cache)  # (B * n, ...)
+            extra = {} if cache is None else dict(cache=cache)
+            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **extra)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
     replace = keep_source and cond.source_video is not None
@@ -235,7 +237,7 @@ def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: d
         data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
         speech.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
     # the page shows the mp4 (picture and sound together) when PyAV wrote one, else the gif and the wav
-    media = (f'<video src="video.mp4" controls loop width="256"></video>' if mp4 else
+    media = ('<video src="video.mp4" controls loop width="256"></video>' if mp4 else
              '<img src="video.gif" width="256"><br><audio src="audio.wav" controls></audio>')
     ref_html = "".join(f'<div class="card"><img src="ref{k}.png" width="128"><br>&lt;sub{k}&gt;<br>'
                        f'<audio src="ref{k}.wav" controls></audio></div>' for k in refs)
@@ -312,7 +314,7 @@ def demo_case(world: data.WorldConfig, seed: int) -> dict:
     return data.make_clip(data.sample_rng(seed, 2, 0, 0), world)
 
 
-def latent_case(path: str, index: int, cfg: model_lib.ModelConfig):
+def latent_case(path: str, index: int, cfg: build.ModelConfig):
     """A real-data case: sample `index` of a latent shard (shards.py's format) -> (Conditioning, video shape,
     audio shape). For Ovi-size models, which read VAE latents and umT5 features rather than the toy world."""
     import shards  # real data only; the toy path never needs it
@@ -452,7 +454,7 @@ def draw_motion(frames: np.ndarray, boxes: torch.Tensor, points: torch.Tensor, s
     return out
 
 
-def guidance_for(args, mcfg: model_lib.ModelConfig) -> Guidance:
+def guidance_for(args, mcfg: build.ModelConfig) -> Guidance:
     """The --guidance form and scales; by default the one the checkpoint's kind of model was released with."""
     if args.ref_mode and args.ref_mode != mcfg.ref_mode:
         raise InputError(f"--ref_mode {args.ref_mode}: {args.ckpt} was trained with ref_mode {mcfg.ref_mode}")
@@ -471,7 +473,7 @@ def main():
         if checkpoint.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
             run["shift"] = args.shift or (trained_shift(None) if checkpoint.is_ovi_checkpoint(args.ckpt)
                                           else trained_shift(checkpoint.load_checkpoint(args.ckpt)))
-            run["guidance"] = guidance_for(args, model_lib.PRESETS["full"] if checkpoint.is_ovi_checkpoint(args.ckpt)
+            run["guidance"] = guidance_for(args, build.PRESETS["full"] if checkpoint.is_ovi_checkpoint(args.ckpt)
                                            else checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(args.ckpt)))
             return sample_latents(args, run)
         ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))

@@ -38,6 +38,41 @@ NAME = "ckpt_sharded"
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
+# ------------------------------------------------------------------------------------------------
+# Filling parameters, plain or FSDP2-sharded, without a full copy per rank
+# ------------------------------------------------------------------------------------------------
+
+
+def shard_rows(p) -> tuple[int, int]:
+    """The rows [start, end) of the full parameter that this rank holds. A plain tensor holds all of them;
+    an FSDP2 parameter is a DTensor sharded on dim 0 along one mesh dimension (HSDP: replicated along the
+    other) in chunks of ceil(rows / ranks) (torch.chunk's split: the last ranks may hold fewer rows, or none)."""
+    rows = p.shape[0]
+    if not hasattr(p, "device_mesh"):
+        return 0, rows
+    sharded = [i for i, placement in enumerate(p.placements) if not placement.is_replicate()]
+    if len(sharded) != 1 or not p.placements[sharded[0]].is_shard(0):
+        raise ValueError(f"expected FSDP2's Shard(0) placement (HSDP: Replicate, Shard(0)), got {p.placements}")
+    dim = sharded[0]
+    chunk = -(-rows // p.device_mesh.size(dim))
+    start = min(rows, p.device_mesh.get_coordinate()[dim] * chunk)
+    return start, min(rows, start + chunk)
+
+
+def local_shard(p: torch.Tensor) -> torch.Tensor:
+    """This rank's part of p: the local tensor of an FSDP2 DTensor, or p itself."""
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
+@torch.no_grad()
+def copy_rows(p, read_rows):
+    """Fill p (a plain parameter or its FSDP2 shard) from read_rows(start, end) -> those rows of the full value."""
+    start, end = shard_rows(p)
+    local = local_shard(p)
+    if end > start:
+        local[: end - start].copy_(read_rows(start, end))
+
+
 def flat_state(net, ema: dict, opt) -> dict:
     """The run's tensors as one flat dict of this rank's shards (DTensors under FSDP2), keyed as above."""
     params = dict(net.named_parameters())

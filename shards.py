@@ -53,7 +53,7 @@ class ShardSpec:
 
 
 def spec_for(cfg) -> ShardSpec:
-    """What a model (model.ModelConfig) needs of a shard: its channels, prompt width, phoneme table, patch."""
+    """What a model (build.ModelConfig) needs of a shard: its channels, prompt width, phoneme table, patch."""
     return ShardSpec(cfg.video_channels, cfg.audio_channels, cfg.text_dim, cfg.phoneme_vocab,
                      (cfg.patch_t, cfg.patch_h, cfg.patch_w))
 

@@ -54,8 +54,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import build
 import checkpoint
 import data
+import lora
 import model as model_lib
 import precision as precision_lib
 import progress as progress_lib
@@ -171,8 +173,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
     if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
         problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
-    if tc.config not in model_lib.PRESETS:
-        problems.append(f"--config must be one of {', '.join(model_lib.PRESETS)}, got {tc.config!r}")
+    if tc.config not in build.PRESETS:
+        problems.append(f"--config must be one of {', '.join(build.PRESETS)}, got {tc.config!r}")
     if model_overrides.get("lora_rank", 0) and not tc.init_from:
         problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
     try:
@@ -185,9 +187,9 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--precision must be bf16 or fp32 (or empty: bf16 on CUDA, fp32 elsewhere), got {tc.precision!r}")
     if tc.backbone_lr_schedule not in ("cosine", "constant"):
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
-    mcfg = dataclasses.replace(model_lib.PRESETS.get(tc.config, model_lib.PRESETS["toy"]), **model_overrides)
+    mcfg = dataclasses.replace(build.PRESETS.get(tc.config, build.PRESETS["toy"]), **model_overrides)
     wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
-    problems += recipe_problems(tc, model_overrides) + model_lib.config_problems(mcfg) + data.world_problems(wcfg)
+    problems += recipe_problems(tc, model_overrides) + build.config_problems(mcfg) + data.world_problems(wcfg)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if tc.shard_group < 0 or (tc.fsdp and world % shard_group_size(tc, world)):
         problems.append(f"--shard_group {tc.shard_group} must be 0 (one node) or divide the ranks ({world})")
@@ -226,7 +228,7 @@ def recipe_problems(tc: TrainConfig, model_overrides: dict) -> list[str]:
     return problems
 
 
-def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:
+def toy_fit_problems(mcfg: build.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:
     """What a model needs of the toy world it trains on: RGB pixels, mels as its audio channels, and
     sizes its patches tile exactly (a video token is patch_t x patch_h x patch_w pixels, an audio token
     audio_patch mel frames; each video frame spans a whole number of mel frames, for lip sync)."""
@@ -260,12 +262,12 @@ def toy_fit_problems(mcfg: model_lib.ModelConfig, wcfg: data.WorldConfig, config
 def parse_args(argv=None):
     parser = OneLineParser(description=__doc__.split("\n")[0])
     add_dataclass_flags(parser, TrainConfig)
-    add_dataclass_flags(parser, model_lib.ModelConfig, defaults_none=True)   # override the preset
+    add_dataclass_flags(parser, build.ModelConfig, defaults_none=True)   # override the preset
     add_dataclass_flags(parser, data.WorldConfig, defaults_none=True)         # override the toy world
     args = vars(parser.parse_args(argv))
     tc = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     pick = lambda cls: {f.name: args[f.name] for f in dataclasses.fields(cls) if args[f.name] is not None}  # noqa: E731
-    model_overrides, world_overrides = pick(model_lib.ModelConfig), pick(data.WorldConfig)
+    model_overrides, world_overrides = pick(build.ModelConfig), pick(data.WorldConfig)
     problems = config_problems(tc, model_overrides, world_overrides)
     if problems:  # all of them at once, one line each, before any work
         parser.exit(2, "".join(f"error: {p}\n" for p in problems))
@@ -520,7 +522,7 @@ def full_tensor(x):
 class Run:
     """Everything a training run holds between steps."""
     tc: TrainConfig
-    mcfg: model_lib.ModelConfig
+    mcfg: build.ModelConfig
     wcfg: data.WorldConfig
     net: model_lib.TwinTower          # the module (FSDP2 shards it in place)
     wrapped: torch.nn.Module          # what the forward goes through (DDP wraps `net`)
@@ -563,7 +565,7 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
         return (checkpoint.config_from_checkpoint(resume, path),
                 checkpoint.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
-    asked = dataclasses.replace(model_lib.PRESETS[tc.config], **(model_overrides or {}))
+    asked = dataclasses.replace(build.PRESETS[tc.config], **(model_overrides or {}))
     if init is not None:
         mcfg, differ = fine_tune_config(checkpoint.config_from_checkpoint(init, tc.init_from), asked, model_overrides)
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
@@ -602,10 +604,10 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
     each TwinLayer -- both towers' block i, one all-gather unit -- then the root). Under FSDP2 each rank
     then allocates only its shards: the 11.7B model is never whole on any rank."""
     with torch.device("meta"):
-        net = model_lib.TwinTower(mcfg)
+        net = build.build_model(mcfg)
     regime = precision_lib.resolve(tc.precision, device)
     for name, p in net.named_parameters():  # LoRA: the backbone is frozen (before FSDP2 groups the parameters)
-        p.requires_grad_(net.trains(name))
+        p.requires_grad_(lora.trains(net, name))
         if not p.requires_grad:  # and stored in the compute dtype: bf16 (2 B, memory.py) under --precision bf16
             p.data = p.data.to(precision_lib.compute_dtype(regime))
     for layer in net.layers:
@@ -653,7 +655,7 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
         net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, base, log=log))
         if resume is not None and "model" in resume:
             checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"),
-                                  names={n for n, _ in net.named_parameters() if net.trains(n)})
+                                  names={n for n, _ in net.named_parameters() if lora.trains(net, n)})
     elif resume is not None and "sharded" in resume:
         pass  # every weight comes from the sharded folder (start_run), nothing to initialise first
     elif resume is not None:
@@ -675,15 +677,15 @@ def make_ema(net, source: dict | None) -> dict:
     if source is not None and "ema" in source:
         for n, e in ema.items():
             if n in source["ema"]:  # LoRA from a full checkpoint: its adapters start their EMA fresh
-                model_lib.copy_rows(e, lambda a, b, t=source["ema"][n]: t[a:b])
+                sharded.copy_rows(e, lambda a, b, t=source["ema"][n]: t[a:b])
     return ema
 
 
 def make_optimizer(net, tc: TrainConfig):
     """AdamW with two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the
     backbone (cosine or constant, --backbone_lr_schedule)."""
-    new = [p for n, p in net.named_parameters() if model_lib.is_addition(n)]
-    old = [p for n, p in net.named_parameters() if not model_lib.is_addition(n) and p.requires_grad]  # LoRA: adapters
+    new = [p for n, p in net.named_parameters() if net.is_addition(n)]
+    old = [p for n, p in net.named_parameters() if not net.is_addition(n) and p.requires_grad]  # LoRA: adapters
     return torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
                               dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
 
@@ -746,7 +748,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         wrapped = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     run = Run(tc, mcfg, wcfg, net, wrapped, make_optimizer(net, tc), make_ema(net, resume or init),
-              set(net.frozen_in_audio_only_steps()), rank, world, device)
+              set(net.declared("video_side")), rank, world, device)
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
     if tc.reward_model:
@@ -788,7 +790,7 @@ def save(run: Run, name: str = "ckpt"):
         return
     model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
     if run.mcfg.lora_rank:  # the checkpoint holds what trains; the frozen base is named, not copied
-        model_state = {k: v for k, v in model_state.items() if run.net.trains(k)}
+        model_state = {k: v for k, v in model_state.items() if lora.trains(run.net, k)}
     if run.rank == 0:
         ema_state = {k: v.cpu() for k, v in run.ema.items()}
         save_atomic(dict(model=model_state, ema=ema_state, optimizer=run.opt.state_dict(), **run_record(run)),
@@ -900,7 +902,7 @@ def update_ema(run: Run, joint: bool):
     """ema <- decay * ema + (1 - decay) * weights, with a warm-up (early on the EMA follows closely, else a
     short run's EMA is mostly the initial weights); frozen weights are skipped in audio-only steps."""
     decay = ema_decay_at(run.step, run.tc)
-    pairs = [(model_lib.local_shard(run.ema[n]), model_lib.local_shard(p.detach()))
+    pairs = [(sharded.local_shard(run.ema[n]), sharded.local_shard(p.detach()))
              for n, p in run.net.named_parameters() if n in run.ema and (joint or n not in run.frozen)]
     if pairs:  # one fused call over every local shard, not one DTensor dispatch per parameter
         torch._foreach_lerp_([e for e, _ in pairs], [p.float() for _, p in pairs], 1 - decay)
@@ -1029,7 +1031,7 @@ def check_finite(run: Run, first_bad: torch.Tensor):
     bad = first_bad.clone()
     weights_bad = torch.zeros((), device=run.device)
     for p in run.net.parameters():  # local shards under FSDP2; the all-reduce covers the rest
-        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(model_lib.local_shard(p).detach())).any().float())
+        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(sharded.local_shard(p).detach())).any().float())
     if run.world > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)

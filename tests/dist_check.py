@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model  # noqa: E402
+import build
+import lora
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402
 from tiny import TINY, tiny_batch  # noqa: E402
@@ -24,11 +25,11 @@ def main(out_path, mode):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     import dataclasses
-    net = model.TwinTower(dataclasses.replace(TINY, lora_rank=4) if mode == "fsdp_lora" else TINY)
+    net = build.build_model(dataclasses.replace(TINY, lora_rank=4) if mode == "fsdp_lora" else TINY)
     if mode == "fsdp_lora":  # the frozen base; B != 0 so that A gets a gradient too
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.requires_grad_(net.trains(name))
+                p.requires_grad_(lora.trains(net, name))
                 if name.endswith("lora_b"):
                     p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
     wrapped = net

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model  # noqa: E402
+import build
 import seqpar  # noqa: E402
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402
@@ -25,7 +25,7 @@ from tiny import TINY, tiny_batch  # noqa: E402
 def main(out_path):
     rank, world, _ = train.setup_distributed()
     torch.set_num_threads(1)
-    net = model.TwinTower(dataclasses.replace(TINY, heads=4))
+    net = build.build_model(dataclasses.replace(TINY, heads=4))
     with torch.no_grad():  # every path active (zero-init gates and heads would hide most of them)
         for name, p in net.named_parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)

@@ -4,6 +4,7 @@ import dataclasses
 
 import torch
 
+import build
 import model
 from conditioning import Conditioning
 from tiny import TINY, perturbed, tiny_batch
@@ -18,7 +19,7 @@ def masks_seen(net, cond, batch, monkeypatch):
 
 
 def test_no_mask_where_every_key_is_real_and_a_mask_where_one_is_not(monkeypatch):
-    net = perturbed(model.TwinTower(TINY)).eval()
+    net = perturbed(build.build_model(TINY)).eval()
     batch = tiny_batch(1, scene="single")
     cond = Conditioning.from_batch(batch)
     assert {"text_mask", "image_mask", "voice_mask"} <= cond.to("cpu").full      # one caption, no padding

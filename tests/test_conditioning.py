@@ -5,8 +5,8 @@ import zlib
 import pytest
 import torch
 
+import build
 import data
-import model
 import sample
 from conditioning import Conditioning
 from tiny import TINY, tiny_batch
@@ -31,7 +31,7 @@ def test_the_empty_prompt_keeps_nothing_of_the_caption():
 
 
 def random_net(cfg):
-    net = model.TwinTower(cfg)
+    net = build.build_model(cfg)
     with torch.no_grad():  # every weight perturbed, seeded by its name: configs that share a name share its value
         for name, p in net.named_parameters():
             g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
@@ -78,10 +78,10 @@ def test_each_switch_changes_the_forward_pass(switch, off, on):
 
 def test_toy_sizes_held_by_the_model_agree_with_the_world():
     world = data.WorldConfig()
-    assert model.TOY_CLIP == dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
+    assert build.TOY_CLIP == dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
                                   ref_image_size=world.ref_image_size, ref_mel_frames=world.ref_mel_frames)
     import speech
-    cfg = model.ModelConfig()
+    cfg = build.ModelConfig()
     assert cfg.text_vocab == len(data.VOCAB) and cfg.phoneme_vocab == speech.N_PHONEME_IDS
     import conditioning
     assert conditioning.NULL_TOKEN == data.PAD_ID

@@ -247,7 +247,7 @@ OTHER_ENTRY_POINTS = [  # (module, flags, a fragment of the one line)
     ("bench", ["--guidance", "loud"], "invalid choice"),
     ("data", ["--clips", "0"], "--clips must be at least 1"),
     ("data", ["--scene", "garden"], "invalid choice"),
-    ("model", ["--config", "huge"], "invalid choice"),
+    ("build", ["--config", "huge"], "invalid choice"),
 ]
 
 

@@ -6,9 +6,9 @@ import os
 
 import torch
 
+import build
 import checkpoint
 import lora
-import model
 import train
 from conditioning import Conditioning
 from tiny import TINY, TINY_OVERRIDES, TINY_WORLD_OVERRIDES, tiny_batch
@@ -29,8 +29,8 @@ def randomised(net):
 
 
 def test_at_initialisation_the_adapted_model_is_the_base_exactly():
-    base = randomised(model.TwinTower(TINY))
-    adapted = model.TwinTower(ADAPTED)
+    base = randomised(build.build_model(TINY))
+    adapted = build.build_model(ADAPTED)
     names = dict(base.named_parameters())
     with torch.no_grad():
         for name, p in adapted.named_parameters():
@@ -43,7 +43,7 @@ def test_at_initialisation_the_adapted_model_is_the_base_exactly():
 
 
 def test_merged_equals_unmerged():
-    net = randomised(model.TwinTower(ADAPTED))                 # B != 0: the adapters do something
+    net = randomised(build.build_model(ADAPTED))                 # B != 0: the adapters do something
     before = forward(net)
     assert lora.merge(net) == 10 * 2 * TINY.layers      # per block: self q,k,v,o; cross q,o; fusion k,v; FFN 2
     assert not any(lora.is_adapter(n) for n, _ in net.named_parameters())
@@ -62,7 +62,8 @@ def test_only_adapters_and_additions_learn_and_the_checkpoint_holds_only_them(tm
     ckpt = checkpoint.load_checkpoint(str(tmp_path / "lora" / "ckpt.pt"))
     assert ckpt["lora_base"] == run["init_from"]
     held = set(ckpt["model"])
-    assert held and all(lora.is_adapter(n) or model.is_addition(n) for n in held)
+    adapted = build.build_model(build.ModelConfig(**ckpt["model_config"]))
+    assert held and all(lora.is_adapter(n) or adapted.is_addition(n) for n in held)
     assert any(n.endswith("lora_b") and ckpt["model"][n].abs().sum() > 0 for n in held)   # B left zero
     net = checkpoint.model_from_checkpoint(str(tmp_path / "lora" / "ckpt.pt"), use_ema=False)
     for name, p in net.named_parameters():
@@ -88,5 +89,5 @@ def test_a_lora_checkpoint_cannot_be_the_base_of_another(tmp_path):
     import pytest
     torch.save(dict(model={}, model_config=dataclasses.asdict(ADAPTED), lora_base="ovi.safetensors"), tmp_path / "l.pt")
     with pytest.raises(checkpoint.CheckpointError) as err:
-        checkpoint.load_base(model.TwinTower(ADAPTED), str(tmp_path / "l.pt"))
+        checkpoint.load_base(build.build_model(ADAPTED), str(tmp_path / "l.pt"))
     assert "is a LoRA checkpoint" in str(err.value)

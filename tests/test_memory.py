@@ -4,15 +4,15 @@ import dataclasses
 import pytest
 import torch
 
+import build
 import data
 import memory
-import model
 from conditioning import Conditioning
 
 
 def saved_activation_bytes(cfg, batch) -> int:
     """Bytes of the distinct storages autograd saves for backward during one forward, parameters excluded."""
-    net = model.TwinTower(cfg).train()
+    net = build.build_model(cfg).train()
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     seen = {}
 
@@ -31,7 +31,7 @@ def test_activation_formula_is_within_20_percent_of_autograds_saved_tensors(size
     """Per layer: the saved bytes of a 2-layer model minus a 1-layer one, fp32 on the CPU, one sample."""
     world = data.WorldConfig(scene="dialogue")
     batch = data.ToyBatches(world, 1, seed=0).make_batch(0)
-    cfg = dataclasses.replace(model.PRESETS["toy"], **sizes)
+    cfg = dataclasses.replace(build.PRESETS["toy"], **sizes)
     measured = (saved_activation_bytes(dataclasses.replace(cfg, layers=2), batch)
                 - saved_activation_bytes(dataclasses.replace(cfg, layers=1), batch))
     tokens = batch["video"][0].numel() // cfg.video_patch_dim + batch["ref_images"].shape[1] * (16 // 4) ** 2 \
@@ -41,7 +41,7 @@ def test_activation_formula_is_within_20_percent_of_autograds_saved_tensors(size
 
 
 def test_the_plan_adds_up_and_responds_to_each_switch():
-    cfg, tokens = model.PRESETS["full"], model.full_token_counts()
+    cfg, tokens = build.PRESETS["full"], build.full_token_counts()
     full = memory.plan(cfg, tokens, gpus=8)
     assert full["peak"] == pytest.approx(sum(full[k] for k in ("parameters", "gradients", "optimizer", "ema",
                                                                "gathered_layers", "root_unit", "reduce_scatter",

@@ -7,8 +7,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import attention
+import build
 import model
-import train
 from conditioning import Conditioning
 from tiny import TINY, tiny_batch
 
@@ -27,7 +27,7 @@ def randomize(net):
 def random_net(cfg=TINY):
     """A tiny twin tower with every weight perturbed, so no zero-init hides a wiring mistake."""
     torch.manual_seed(0)
-    net = model.TwinTower(cfg)
+    net = build.build_model(cfg)
     randomize(net)
     return net
 
@@ -44,7 +44,7 @@ def test_every_parameter_gets_a_gradient():
 
 def test_zero_init_is_identity_where_it_says_so():
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     batch = tiny_batch()
     v, a = forward(net, batch)
     assert v.abs().max() == 0 and a.abs().max() == 0                 # zero output heads
@@ -53,7 +53,8 @@ def test_zero_init_is_identity_where_it_says_so():
     # time_proj is zero at init: gates come only from the (zero) gate bias
     e_init = net.video_tower.timestep(torch.rand(2))[1]
     assert e_init[:, :, [2, 5]].abs().max() == 0
-    assert torch.equal(block.ffn_part(x, e_init, 4), x)             # gated FFN adds exactly nothing
+    io = model.TowerInputs(e=e_init, emb=None, n=4, mask=None, rope=None, text=None)
+    assert torch.equal(block.ffn_part(x, io), x)                    # gated FFN adds exactly nothing
     randomize(net.video_tower.head)  # now a non-zero output: task inputs must still be no-ops
     source = torch.cat([batch["video"], batch["source_mask"]], 2)
     v1, _ = forward(net, batch)
@@ -84,7 +85,7 @@ def test_references_reach_the_output():
 
 
 def test_audio_only_forward_runs_without_video():
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     batch = tiny_batch()
     v, a = net(None, batch["audio"], torch.rand(2), Conditioning.from_batch(batch))
     assert v is None and a.shape == batch["audio"].shape
@@ -93,7 +94,7 @@ def test_audio_only_forward_runs_without_video():
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_flop_formula_matches_flop_counter(stem):
     cfg = dataclasses.replace(TINY, audio_stem=stem, audio_patch=1 if stem == "conv" else 2, audio_stem_hidden=48)
-    net = model.TwinTower(cfg)
+    net = build.build_model(cfg)
     randomize(net)
     batch = tiny_batch(batch_size=1, scene="dialogue")
     # the math backend spells attention as matmuls the counter sees (it has no formula for CPU flash)
@@ -105,7 +106,7 @@ def test_flop_formula_matches_flop_counter(stem):
                   audio_tokens=batch["audio"].shape[1] // cfg.audio_patch, text_tokens=batch["text_ids"].shape[1],
                   ref_video_tokens=K * 16, ref_audio_tokens=K * batch["ref_audio"].shape[2] // cfg.audio_patch,
                   phoneme_tokens=batch["line_phonemes"][0].numel())
-    estimate = model.estimate_flops(cfg, **tokens)
+    estimate = build.estimate_flops(cfg, **tokens)
     assert abs(estimate / counter.get_total_flops() - 1) < 0.05
 
 
@@ -122,33 +123,3 @@ def test_sdpa_matches_the_math_reference_in_value_and_gradient():
     assert grads_fast[1][1, :, 3:].abs().max() == 0          # masked keys get no gradient
 
 
-def test_input_skip_starts_as_v_equals_x_t():
-    """The experimental toy switch: identity-initialised, so at init v = x_t exactly (right at t = 1 up to the mean)."""
-    cfg = dataclasses.replace(TINY, input_skip=True)
-    net = model.TwinTower(cfg)
-    batch = tiny_batch()
-    v, a = forward(net, batch)
-    assert torch.allclose(v, batch["video"]) and torch.allclose(a, batch["audio"])
-
-
-def test_edm_preconditioning_skips_the_linear_part_and_scales_the_rest_to_unit_variance():
-    """c_skip x_t is the least-squares predictor of v = n - x0 from x_t (data of std sigma), and c_out is the
-    standard deviation of what it leaves; an untrained edm model (zero heads) outputs exactly c_skip x_t."""
-    g = torch.Generator().manual_seed(0)
-    sigma = 0.4
-    x0, n = sigma * torch.randn(400_000, generator=g), torch.randn(400_000, generator=g)
-    for t in (0.05, 0.5, 0.95):
-        x_t, v = (1 - t) * x0 + t * n, n - x0
-        tt = torch.full((x_t.numel(),), t)
-        skip = model.precondition(torch.zeros_like(x_t), x_t, tt, sigma)            # c_skip x_t
-        one = model.precondition(torch.ones_like(x_t), torch.zeros_like(x_t), tt, sigma)  # c_out
-        slope = (v * x_t).mean() / (x_t * x_t).mean()
-        assert torch.allclose(skip, slope * x_t, rtol=0.02, atol=1e-3)
-        assert one[0].item() == pytest.approx((v - skip).std().item(), rel=0.02)
-    cfg = dataclasses.replace(TINY, precond="edm")
-    net = model.TwinTower(cfg).eval()
-    batch = tiny_batch(batch_size=2)
-    t = torch.tensor([0.3, 0.9])
-    pv, pa = net(batch["video"], batch["audio"], t, Conditioning.from_batch(batch))
-    assert torch.allclose(pa, model.precondition(torch.zeros_like(pa), batch["audio"], t, cfg.sigma_audio))
-    assert torch.allclose(pv, model.precondition(torch.zeros_like(pv), batch["video"], t, cfg.sigma_video))

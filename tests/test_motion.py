@@ -6,8 +6,10 @@ import dataclasses
 import numpy as np
 import torch
 
+import build
 import data
 import metrics
+import model
 
 MOVING = dataclasses.replace(data.WorldConfig(), move_prob=1.0)
 
@@ -77,11 +79,10 @@ def randomise(net, skip=()):
 
 def test_zero_initialised_box_injections_are_no_ops_at_the_start():
     """A motion model with the same backbone weights predicts exactly what the model without motion does."""
-    import model
     from tiny import TINY
     b, cond = motion_inputs()
-    plain = randomise(model.TwinTower(TINY))
-    moving = model.TwinTower(dataclasses.replace(TINY, motion=True))
+    plain = randomise(build.build_model(TINY))
+    moving = build.build_model(dataclasses.replace(TINY, motion=True))
     weights = dict(plain.named_parameters())
     with torch.no_grad():
         for name, p in moving.named_parameters():
@@ -109,23 +110,23 @@ def test_trajectory_tokens_sit_where_their_points_are_in_their_frames():
 
 
 def test_trajectory_tokens_of_a_subject_without_a_box_are_masked():
-    import model
     from tiny import TINY
     b, cond = motion_inputs()
-    net = model.TwinTower(dataclasses.replace(TINY, motion=True))
+    net = build.build_model(dataclasses.replace(TINY, motion=True))
     boxes = cond.boxes.clone()
     boxes[0, 1] = 0                                                  # subject 2 of sample 0: no box anywhere
-    _, mask, _ = net.trajectory_tokens(dataclasses.replace(cond, boxes=boxes), b["video"].shape,
-                                       net.rope_tables(net.video_grid(b["video"].shape), 2, (4, 4), 64, 32, "cpu")[0])
-    per_subject = mask.reshape(2, 2, -1)
+    rope_v = net.rope_tables(net.video_grid(b["video"].shape), 2, (4, 4), 64, 32, "cpu")[0]
+    v = torch.zeros(2, rope_v[0].shape[1], TINY.dim)                     # content + reference tokens
+    io = model.TowerInputs(e=None, emb=None, n=256, mask=None, rope=rope_v, text=None)
+    _, io = net.add_trajectory_tokens(v, io, dataclasses.replace(cond, boxes=boxes), b["video"].shape)
+    per_subject = io.mask[:, v.shape[1]:].reshape(2, 2, -1)              # the trajectory tokens' mask
     assert not per_subject[0, 1].any() and per_subject[0, 0].all()
 
 
 def test_group_k_reaches_only_subject_ks_box_tokens():
-    import model
     from tiny import TINY
     b, cond = motion_inputs()
-    net = randomise(model.TwinTower(dataclasses.replace(TINY, motion=True)))
+    net = randomise(build.build_model(dataclasses.replace(TINY, motion=True)))
     base = net.box_features(cond.boxes, b["video"].shape)                              # (B, n_v, D)
     with torch.no_grad():
         net.group_embed.weight[1] += 1.0                                               # subject 2's group only
@@ -192,7 +193,6 @@ def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
     import pytest
 
     import checkpoint
-    import model
     import train
     from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
     base_run = dict(batch_size=2, max_steps=1, progress_every=0, warmup_steps=0)
@@ -204,7 +204,7 @@ def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
                           0, 1, torch.device("cpu"))
     assert run.mcfg.motion and run.mcfg.ref_rope == "condition"
     added = [n for n, _ in run.net.named_parameters() if n not in base]
-    assert any(n.startswith("box_layers.") for n in added) and all(model.is_addition(n) for n in added)
+    assert any(n.startswith("box_layers.") for n in added) and all(run.net.is_addition(n) for n in added)
     for name, p in run.net.named_parameters():
         if name in base:
             assert torch.equal(p, base[name]), name

@@ -1,14 +1,12 @@
 """Prompt-side identity binding (ocf.py): phoneme encoder, Omni-Context Fusion, MTP-CA, switches."""
-import dataclasses
 
 import pytest
 import torch
 
+import build
 import checkpoint
-import data
-import speech
-import model
 import ocf
+import speech
 import train
 from conditioning import Conditioning
 from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
@@ -28,7 +26,7 @@ def test_phoneme_encoder_keeps_padding_exactly_zero():
 
 def test_ocf_at_init_is_exactly_the_identity_on_text():
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     batch = tiny_batch(batch_size=2, scene="dialogue")
     cond = Conditioning.from_batch(batch)
     plain = net.prompt.text_encoder(cond.text, cond.text_mask)

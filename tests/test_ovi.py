@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import build
 import checkpoint
-import sharded
 import model
+import sharded
 from conditioning import Conditioning
 from test_train import torchrun
-from tiny import TINY, tiny_batch
+from tiny import TINY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,13 +30,14 @@ def ovi_layout() -> dict:
 
 def test_full_preset_counts_exactly_ovi():
     with torch.device("meta"):
-        counts = model.TwinTower(model.PRESETS["full"]).count_parameters()
-    assert counts["backbone"] == model.OVI_PARAMETERS == sum(torch.Size(s).numel() for s in ovi_layout().values())
+        counts = build.count_parameters(build.build_model(build.PRESETS["full"]))
+    assert counts["backbone"] == build.OVI_PARAMETERS == sum(torch.Size(s).numel() for s in ovi_layout().values())
 
 
 def test_every_ovi_tensor_maps_onto_the_full_preset_with_its_shape():
     with torch.device("meta"):
-        ours = dict(model.TwinTower(model.PRESETS["full"]).named_parameters())
+        net = build.build_model(build.PRESETS["full"])
+    ours = dict(net.named_parameters())
     layout = ovi_layout()
     assert len(layout) == 2073
     mapped = {}
@@ -46,7 +48,7 @@ def test_every_ovi_tensor_maps_onto_the_full_preset_with_its_shape():
         assert tuple(ours[target].shape) == expect, name
         mapped[target] = name
     assert len(mapped) == len(layout)                                  # one to one
-    backbone = [n for n in ours if not model.is_addition(n)]
+    backbone = [n for n in ours if not net.is_addition(n)]
     assert sorted(backbone) == sorted(mapped)                          # and nothing of our backbone is left out
 
 
@@ -58,10 +60,12 @@ def test_cross_tower_keys_read_layer_normalised_tokens():
         attn.pre_attn_norm_fusion.weight.uniform_(0.5, 1.5)
         attn.pre_attn_norm_fusion.bias.normal_()
     x, text, other = torch.randn(1, 3, 32), torch.randn(1, 4, 32), torch.randn(1, 5, 32)
-    cs = (torch.ones(1, 3, 8), torch.zeros(1, 3, 8)), (torch.ones(1, 5, 8), torch.zeros(1, 5, 8))  # no rotation
-    out = attn(x, text, None, other, None, *cs)
+    no_rotation = lambda n: (torch.ones(1, n, 8), torch.zeros(1, n, 8))  # noqa: E731
+    own = model.TowerInputs(e=None, emb=None, n=3, mask=None, rope=no_rotation(3), text=text)
+    other_io = model.TowerInputs(e=None, emb=None, n=5, mask=None, rope=no_rotation(5), text=None)
+    out = attn(x, own, other, other_io, None)
     # shifting and scaling the other tower's tokens per token changes nothing after a LayerNorm
-    same = attn(x, text, None, other * 3 + 2, None, *cs)
+    same = attn(x, own, other * 3 + 2, other_io, None)
     assert torch.allclose(out, same, atol=1e-4)
     # the reference spelled out: k/v from LN(other)
     q = attn.split(attn.norm_q(attn.q(x)))
@@ -89,7 +93,7 @@ def test_audio_stem_is_ovis_conv_swiglu_without_skip_or_biases():
 
 def small_ovi_config():
     """Ovi's layout (conv audio stem, latent patch 1x2x2, precomputed text) at a size a test can hold."""
-    return dataclasses.replace(model.PRESETS["full"], dim=32, layers=2, heads=2, ffn=48, audio_stem_hidden=24,
+    return dataclasses.replace(build.PRESETS["full"], dim=32, layers=2, heads=2, ffn=48, audio_stem_hidden=24,
                                text_dim=16, ocf_dim=16, ocf_heads=2, phoneme_layers=1, ocf_layers=1)
 
 
@@ -97,7 +101,7 @@ def write_ovi_like(path, cfg, split=False):
     """A synthetic checkpoint in Ovi's names and layouts (the inverse map of checkpoint.OVI_RENAMES), from a
     randomly initialised model of ours. Returns {our name: the value written}."""
     torch.manual_seed(1)
-    source = model.TwinTower(cfg)
+    source = build.build_model(cfg)
     inverse = {name: checkpoint.ovi_to_ours(name) for name in ovi_layout()}
     inverse = {k: v for k, v in inverse.items() if not v.startswith("layers.") or int(v.split(".")[1]) < cfg.layers}
     params = dict(source.named_parameters())
@@ -126,16 +130,16 @@ def test_a_synthetic_ovi_checkpoint_loads_and_reproduces_the_source(tmp_path, sp
     cfg = small_ovi_config()
     path, source = write_ovi_like(str(tmp_path), cfg, split)
     torch.manual_seed(2)
-    net = model.TwinTower(cfg)
+    net = build.build_model(cfg)
     lines = []
     report = checkpoint.load_ovi_weights(net, path, log=lines.append)
     ours = dict(net.named_parameters())
     for name in report["loaded"]:
         assert torch.equal(ours[name], source[name]), name
-    assert report["fresh"] and all(model.is_addition(n) for n in report["fresh"])
+    assert report["fresh"] and all(net.is_addition(n) for n in report["fresh"])
     assert len(lines) == 1 and "initialised fresh: prompt.mtp_ca, prompt.ocf, prompt.phoneme_encoder" in lines[0]
     # the same weights give the same forward as the model they were written from
-    reference = model.TwinTower(cfg)
+    reference = build.build_model(cfg)
     checkpoint.load_state(reference, source)
     with torch.no_grad():
         for name in report["fresh"]:
@@ -172,7 +176,7 @@ def test_bad_ovi_files_stop_with_one_line(tmp_path):
     cases["no such checkpoint"] = str(tmp_path / "missing.safetensors")
     for message, bad in cases.items():
         with pytest.raises(checkpoint.CheckpointError) as err:
-            checkpoint.load_ovi_weights(model.TwinTower(cfg), bad, log=lambda *_: None)
+            checkpoint.load_ovi_weights(build.build_model(cfg), bad, log=lambda *_: None)
         assert message in str(err.value) and "\n" not in str(err.value), (message, str(err.value))
 
 
@@ -199,9 +203,10 @@ def test_train_init_from_ovi_fills_fsdp_shards_like_one_rank(tmp_path):
     torchrun(*flags, "--out_dir", str(tmp_path / "two"), "--fsdp", "true", nproc=2)
     one = checkpoint.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
     two = sharded.consolidate(str(tmp_path / "two" / "ckpt_sharded"), str(tmp_path / "two.pt"))["model"]
+    net = build.build_model(cfg)
     for name, value in source.items():
         assert torch.allclose(one[name], two[name]), name
-        if not model.is_addition(name):
+        if not net.is_addition(name):
             assert torch.equal(one[name], value), name       # lr 0: the weights are exactly the file's
 
 

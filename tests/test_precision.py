@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+import build
 import model
 import precision
 import train
@@ -36,7 +37,7 @@ def forward(net, batch, video=True, regime="fp32"):
 @pytest.mark.parametrize("extra", [dict(), dict(ref_mode="presence"), dict(motion=True)], ids=["concat", "presence", "motion"])
 @pytest.mark.parametrize("video", [True, False], ids=["joint", "audio_only"])
 def test_bf16_weights_under_bf16_autocast_run_and_stay_near_fp32(extra, video):
-    net = perturbed(model.TwinTower(dataclasses.replace(TINY, **extra)).eval())
+    net = perturbed(build.build_model(dataclasses.replace(TINY, **extra)).eval())
     batch = tiny_batch(2, scene="dialogue", move_prob=1.0)
     ref_v, ref_a = forward(net, batch, video)
     out_v, out_a = forward(bf16_copy(net), batch, video, "bf16")
@@ -49,7 +50,7 @@ def test_bf16_weights_under_bf16_autocast_run_and_stay_near_fp32(extra, video):
 def test_the_fp32_islands_stay_fp32_with_bf16_weights():
     """Timestep MLP, modulation and norms compute in fp32 from bf16 weights (Wan's explicit fp32), so a
     flow time of 0.7431 is not rounded to bf16's 0.7422 before 1000 t enters the sinusoids."""
-    net = bf16_copy(perturbed(model.TwinTower(TINY)))
+    net = bf16_copy(perturbed(build.build_model(TINY)))
     t = torch.tensor([0.7431])
     with precision.autocast("cpu", "bf16"):
         emb, e = net.video_tower.timestep(t)

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-import model
+import build
+import presence
 from conditioning import Conditioning
 from tiny import TINY, tiny_batch
 
@@ -31,7 +32,7 @@ def identity_states(net, video, audio, t, cond):
     """The identity tokens' states after every layer but the last (hooked on the TwinLayers' outputs)."""
     states = []
     hooks = [layer.register_forward_hook(lambda m, i, out: states.append(tuple(
-        x[:, n:].clone() for x, n in zip(out, (i[2]["n_v"], i[2]["n_a"]))))) for layer in net.layers]
+        x[:, n:].clone() for x, n in zip(out, (i[2].video.n, i[2].audio.n))))) for layer in net.layers]
     net(video, audio, t, cond)
     for h in hooks:
         h.remove()
@@ -40,7 +41,7 @@ def identity_states(net, video, audio, t, cond):
 
 def test_content_never_influences_the_identity_stream():
     """Perturb the content (the noisy clip, t, the caption): the identity states are bitwise unchanged."""
-    net = perturbed(model.TwinTower(PRESENCE))
+    net = perturbed(build.build_model(PRESENCE))
     video, audio, cond = inputs()
     before = identity_states(net, video, audio, torch.tensor([0.3, 0.8]), cond)
     other = cond.drop_prompt(torch.ones(2, dtype=torch.bool))
@@ -53,7 +54,7 @@ def test_content_never_influences_the_identity_stream():
 
 
 def test_a_subjects_identity_does_not_depend_on_the_other_subjects():
-    net = perturbed(model.TwinTower(PRESENCE))
+    net = perturbed(build.build_model(PRESENCE))
     video, audio, cond = inputs()
     changed = cond.ref_images.clone()
     changed[:, 1] = torch.randn_like(changed[:, 1])           # subject 2's face only
@@ -67,8 +68,8 @@ def test_a_subjects_identity_does_not_depend_on_the_other_subjects():
 def test_decoupled_weights_start_as_copies_of_the_content_weights():
     """At initialisation the decoupled model is exactly the shared-weight one; after Ovi-style loading of the
     content weights, copy_identity_from_content makes the identity weights those."""
-    decoupled = model.TwinTower(dataclasses.replace(PRESENCE, decouple_audio=True))
-    shared = model.TwinTower(dataclasses.replace(PRESENCE, decouple_video=False, decouple_audio=False))
+    decoupled = build.build_model(dataclasses.replace(PRESENCE, decouple_audio=True))
+    shared = build.build_model(dataclasses.replace(PRESENCE, decouple_video=False, decouple_audio=False))
     for name, p in decoupled.named_parameters():
         if ".identity." in name:
             twin = decoupled.get_parameter(name.replace(".identity.", "."))
@@ -88,9 +89,9 @@ def test_decoupled_weights_start_as_copies_of_the_content_weights():
 def test_cached_identity_keys_and_values_equal_recomputed_ones():
     """One IdentityCache per clip: the first call fills it, later calls (other noise, other t) skip the identity
     tokens and must give the same prediction as a full forward."""
-    net = perturbed(model.TwinTower(PRESENCE))
+    net = perturbed(build.build_model(PRESENCE))
     video, audio, cond = inputs()
-    cache = model.IdentityCache()
+    cache = presence.IdentityCache()
     first = net(video, audio, torch.tensor([1.0, 1.0]), cond, cache=cache)
     assert cache.filled and len(cache.layers) == PRESENCE.layers
     assert all(torch.equal(x, y) for x, y in zip(first, net(video, audio, torch.tensor([1.0, 1.0]), cond)))
@@ -102,7 +103,7 @@ def test_cached_identity_keys_and_values_equal_recomputed_ones():
 
 @pytest.mark.parametrize("decouple_audio", [False, True])
 def test_every_new_parameter_gets_a_gradient(decouple_audio):
-    net = perturbed(model.TwinTower(dataclasses.replace(PRESENCE, decouple_audio=decouple_audio))).train()
+    net = perturbed(build.build_model(dataclasses.replace(PRESENCE, decouple_audio=decouple_audio))).train()
     video, audio, cond = inputs()
     v, a = net(video, audio, torch.tensor([0.4, 0.7]), cond)
     (v.square().mean() + a.square().mean()).backward()
@@ -115,8 +116,8 @@ def test_every_new_parameter_gets_a_gradient(decouple_audio):
 
 def test_the_identity_stream_counts_as_additions():
     with torch.device("meta"):
-        concat = model.TwinTower(TINY).count_parameters()
-        presence = model.TwinTower(dataclasses.replace(TINY, ref_mode="presence")).count_parameters()
+        concat = build.count_parameters(build.build_model(TINY))
+        presence = build.count_parameters(build.build_model(dataclasses.replace(TINY, ref_mode="presence")))
     assert presence["backbone"] == concat["backbone"] and presence["additions"] > concat["additions"]
 
 
@@ -171,7 +172,7 @@ def test_presence_guidance_keeps_the_face_and_drops_the_voice_in_its_negative():
 
 def test_sampling_with_the_identity_cache_equals_sampling_without():
     import sample
-    net = perturbed(model.TwinTower(PRESENCE))
+    net = perturbed(build.build_model(PRESENCE))
     b = tiny_batch(1, scene="dialogue")
     cond = Conditioning.from_batch(b)
     run = lambda cached: sample.sample(net, cond, b["video"].shape, b["audio"].shape, steps=3,  # noqa: E731

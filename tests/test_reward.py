@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-import model
+import build
 import reward
 import train
 from tiny import TINY, TINY_WORLD, tiny_batch
@@ -20,7 +20,7 @@ def test_lirm_ranks_the_own_reference_above_another_persons_on_held_out_people()
 
 def test_one_lireFL_step_moves_the_reward_up_on_a_fixed_batch():
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)

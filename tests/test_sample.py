@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import build
 import data
-import model
 import sample
 from conditioning import Conditioning
 from tiny import TINY, TINY_WORLD, tiny_batch
@@ -14,7 +14,7 @@ from tiny import TINY, TINY_WORLD, tiny_batch
 
 def tiny_net():
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)

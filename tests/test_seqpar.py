@@ -29,7 +29,6 @@ def test_train_py_with_seq_parallel_2_trains_like_one_rank(tmp_path, fsdp):
     import json
 
     import checkpoint
-    import model
     import sharded
     from tiny import TINY_OVERRIDES
     flags = ["train.py", "--batch_size", "2", "--max_steps", "3", "--log_every", "1", "--ckpt_every", "3",

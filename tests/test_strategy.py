@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+import build
 import checkpoint
 import data
-import model
 import sample
 import train
 from conditioning import Conditioning
@@ -31,7 +31,7 @@ def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchang
     train.train(tiny_train(tmp_path, interleave_audio=1), TINY_OVERRIDES, WORLD, on_step=snap)
     assert train.step_plan(1, train.TrainConfig(interleave_audio=1))["audio_only"]  # step 2 = audio-only
     before, after = snapshots[1], snapshots[2]
-    frozen = set(model.TwinTower(TINY).frozen_in_audio_only_steps())
+    frozen = set(build.build_model(TINY).declared("video_side"))
     assert any("k_fusion" in n for n in frozen) and any(n.startswith("video_tower.") for n in frozen)
     for name in before:
         changed = not torch.equal(before[name], after[name])
@@ -119,7 +119,7 @@ def test_multi_condition_cfg_reduces_to_the_conditional_prediction():
 @pytest.mark.parametrize("mode", ["plain", "multi"])
 def test_each_task_samples_end_to_end(task, mode):
     torch.manual_seed(0)
-    net = model.TwinTower(TINY).eval()
+    net = build.build_model(TINY).eval()
     with torch.no_grad():  # past the zero-inits (heads, task inputs), so the task inputs can show
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -139,7 +139,7 @@ def test_each_task_samples_end_to_end(task, mode):
 
 def test_rv2av_keeps_the_unmasked_source_region():
     torch.manual_seed(0)
-    net = model.TwinTower(TINY).eval()
+    net = build.build_model(TINY).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)   # an arbitrary (untrained) model: the sampler must still keep it
@@ -161,7 +161,7 @@ def test_task_input_weights_get_a_gradient_whatever_the_batch_drew():
     """Under --task_mix every rank must run the same parameters (FSDP2 reduce-scatters per unit): the RV2AV and
     RA2V projections run (on zeros) even when this batch drew only R2AV samples."""
     torch.manual_seed(0)
-    net = model.TwinTower(TINY)
+    net = build.build_model(TINY)
     batch = tiny_batch(batch_size=2, scene="single")
     tc = train.TrainConfig(cond_drop=0.0)
     loss, stats = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(0), "cpu", task_weights=(1.0, 1e-9, 1e-9))

@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 
+import build
 import checkpoint
-import data
-import model
 import train
 from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
 
@@ -49,7 +48,7 @@ def test_shifted_t_moves_toward_noise():
 
 def test_a_fixed_batch_is_overfit():
     torch.manual_seed(0)
-    net = model.TwinTower(dataclasses.replace(TINY, dim=64, heads=4, ffn=128))  # a little room to memorise
+    net = build.build_model(dataclasses.replace(TINY, dim=64, heads=4, ffn=128))  # a little room to memorise
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     batch = tiny_batch(batch_size=2, scene="single")
     tc = train.TrainConfig(cond_drop=0.0, masked_loss=False)   # the plain objective
@@ -132,7 +131,7 @@ def test_fsdp_run_saves_sharded_resumes_exactly_and_consolidates(tmp_path):
     assert done.returncode == 0 and "step 4" in done.stdout, done.stderr[-2000:]
     ckpt = checkpoint.load_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))
     net = checkpoint.model_from_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))
-    one_rank = model.TwinTower(checkpoint.config_from_checkpoint(ckpt))
+    one_rank = build.build_model(checkpoint.config_from_checkpoint(ckpt))
     assert {n: p.shape for n, p in net.named_parameters()} == {n: p.shape for n, p in one_rank.named_parameters()}
     assert all(torch.equal(ckpt["ema"][n], p) for n, p in net.named_parameters())  # the full EMA was gathered
 

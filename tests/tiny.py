@@ -1,10 +1,10 @@
 """A tiny model and world shared by the tests (seconds on a CPU)."""
 import dataclasses
 
+import build
 import data
-import model
 
-TINY = dataclasses.replace(model.PRESETS["toy"], dim=32, layers=2, heads=2, ffn=64, text_dim=32, text_layers=1,
+TINY = dataclasses.replace(build.PRESETS["toy"], dim=32, layers=2, heads=2, ffn=64, text_dim=32, text_layers=1,
                            text_heads=2)
 TINY_WORLD_OVERRIDES = dict(clip_seconds=1.0, ref_audio_seconds=0.5)  # a voice stretch shorter than the clip
 TINY_WORLD = data.WorldConfig(**TINY_WORLD_OVERRIDES)
