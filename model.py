@@ -28,11 +28,10 @@ DreamID-Omni's task inputs (RV2AV source video, RA2V driving audio) are added to
 through zero-initialised projections, so the architecture does not change between tasks.
 
 The papers extend this file from their own: ocf.py replaces `prompt`; presence.py and motion.py subclass
-`TwinTower` (their forward passes are theirs to read); lora.py wraps linear layers of a built model.
-Sequence parallelism (seqpar.py) is the one exception that lives inside the attention here: it changes
-how every attention is computed. Each module says what it is where it is made (`declare`): an addition
-to Ovi, a parameter that starts at zero, a video-side module an audio-only step freezes. build.py puts
-a configured model together.
+`TwinTower` (their forward passes are theirs to read); lora.py wraps linear layers of a built model and
+seqpar.py its attentions (`attend`) and token streams (`sp`). Each module says what it is where it is
+made (`declare`): an addition to Ovi, a parameter that starts at zero, a video-side module an audio-only
+step freezes. build.py puts a configured model together.
 """
 from __future__ import annotations
 
@@ -46,7 +45,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import rope
-import seqpar
 from attention import attention, key_padding
 from conditioning import Conditioning
 from precision import LayerNorm32, RMSNorm32, linear32
@@ -185,7 +183,6 @@ class LayerContext:
     video: TowerInputs | None
     audio: TowerInputs
     text_mask: torch.Tensor | None  # (B, L), None when every prompt token is real
-    sp: seqpar.SeqGroup | None = None  # sequence parallel: the tokens are this rank's slice
 
 
 class Heads:
@@ -213,14 +210,15 @@ class SelfAttention(Heads, nn.Module):
     def out(self, y):  # (B, H, S, hd) -> (B, S, D)
         return self.o(y.transpose(1, 2).flatten(2))
 
-    def forward(self, x, cos, sin, key_mask, sp=None):
-        """x (B, S, D); with sp (seqpar.py) x is this rank's 1/N of the tokens, and the attention sees all."""
+    def forward(self, x, cos, sin, key_mask):
+        """x (B, S, D) -> (B, S, D); key_mask (B, S) True = a real key, or None."""
         q, (k, v) = self.queries(x, cos, sin), self.keys_values(x, cos, sin)
-        if sp is None:
-            return self.out(attention(q, k, v, key_padding(key_mask)))
-        y = attention(seqpar.seq_to_heads(q, sp), seqpar.seq_to_heads(k, sp), seqpar.seq_to_heads(v, sp),
-                      key_padding(key_mask))                                   # (B, H/N, S, hd): whole sequence
-        return self.out(seqpar.heads_to_seq(y, sp))
+        return self.out(self.attend(q, k, v, key_mask))
+
+    def attend(self, q, k, v, key_mask, shared_kv: bool = False):
+        """SDPA over (B, H, S, hd) heads. Sequence parallel (seqpar.py) replaces this with its all-to-all
+        version, where q (and k, v unless `shared_kv`: the prompt, the same on every rank) hold one rank's tokens."""
+        return attention(q, k, v, key_padding(key_mask))
 
 
 class CrossAttention(SelfAttention):
@@ -238,24 +236,17 @@ class CrossAttention(SelfAttention):
         self.k_fusion, self.v_fusion = declare(nn.Linear(d, d), video=True), declare(nn.Linear(d, d), video=True)
         self.norm_k_fusion = declare(RMSNorm32(d, eps=cfg.eps), video=True)
 
-    def forward(self, x, own: TowerInputs, other_x, other: TowerInputs | None, text_mask, sp=None):
+    def forward(self, x, own: TowerInputs, other_x, other: TowerInputs | None, text_mask):
         """x (B, S, D) this tower's (normed) tokens; other_x the other tower's tokens, None in an audio-only step."""
         q = self.split(self.norm_q(self.q(x)))                                     # (B, H, S, hd)
         k_text, v_text = self.split(self.norm_k(self.k(own.text))), self.split(self.v(own.text))
-        # sequence parallel: attend with this rank's heads over all tokens; the prompt is replicated
-        to_heads = (lambda t: t) if sp is None else (lambda t: seqpar.seq_to_heads(t, sp))  # noqa: E731
-        if sp is not None:
-            k_text, v_text = k_text[:, sp.heads(self.heads)], v_text[:, sp.heads(self.heads)]
         # Ovi does not mask its zero-padded umT5 features (512 tokens, context lengths None); we mask
         # padding, so a prompt's meaning does not depend on how far it was padded
-        out = attention(to_heads(q), k_text, v_text, key_padding(text_mask))
+        out = self.attend(q, k_text, v_text, text_mask, shared_kv=True)
         if other_x is not None:
             other_x = self.pre_attn_norm_fusion(other_x)
             k = rope.apply_rope(self.split(self.norm_k_fusion(self.k_fusion(other_x))), *other.rope)
-            out = out + attention(to_heads(rope.apply_rope(q, *own.rope)), to_heads(k),
-                                  to_heads(self.split(self.v_fusion(other_x))), key_padding(other.mask))
-        if sp is not None:
-            out = seqpar.heads_to_seq(out, sp)                                     # (B, H, S/N, hd)
+            out = out + self.attend(rope.apply_rope(q, *own.rope), k, self.split(self.v_fusion(other_x)), other.mask)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -276,12 +267,12 @@ class Block(nn.Module):
     def mod(self, e):  # e (B, 2, 6, D) fp32 -> six (B, 2, D): shift/scale/gate for attention and FFN
         return (e + self.modulation.float()[:, None]).unbind(2)
 
-    def self_part(self, x, io: TowerInputs, sp=None):
+    def self_part(self, x, io: TowerInputs):
         shift, scale, g, _, _, _ = self.mod(io.e)
-        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, io.n), *io.rope, io.mask, sp), g, io.n)
+        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, io.n), *io.rope, io.mask), g, io.n)
 
-    def cross_part(self, x, io: TowerInputs, other_x, other: TowerInputs | None, text_mask, sp=None):
-        return x + self.cross_attn(self.norm3(x), io, other_x, other, text_mask, sp)
+    def cross_part(self, x, io: TowerInputs, other_x, other: TowerInputs | None, text_mask):
+        return x + self.cross_attn(self.norm3(x), io, other_x, other, text_mask)
 
     def ffn_part(self, x, io: TowerInputs):
         _, _, _, shift, scale, g = self.mod(io.e)
@@ -310,14 +301,14 @@ class TwinLayer(nn.Module):
         return self.layer(v, a, ctx)
 
     def layer(self, v, a, ctx: LayerContext):
-        V, A, sp = ctx.video, ctx.audio, ctx.sp
+        V, A = ctx.video, ctx.audio
         if v is None:  # Omni-Customizer's audio-only step: no video tower, no cross-tower pathway
-            a = self.audio.cross_part(self.audio.self_part(a, A, sp), A, None, None, ctx.text_mask, sp)
+            a = self.audio.cross_part(self.audio.self_part(a, A), A, None, None, ctx.text_mask)
             return None, self.audio.ffn_part(a, A)
-        v, a = self.video.self_part(v, V, sp), self.audio.self_part(a, A, sp)
+        v, a = self.video.self_part(v, V), self.audio.self_part(a, A)
         # both towers read the other's post-self-attention state: compute both before updating either
-        a_new = self.audio.cross_part(a, A, v, V, ctx.text_mask, sp)
-        v = self.video.cross_part(v, V, a, A, ctx.text_mask, sp)
+        a_new = self.audio.cross_part(a, A, v, V, ctx.text_mask)
+        v = self.video.cross_part(v, V, a, A, ctx.text_mask)
         return self.video.ffn_part(v, V), self.audio.ffn_part(a_new, A)
 
 
@@ -383,7 +374,7 @@ class TwinTower(nn.Module):
     def __init__(self, cfg: OviConfig, prompt: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.sp = None   # a seqpar.SeqGroup under --seq_parallel: this rank computes 1/N of each tower's tokens
+        self.sp = None   # seqpar.apply: this rank computes 1/N of each tower's tokens (seqpar.SeqGroup)
         d = cfg.dim
         # the prompt side is ours (a toy encoder, or Omni-Customizer's ocf.PromptEncoder): never Ovi's weights
         self.prompt = declare(prompt if prompt is not None else Prompt(cfg), addition=True)
@@ -580,16 +571,16 @@ class TwinTower(nn.Module):
             grid = self.video_grid(video.shape)
         rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
         mask_v, mask_a, text_mask = self.needed_masks(cond, mask_v, mask_a)
-        if self.sp is not None:  # keep this rank's slice of each stream; masks stay whole (they mask keys)
-            a, mask_a, rope_a, n_a = self.shard_stream(a, mask_a, rope_a, n_a)
+        if self.sp is not None:  # sequence parallel: this rank's slice of each stream; masks stay whole (keys)
+            a, mask_a, rope_a, n_a = self.sp.shard_stream(a, mask_a, rope_a, n_a)
             if v is not None:
-                v, mask_v, rope_v, n_v = self.shard_stream(v, mask_v, rope_v, n_v)
+                v, mask_v, rope_v, n_v = self.sp.shard_stream(v, mask_v, rope_v, n_v)
         A = TowerInputs(e_a, emb_a, n_a, mask_a, rope_a, self.audio_tower.text_proj(prompt))
         V = None
         if video is not None:
             emb_v, e_v = self.video_tower.timestep(t)
             V = TowerInputs(e_v, emb_v, n_v, mask_v, rope_v, self.video_tower.text_proj(prompt))
-        return v, a, LayerContext(V, A, text_mask, self.sp)
+        return v, a, LayerContext(V, A, text_mask)
 
     def needed_masks(self, cond: Conditioning, mask_v, mask_a):
         """The key masks attention must apply: None where every key is real, so SDPA may choose its flash kernel
@@ -602,18 +593,12 @@ class TwinTower(nn.Module):
         video_full = K == 0 or "image_mask" in full
         return None if video_full else mask_v, None if K == 0 or "voice_mask" in full else mask_a, text_mask
 
-    def shard_stream(self, x, mask, rope_cs, n):
-        """Sequence parallel: this rank's slice of a stream's tokens and RoPE tables, the whole key mask
-        (padded to a multiple of N with False), and how many of the slice's tokens are content."""
-        local = seqpar.shard(x, self.sp)
-        cos, sin = (seqpar.shard(t, self.sp) for t in rope_cs)                    # (1, S/N, pairs)
-        return local, seqpar.pad_mask(mask, self.sp), (cos, sin), seqpar.local_content(n, self.sp, local.shape[1])
 
     def head(self, tower: Tower, x, io: TowerInputs, n: int):
         """A tower's head on its n content tokens; under sequence parallel on every local token, gathered."""
         if self.sp is None:
             return tower.output(x, io.emb, n)
-        return seqpar.gather_seq(tower.output(x, io.emb, x.shape[1]), self.sp)[:, :n]
+        return self.sp.gather(tower.output(x, io.emb, x.shape[1]))[:, :n]
 
     def outputs(self, v, a, ctx: LayerContext, video, audio):
         """Heads on the content tokens, back to the inputs' shapes (the references' predictions are dropped)."""

@@ -218,7 +218,7 @@ class PresenceTwinTower(TwinTower):
         if self.sp is not None:
             raise ValueError("--seq_parallel supports ref_mode concat only (see seqpar.py)")
         v, a, ctx = self.prepare(video, audio, t, cond, references=cache is None or not cache.filled)
-        ctx = PresenceContext(ctx.video, ctx.audio, ctx.text_mask, ctx.sp, cache, cond.subjects)
+        ctx = PresenceContext(ctx.video, ctx.audio, ctx.text_mask, cache, cond.subjects)
         for layer in self.layers:
             v, a = layer(v, a, ctx)
         if cache is not None:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import model
+from attention import attention, key_padding
+
 
 @dataclass
 class SeqGroup:
@@ -42,6 +45,52 @@ class SeqGroup:
         """The heads this rank attends with after seq_to_heads."""
         per = h // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
+
+    def shard_stream(self, x, mask, rope_cs, n):
+        """This rank's slice of a stream's tokens (B, S/N, D) and RoPE tables, the whole key mask (padded to a
+        multiple of N with False: padding is never attended), and how many of the slice's tokens are content."""
+        local = shard(x, self)
+        cos, sin = (shard(t, self) for t in rope_cs)                              # (1, S/N, pairs)
+        return local, pad_mask(mask, self), (cos, sin), local_content(n, self, local.shape[1])
+
+    def gather(self, x):
+        """(B, S/N, C) slices -> (B, S, C) on every rank (the heads' outputs, before the loss)."""
+        return gather_seq(x, self)
+
+
+class UlyssesAttention:
+    """Mixed into the twin tower's attentions by `apply`: q, k, v arrive as this rank's tokens with every
+    head; all-to-all to every token with this rank's heads, attend, and back."""
+    sp: SeqGroup
+
+    def attend(self, q, k, v, key_mask, shared_kv: bool = False):
+        sp = self.sp
+        if shared_kv:   # the prompt is replicated on every rank: take this rank's heads of it
+            k, v = k[:, sp.heads(self.heads)], v[:, sp.heads(self.heads)]
+        else:
+            k, v = seq_to_heads(k, sp), seq_to_heads(v, sp)
+        y = attention(seq_to_heads(q, sp), k, v, key_padding(key_mask))          # (B, H/N, S, hd): whole sequence
+        return heads_to_seq(y, sp)                                               # (B, H, S/N, hd)
+
+
+class UlyssesSelfAttention(UlyssesAttention, model.SelfAttention):
+    pass
+
+
+class UlyssesCrossAttention(UlyssesAttention, model.CrossAttention):
+    pass
+
+
+def apply(net, size: int) -> SeqGroup:
+    """Sequence parallelism on a built twin tower, in place (like lora.add_adapters: same objects, same
+    parameters): every attention becomes its Ulysses version, and the model slices its token streams."""
+    sp = make_groups(size)
+    swap = {model.SelfAttention: UlyssesSelfAttention, model.CrossAttention: UlyssesCrossAttention}
+    for module in net.modules():
+        if type(module) in swap:
+            module.__class__, module.sp = swap[type(module)], sp
+    net.sp = sp
+    return sp
 
 
 def make_groups(size: int) -> SeqGroup:

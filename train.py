@@ -613,7 +613,7 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
     for layer in net.layers:
         layer.grad_ckpt = tc.grad_ckpt
     if tc.seq_parallel > 1:  # groups of consecutive ranks share a sample; a plain attribute, not a module
-        net.sp = seqpar.make_groups(tc.seq_parallel)
+        seqpar.apply(net, tc.seq_parallel)
     if tc.compile:
         for layer in net.layers:
             layer.compile()

@@ -30,7 +30,7 @@ def main(out_path):
         for name, p in net.named_parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)
     if world > 1:
-        net.sp = seqpar.make_groups(world)
+        seqpar.apply(net, world)
     batch = tiny_batch(batch_size=2, scene="dialogue", min_subjects=1, max_subjects=3)
     cond = Conditioning.from_batch(batch).drop_references(torch.tensor([False, True]), images=False)
     gen = torch.Generator().manual_seed(1)
