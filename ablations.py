@@ -40,6 +40,7 @@ import build
 import checkpoint
 import data
 import metrics
+import recipes
 import reward as reward_lib
 import sample as sample_lib
 import train
@@ -71,7 +72,7 @@ class Row:
 class Base:
     """The pretrained model the rows fine-tune. Every paper fine-tunes Ovi and adds its own modules; here the
     base plays Ovi: the plain twin tower (no OCF, no MTP-CA, references as concatenated tokens) trained once
-    on the mixed world, and each row switches its paper's modules on over it (train.ADDITION_FIELDS). One
+    on the mixed world, and each row switches its paper's modules on over it (build.ADDITION_FIELDS). One
     base for every seed and every table, as one Ovi serves every paper; a seed varies the fine-tuning."""
     steps: int
     model: dict = field(default_factory=dict)
@@ -195,7 +196,7 @@ DREAMVIDEO = Table(
         # the same data, loss and steps as "full", without the box and trajectory conditioning (stage 0 with
         # stage 1's world and settings: --recipe dreamvideo itself refuses a model without motion control)
         Row("no motion control", {}, dict(box_loss_weight=1.0, lr=1e-3, warmup_steps=25, interleave_audio=0),
-            world=train.MOTION_WORLD),
+            world=recipes.MOTION_WORLD),
         Row("full", MOTION, MOTION_TRAIN,
             claim=Claim("full", "no motion control", "box_miou", "motion", "box conditions control motion")),
         Row("no group-role", dict(MOTION, group_embed=False), MOTION_TRAIN,
@@ -277,10 +278,10 @@ def finished(tc: train.TrainConfig) -> bool:
     if not os.path.exists(path):
         return False
     ckpt = checkpoint.load_checkpoint(path)
-    planned = train.total_steps(checkpoint.dataclass_from_checkpoint(train.TrainConfig, ckpt["train_config"], path))
-    if planned != train.total_steps(tc):  # the table's steps changed since that run (a --budget has its own folder)
+    planned = recipes.total_steps(checkpoint.dataclass_from_checkpoint(train.TrainConfig, ckpt["train_config"], path))
+    if planned != recipes.total_steps(tc):  # the table's steps changed since that run (a --budget has its own folder)
         raise checkpoint.CheckpointError(f"{path}: a run of {planned} steps, where this table now asks "
-                                         f"{train.total_steps(tc)}; give another --out_dir (or remove it)")
+                                         f"{recipes.total_steps(tc)}; give another --out_dir (or remove it)")
     return ckpt["step"] >= planned
 
 
@@ -299,7 +300,7 @@ def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
     if not finished(tc):  # an unfinished run resumes from its own ckpt.pt
         start = time.time()
         train.train(tc, model, world)
-        log(f"  trained {tc.out_dir} ({train.total_steps(tc)} steps) in {time.time() - start:.0f} s")
+        log(f"  trained {tc.out_dir} ({recipes.total_steps(tc)} steps) in {time.time() - start:.0f} s")
     return path
 
 

@@ -47,7 +47,7 @@ import precision as precision_lib
 import sample as sample_lib
 import train
 from conditioning import Conditioning
-from inputs import OneLineParser, out_dir_problems
+from cli import OneLineParser, out_dir_problems
 
 PAPERS = ("omni-customizer", "dreamid-omni", "presence", "dreamvideo")   # --ablate: ablations.TABLES' keys
 SUBSETS = ("single", "dialogue", "complex")   # OC-Bench's three, the default

@@ -2,7 +2,8 @@
 
 `ModelConfig` is Ovi's backbone config (model.py) plus each paper's switches, declared in the paper's own
 file: ocf.py (Omni-Customizer's prompt side), presence.py (Identity-as-Presence), motion.py (DreamVideo-
-Omni), lora.py. Every field is a command-line flag of train.py. `build_model(cfg)` puts the model together:
+Omni), lora.py. Every field is a command-line flag of train.py; `config_problems` checks them all (one line
+per impossible value, named as its flag). `build_model(cfg)` puts the model together:
 
   the twin tower        model.TwinTower, or presence.PresenceTwinTower (--ref_mode presence), or
                         motion.MotionTwinTower (--motion)
@@ -64,10 +65,44 @@ ADDITION_FIELDS = ("task_inputs", "ref_rope", "syn_margin") + tuple(
 LORA_FIELDS = tuple(f.name for f in dataclasses.fields(LoRAConfig))
 
 
+CHOICES = {"audio_stem": ("linear", "conv"), "ref_rope": ("plain", "syn", "condition"), "ocf_rope": ("sa_mrope", "1d"),
+           "ref_mode": ("concat", "presence"), "box_injection": ("hierarchical", "input")}
+
+
 def config_problems(cfg: ModelConfig) -> list[str]:
     """Every field value that cannot build a model, one line each, named as its command-line flag."""
-    return (model.config_problems(cfg) + ocf.config_problems(cfg) + presence.config_problems(cfg)
-            + motion.config_problems(cfg) + lora.config_problems(cfg))
+    problems = []
+    for name in ("dim", "layers", "heads", "ffn", "freq_dim", "video_channels", "patch_t", "patch_h", "patch_w",
+                 "audio_channels", "audio_patch", "text_dim", "text_vocab", "phoneme_vocab", "ocf_heads"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("text_layers", "ocf_layers", "phoneme_layers", "ocf_dim", "audio_stem_hidden"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    for name in ("eps", "rope_theta", "audio_scale"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"--{name} must be positive, got {getattr(cfg, name)}")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(cfg, name)!r}")
+    # RoPE rotates pairs of a head's channels, split over (t, h, w): a head needs an even width of 6 or more
+    if cfg.heads >= 1 and (cfg.dim % cfg.heads or cfg.head_dim % 2 or cfg.head_dim < 6):
+        problems.append(f"--heads {cfg.heads} must divide --dim {cfg.dim} into an even head width of 6 or more "
+                        "(RoPE rotates pairs over t, h, w)")
+    if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
+        problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
+    if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
+        problems.append(f"--lora_rank and --lora_alpha must be 0 or more, got {cfg.lora_rank}, {cfg.lora_alpha}")
+    unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in lora.TARGETS]
+    if unknown or not cfg.lora_targets.strip():
+        problems.append(f"--lora_targets takes some of {','.join(lora.TARGETS)}, got {cfg.lora_targets!r}")
+    if cfg.motion and cfg.ref_mode == "presence":  # presence reads every token after the content as identity
+        problems.append("--motion works with --ref_mode concat (trajectory tokens would join the identity stream)")
+    if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
+        problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
+    if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
+        problems.append(f"--text_heads {cfg.text_heads} must divide --text_dim {cfg.text_dim}")
+    return problems
 
 
 def build_model(cfg: ModelConfig) -> model.TwinTower:
@@ -170,8 +205,7 @@ def full_token_counts(subjects: int = 2):
 
 
 def main():
-    from inputs import OneLineParser  # one line per bad flag, like every entry point
-    from inputs import parse_bool
+    from cli import OneLineParser, parse_bool  # one line per bad flag, like every entry point
     parser = OneLineParser(description="Parameter counts and training FLOPs per preset; --memory: the memory plan.")
     parser.add_argument("--config", choices=list(PRESETS), nargs="*", default=list(PRESETS), help="presets to count")
     parser.add_argument("--memory", action="store_true", help="print the per-GPU memory plan (memory.py) instead")

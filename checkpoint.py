@@ -27,11 +27,13 @@ import os
 import re
 
 import torch
+import torch.distributed as dist
 
 import lora
+import recipes
+import sharded
 from build import PRESETS, ModelConfig, build_model, config_problems
 from model import TwinTower
-from sharded import copy_rows
 
 
 class CheckpointError(RuntimeError):
@@ -118,7 +120,7 @@ def load_ovi_weights(net: TwinTower, path: str, log=print) -> dict:
                 if name is None or name not in ours:
                     raise CheckpointError(f"{file}: unknown tensor '{key}' (not in Ovi's layout; is this Ovi's FusionModel?)")
                 loaded.append(name)
-                copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
+                sharded.copy_rows(ours[name], ovi_reader(reader.get_slice(key), key, ours[name], file))
     fresh = [n for n in ours if n not in set(loaded)]
     missing = [n for n in fresh if not (net.is_addition(n) or lora.is_adapter(n))]
     if missing:
@@ -236,7 +238,7 @@ def load_state(net: TwinTower, state: dict, what: str = "checkpoint", names=None
         if tuple(state[name].shape) != tuple(p.shape):
             raise CheckpointError(f"{what}: '{name}' has shape {tuple(state[name].shape)}, the model expects "
                                   f"{tuple(p.shape)} (trained with other --config / size flags?)")
-        copy_rows(p, lambda a, b, t=state[name]: t[a:b])
+        sharded.copy_rows(p, lambda a, b, t=state[name]: t[a:b])
 
 
 def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) -> set:
@@ -289,3 +291,85 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu", dtype=t
     net = empty_model(cfg, device, dtype)
     load_state(net, state, path)  # every parameter: load_state refuses a state that lacks one
     return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# A training run's checkpoint: written atomically by every rank, resumed exactly (train.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def save_atomic(obj, path: str):
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def full_tensor(x):
+    """A plain tensor from a DTensor (FSDP2 shard; a collective: every rank calls it) or a tensor."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+RESUME_NEEDS = ("optimizer", "step", "rng", "world_config")  # what a resume reads besides the weights
+
+
+def remove_partial_writes(out_dir: str):
+    """A kill during save_atomic / append_row leaves NAME.tmp (or NAME.tmp.png) beside the intact file:
+    harmless, but clutter; remove ours (only names this program writes) when the run starts again."""
+    for path in sum((glob.glob(os.path.join(out_dir, p)) for p in ("*.pt.tmp", "*.jsonl.tmp", "*.png.tmp.png")), []):
+        os.remove(path)
+        print(f"note: removed {path}, a partial write left by an interrupted run")
+
+
+def resume_point(tc, rank: int, world: int) -> str:
+    """Where this run resumes from: its sharded folder (FSDP2 runs), its ckpt.pt, or "" (a fresh run).
+    Rank 0 looks and every rank follows, so the ranks never disagree (nodes without a shared filesystem
+    would; a rank that cannot then read the checkpoint stops with one line)."""
+    folder, path = os.path.join(tc.out_dir, sharded.NAME), os.path.join(tc.out_dir, "ckpt.pt")
+    found = [""]
+    if rank == 0:
+        sharded.recover(folder)
+        if tc.fsdp and world > 1 and os.path.isdir(folder):
+            found = [folder]
+        elif os.path.exists(path):  # a DDP or one-process run; or an FSDP2 run saved whole by an older version
+            found = [path]
+    if world > 1:
+        dist.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+def read_resume(point: str) -> dict | None:
+    """The resumed run's record: ckpt.pt whole, or a sharded folder's meta.pt (its tensors load after wrapping)."""
+    if not point:
+        return None
+    if os.path.basename(point) == sharded.NAME:
+        return dict(sharded.read_meta(point), sharded=point)
+    return load_checkpoint(point, need=RESUME_NEEDS)
+
+
+def run_record(run) -> dict:
+    """Everything of a checkpoint besides the tensors: what a resume (and sample.py) reads."""
+    tc, plan = run.tc, recipes.step_plan(run.step, run.tc)
+    return dict(step=run.step, rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
+                world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
+                log_window=run.log_window, **({"lora_base": run.lora_base} if run.mcfg.lora_rank else {}),
+                # for readers and tools: a resume recomputes these from `step` (step_plan)
+                data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
+                                   audio_only_batches=plan["audio_index"] * tc.grad_accum))
+
+
+def save_run(run, name: str = "ckpt"):
+    """Checkpoint the run atomically; every rank takes part. FSDP2: each rank writes its shards into
+    out_dir/{name}_sharded (sharded.py: nothing is gathered). Otherwise rank 0 writes out_dir/{name}.pt."""
+    if run.fsdp:
+        folder = os.path.join(run.tc.out_dir, f"{name}_sharded")     # ckpt -> sharded.NAME
+        sharded.save(run.net, run.ema, run.opt, run_record(run), folder, run.rank)
+        return
+    model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
+    if run.mcfg.lora_rank:  # the checkpoint holds what trains; the frozen base is named, not copied
+        model_state = {k: v for k, v in model_state.items() if lora.trains(run.net, k)}
+    if run.rank == 0:
+        ema_state = {k: v.cpu() for k, v in run.ema.items()}
+        save_atomic(dict(model=model_state, ema=ema_state, optimizer=run.opt.state_dict(), **run_record(run)),
+                    os.path.join(run.tc.out_dir, f"{name}.pt"))
+    if run.world > 1:
+        dist.barrier()

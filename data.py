@@ -16,9 +16,9 @@ real to bind to:
                     silent subjects keep their mouths shut; off-screen speakers are heard, not seen.
   scenes            1-3 subjects that may drift (boxes and trajectories kept per frame), dialogue
                     turns, a room with a colour, a texture and its own faint hum.
-  captions          the structured form of Omni-Customizer Eq. 2 / DreamID-Omni: one descriptor per
-                    subject "label <subk>: looks, voice.", the scene and actions, then each line as
-                    "<subk> says <S> ... <E>". Every letter of the caption is pronounceable (b->p,
+  captions          the structured form of Omni-Customizer Eq. 2 / DreamID-Omni (caption.py): one
+                    descriptor per subject "label <subk>: looks, voice.", the scene and actions, then each
+                    line as "<subk> says <S> ... <E>". Every letter of the caption is pronounceable (b->p,
                     d->t, ...), so a model that wrongly speaks the caption ("caption vocalization")
                     can be heard doing it by the benchmark's phoneme recogniser.
   references        per subject, in the order <sub1>, <sub2>...: a 16x16 head-and-shoulders
@@ -32,7 +32,7 @@ The speech itself (phonemes, languages, voices, log-mel) is its own concept: spe
 Sizes (WorldConfig): 32x32 RGB, 8 fps, 2 s clips (16 frames); 16 kHz audio; log-mel with
 n_fft=512, hop=250 (64 mel frames per second = exactly 8 per video frame), 40 mel bins 0-8 kHz,
 normalised as (ln(mel + 1e-5) - MEL_MEAN) / MEL_STD so values sit roughly in [-1.5, 2].
-`mel_to_wav` inverts it (torchaudio InverseMelScale + Griffin-Lim) so generated mel can be heard.
+speech.mel_to_wav inverts it (torchaudio InverseMelScale + Griffin-Lim) so generated mel can be heard.
 
 Loading: `ToyBatches` is an infinite IterableDataset of collated batches. Sample i of rank r is
 generated from the seed sequence (seed, stream, r, i) alone, so the stream is identical for any
@@ -47,13 +47,13 @@ import colorsys
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import speech  # the toy's speech: phonemes, languages, voices, log-mel
+from caption import PAD_ID, caption_fields, tokenize
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
@@ -102,7 +102,6 @@ class WorldConfig:
         return round(self.ref_audio_seconds * self.sample_rate) // self.hop
 
 
-MAX_SUBJECTS = 4  # the tokenizer knows <sub1>..<sub4>
 SCENES = ("mixed", "single", "dialogue", "complex")
 
 
@@ -142,6 +141,37 @@ COLOUR_NAMES = {  # the named colours captions use; a colour is called by its ne
 }
 SKIN_LIGHT, SKIN_DARK = np.array([0.98, 0.83, 0.7]), np.array([0.42, 0.26, 0.16])
 
+
+
+def model_fit_problems(mcfg, wcfg: WorldConfig, config: str) -> list[str]:
+    """What a model needs of the toy world it trains on: RGB pixels, mels as its audio channels, and
+    sizes its patches tile exactly (a video token is patch_t x patch_h x patch_w pixels, an audio token
+    audio_patch mel frames; each video frame spans a whole number of mel frames, for lip sync)."""
+    if mcfg.video_channels != 3:
+        return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
+                "(--data 'shards/*.pt', see shards.py), not on the toy world's RGB pixels"]
+    problems = []
+    if not wcfg.anchors and (mcfg.ocf or mcfg.mtp_ca):  # both read the caption's <subk> / <S> spans
+        problems.append("--anchors false needs --ocf false --mtp_ca false: OCF and MTP-CA place the prompt by its "
+                        "<subk> anchors (DreamID-Omni's ablation row runs without them)")
+    if mcfg.audio_channels != wcfg.n_mels:
+        problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
+    for name in ("image_size", "ref_image_size"):
+        if getattr(wcfg, name) % mcfg.patch_h or getattr(wcfg, name) % mcfg.patch_w:
+            problems.append(f"--{name} {getattr(wcfg, name)} must be a multiple of --patch_h and --patch_w "
+                            f"({mcfg.patch_h}, {mcfg.patch_w})")
+    if abs(wcfg.clip_seconds * wcfg.fps - wcfg.frames) > 1e-6 or wcfg.sample_rate % (wcfg.fps * wcfg.hop):
+        problems.append(f"--clip_seconds x --fps must be whole frames, and --sample_rate a multiple of --fps x --hop "
+                        f"(whole mel frames per video frame); got {wcfg.clip_seconds} s, {wcfg.fps} fps, "
+                        f"{wcfg.sample_rate} Hz, hop {wcfg.hop}")
+    elif wcfg.frames % mcfg.patch_t:
+        problems.append(f"the clip's {wcfg.frames} frames (--clip_seconds x --fps) must be a multiple of --patch_t {mcfg.patch_t}")
+    for what, n in (("clip", wcfg.mel_frames), ("reference voice", wcfg.ref_mel_frames)):
+        if n % mcfg.audio_patch:
+            problems.append(f"the {what}'s {n} mel frames must be a multiple of --audio_patch {mcfg.audio_patch}")
+    if wcfg.ref_audio_seconds > wcfg.clip_seconds:  # a reference voice is cut from another utterance of a clip's length
+        problems.append(f"--ref_audio_seconds {wcfg.ref_audio_seconds} must be at most --clip_seconds {wcfg.clip_seconds}")
+    return problems
 
 def colour_name(rgb) -> str:
     names = list(COLOUR_NAMES)
@@ -314,92 +344,8 @@ def sample_room(rng: np.random.Generator) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Captions and the tokenizer
+# Captions: the world describes its clips in the structured form (caption.py holds the grammar)
 # ------------------------------------------------------------------------------------------------
-SPECIALS = ["<pad>"] + [f"<sub{k}>" for k in range(1, MAX_SUBJECTS + 1)] + ["<S>", "<E>"]
-CHARS = list("abcdefghijklmnopqrstuvwxyz .,:;'-")
-VOCAB = SPECIALS + CHARS
-TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
-PAD_ID, S_ID, E_ID = TOKEN_ID["<pad>"], TOKEN_ID["<S>"], TOKEN_ID["<E>"]
-_SPECIAL_RE = re.compile(r"(<sub\d+>|<S>|<E>)")
-
-
-class CaptionError(ValueError):
-    """A caption that cannot be tokenized; the message is one line for the user."""
-
-
-MAX_CAPTION_CHARS = 2000  # the toy world's longest captions (three subjects, three lines) run to ~500
-
-
-def tokenize(caption: str) -> list[int]:
-    """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
-    ids = []
-    for piece in _SPECIAL_RE.split(caption):  # the split keeps the special tokens as their own pieces
-        if _SPECIAL_RE.fullmatch(piece):
-            if piece not in TOKEN_ID:
-                raise CaptionError(f"caption uses {piece} but at most {MAX_SUBJECTS} subjects are supported")
-            ids.append(TOKEN_ID[piece])
-            continue
-        for ch in piece.lower():
-            if ch not in TOKEN_ID:
-                raise CaptionError(f"caption has the character {ch!r}, which the tokenizer does not know "
-                                   f"(allowed: letters, space and {''.join(CHARS[26:]).strip()})")
-            ids.append(TOKEN_ID[ch])
-    return ids
-
-
-def detokenize(ids) -> str:
-    return "".join(VOCAB[i] for i in ids if i != PAD_ID)
-
-
-def parse_caption(caption: str) -> dict:
-    """Structure of a caption: token ids, per-subject descriptor spans, and every spoken line.
-
-    Descriptor of subject k: from the start of the clause that holds the *first* `<subk>` to the
-    end of that clause (up to '.'), i.e. "label <subk>: looks, voice." Lines: each `<S> ... <E>`
-    with the subject whose anchor most recently precedes it. Spans are [start, end) token indices.
-    """
-    if len(caption) > MAX_CAPTION_CHARS:  # attention is quadratic in tokens: 100,000 characters would run for minutes
-        raise CaptionError(f"caption has {len(caption):,} characters; the limit is {MAX_CAPTION_CHARS:,} "
-                           "(describe each subject in a clause, then the lines)")
-    ids = tokenize(caption)
-    subject_spans, lines = {}, []  # subject index -> [start, end); line dicts in caption order
-    clause_start, open_line, last_subject = 0, None, None
-    period = TOKEN_ID["."]
-    for i, tok in enumerate(ids):
-        name = VOCAB[tok]
-        if name.startswith("<sub") and open_line is not None:  # the speaker is named before the line, not in it
-            raise CaptionError(f"caption has {name} inside a line <S> ... <E>: name the speaker before the line, "
-                               f"e.g. '{name} says <S> ka ta <E>'")
-        if name.startswith("<sub"):
-            last_subject = int(name[4:-1]) - 1
-            if last_subject not in subject_spans:
-                end = next((j + 1 for j in range(i, len(ids)) if ids[j] == period), len(ids))
-                subject_spans[last_subject] = (clause_start, end)
-        elif tok == S_ID:
-            if open_line is not None:
-                raise CaptionError("caption opens <S> twice without <E> in between")
-            if last_subject is None:
-                raise CaptionError("caption has a line <S> ... <E> before any <subk> says who speaks it")
-            open_line = i
-        elif tok == E_ID:
-            if open_line is None:
-                raise CaptionError("caption has <E> without an opening <S>")
-            text = detokenize(ids[open_line + 1: i]).strip()
-            if not any(c.isalpha() for c in text):
-                raise CaptionError(f"caption has an empty line <S> {text} <E>: give each line some words")
-            lines.append(dict(span=(open_line, i + 1), speaker=last_subject, text=text,
-                              phonemes=speech.phoneme_ids(text)))
-            open_line = None
-        if open_line is None and tok == period:
-            clause_start = i + 1
-    if open_line is not None:
-        raise CaptionError("caption opens <S> without closing it with <E>")
-    n = max(subject_spans) + 1 if subject_spans else 0
-    missing = [k + 1 for k in range(n) if k not in subject_spans]
-    if missing:
-        raise CaptionError(f"caption uses <sub{n}> but never <sub{missing[0]}>: number subjects from 1")
-    return dict(ids=ids, subject_spans=[subject_spans[k] for k in range(n)], lines=lines)
 
 
 def make_caption(idents, roles, lines, room, anchors: bool = True) -> str:
@@ -627,23 +573,6 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     return sample
 
 
-def caption_fields(caption: str) -> dict:
-    """Tensors of a caption: token ids, descriptor spans, speech spans, line speakers, phonemes."""
-    parsed = parse_caption(caption)
-    lines = parsed["lines"]
-    longest = max([len(ln["phonemes"]) for ln in lines] + [1])
-    phonemes = torch.zeros(len(lines), longest, dtype=torch.long)
-    for m, ln in enumerate(lines):
-        phonemes[m, : len(ln["phonemes"])] = torch.tensor(ln["phonemes"])
-    return dict(
-        text_ids=torch.tensor(parsed["ids"]),
-        subject_spans=torch.tensor(parsed["subject_spans"], dtype=torch.long).reshape(-1, 2),
-        speech_spans=torch.tensor([ln["span"] for ln in lines], dtype=torch.long).reshape(-1, 2),
-        line_speaker=torch.tensor([ln["speaker"] for ln in lines], dtype=torch.long),
-        line_phonemes=phonemes,
-    )
-
-
 # ------------------------------------------------------------------------------------------------
 # Batching and the infinite, seeded stream
 # ------------------------------------------------------------------------------------------------
@@ -790,7 +719,7 @@ def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
 
 
 def main():
-    from inputs import OneLineParser, out_dir_problems  # the entry points' one-line flag errors
+    from cli import OneLineParser, out_dir_problems  # the entry points' one-line flag errors
     parser = OneLineParser(description="Preview the toy world as files a person can open.")
     parser.add_argument("--out_dir", default="preview", help="where to write the files")
     parser.add_argument("--clips", type=int, default=4, help="how many clips")

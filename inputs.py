@@ -11,7 +11,6 @@ or WAVE_FORMAT_EXTENSIBLE files, and a few dozen lines read them all.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import struct
@@ -30,41 +29,6 @@ def existing_file(path: str, flag: str):
         raise InputError(f"{flag} {path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{flag} {path}: is a folder; give a file")
-
-
-# ------------------------------------------------------------------------------------------------
-# The command line: one line per bad flag (train.py, sample.py, bench.py, data.py, model.py)
-# ------------------------------------------------------------------------------------------------
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def parse_bool(s: str) -> bool:
-    """true/false and their usual spellings; anything else is an error (a typo must not read as false)."""
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def out_dir_problems(out: str, flag: str = "--out_dir") -> list[str]:
-    """An output folder must be a folder (or creatable) and writable; checked before any work, not after it."""
-    problems = []
-    if os.path.exists(out) and not os.path.isdir(out):
-        problems.append(f"{flag} {out} is a file; give a folder")
-    else:
-        parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
-        while not os.path.exists(parent):  # the nearest folder that exists is where it will be created
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            problems.append(f"{flag} {out}: {parent} is not writable; give a folder you can write to")
-    return problems
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,16 +46,6 @@ class LoRAConfig:
     lora_targets: str = "self,cross,fusion,ffn"  # which linear layers: any of self, cross, fusion, ffn
 
 
-def config_problems(cfg) -> list[str]:
-    problems = []
-    if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
-        problems.append(f"--lora_rank and --lora_alpha must be 0 or more, got {cfg.lora_rank}, {cfg.lora_alpha}")
-    unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in TARGETS]
-    if unknown or not cfg.lora_targets.strip():
-        problems.append(f"--lora_targets takes some of {','.join(TARGETS)}, got {cfg.lora_targets!r}")
-    return problems
-
-
 class LoRALinear(nn.Linear):
     """nn.Linear plus a low-rank update; `weight` and `bias` are the frozen base."""
 

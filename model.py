@@ -76,7 +76,7 @@ class OviConfig:
     text_dim: int = 128            # prompt feature width (umT5-XXL: 4096)
     text_layers: int = 2           # layers of the toy text encoder; 0 = text arrives as precomputed features
     text_heads: int = 4            # heads of the toy text encoder
-    text_vocab: int = 40           # the toy tokenizer's size, len(caption.VOCAB) (tests/test_caption.py checks it)
+    text_vocab: int = 40           # the toy tokenizer's size, len(caption.VOCAB) (tests/test_caption.py checks)
     # references and task inputs (DreamID-Omni)
     ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni) | condition (DreamVideo-Omni): where references sit
     syn_margin: float = 150.0      # Syn-RoPE's temporal margin between identities
@@ -93,31 +93,6 @@ class OviConfig:
     @property
     def audio_token_dim(self) -> int:
         return self.audio_patch * self.audio_channels
-
-
-def config_problems(cfg: OviConfig) -> list[str]:
-    """Every backbone field value that cannot build a model, one line each, named as its command-line flag."""
-    problems = []
-    for name in ("dim", "layers", "heads", "ffn", "freq_dim", "video_channels", "patch_t", "patch_h", "patch_w",
-                 "audio_channels", "audio_patch", "text_dim", "text_vocab"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("text_layers", "audio_stem_hidden"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
-    for name in ("eps", "rope_theta", "audio_scale"):
-        if not getattr(cfg, name) > 0:
-            problems.append(f"--{name} must be positive, got {getattr(cfg, name)}")
-    for name, allowed in (("audio_stem", ("linear", "conv")), ("ref_rope", ("plain", "syn", "condition"))):
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(cfg, name)!r}")
-    # RoPE rotates pairs of a head's channels, split over (t, h, w): a head needs an even width of 6 or more
-    if cfg.heads >= 1 and (cfg.dim % cfg.heads or cfg.head_dim % 2 or cfg.head_dim < 6):
-        problems.append(f"--heads {cfg.heads} must divide --dim {cfg.dim} into an even head width of 6 or more "
-                        "(RoPE rotates pairs over t, h, w)")
-    if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
-        problems.append(f"--text_heads {cfg.text_heads} must divide --text_dim {cfg.text_dim}")
-    return problems
 
 
 def declare(module: nn.Module, addition: bool = False, zero: bool = False, video: bool = False) -> nn.Module:

@@ -42,12 +42,6 @@ class MotionConfig:
     max_groups: int = 20           # the group table's size (the release: 20 ids)
 
 
-def config_problems(cfg) -> list[str]:
-    if cfg.box_injection not in ("hierarchical", "input"):
-        return [f"--box_injection must be one of hierarchical | input, got {cfg.box_injection!r}"]
-    return []
-
-
 def box_weights(batch: dict, video_shape, weight: float) -> torch.Tensor:
     """The box-reweighted loss's weights (B, T, 1, H, W): 1 + lambda_1 inside any subject's box, 1 elsewhere."""
     inside = box_masks(relative_boxes(batch), *video_shape[-2:])                  # (B, K, T, H, W)

@@ -41,25 +41,12 @@ class OCFConfig:
     ocf_layers: int = 2            # transformer blocks of OCF
     ocf_heads: int = 4             # heads of OCF and MTP-CA
     phoneme_layers: int = 2        # ConvNeXt-V2 blocks of the phoneme encoder (F5-TTS: 4)
-    phoneme_vocab: int = 19        # phoneme ids incl. padding and word gap, speech.N_PHONEME_IDS (tests check it)
+    phoneme_vocab: int = 19        # phoneme ids incl. padding and word gap, speech.N_PHONEME_IDS (tests/test_caption.py checks)
     sa_mrope_phoneme_w: float = -1.0  # the distinct last coordinate of phoneme tokens (Eq. 4)
 
     @property
     def fusion_dim(self) -> int:
         return self.ocf_dim or self.text_dim
-
-
-def config_problems(cfg) -> list[str]:
-    """The prompt side's impossible values, one line each (cfg: build.ModelConfig)."""
-    problems = [f"--{name} must be at least 1, got {getattr(cfg, name)}" for name in ("phoneme_vocab", "ocf_heads")
-                if getattr(cfg, name) < 1]
-    problems += [f"--{name} must be 0 or more, got {getattr(cfg, name)}" for name in ("ocf_layers", "phoneme_layers",
-                                                                                     "ocf_dim") if getattr(cfg, name) < 0]
-    if cfg.ocf_rope not in ("sa_mrope", "1d"):
-        problems.append(f"--ocf_rope must be one of sa_mrope | 1d, got {cfg.ocf_rope!r}")
-    if cfg.ocf_heads >= 1 and cfg.fusion_dim % cfg.ocf_heads:
-        problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
-    return problems
 
 
 # ------------------------------------------------------------------------------------------------

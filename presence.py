@@ -49,17 +49,6 @@ class PresenceConfig:
     voice_offset: float = 256.0    # presence: audio-token position of the first reference voice (release: 630)
 
 
-def config_problems(cfg) -> list[str]:
-    problems = []
-    if cfg.ref_mode not in ("concat", "presence"):
-        problems.append(f"--ref_mode must be one of concat | presence, got {cfg.ref_mode!r}")
-    if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
-        problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
-    if cfg.ref_mode == "presence" and cfg.motion:  # presence reads every token after the content as identity
-        problems.append("--motion works with --ref_mode concat (trajectory tokens would join the identity stream)")
-    return problems
-
-
 class IdentityKeys(Heads, nn.Module):
     """The last layer's identity stream: it is only read (its keys and values), never updated -- nothing
     after the last layer reads identity tokens -- so it has no q, o or FFN to train."""

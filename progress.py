@@ -15,8 +15,10 @@ import html
 import json
 import math
 import os
+import time
 
 import torch
+import torch.distributed as dist
 
 import build
 import checkpoint
@@ -184,3 +186,136 @@ def plot_losses(log_path: str, png_path: str, size=(720, 400)):
     draw.text((left, 6), "training loss (log scale)", fill="black")
     img.save(png_path)
 
+
+# ------------------------------------------------------------------------------------------------
+# train.py's log: log.jsonl records from device-side windows, the progress strip's timing, the bar
+# ------------------------------------------------------------------------------------------------
+
+
+class Logger:
+    """Windows of step statistics kept as device tensors; `write` syncs once, at a log step.
+
+    A record: step, stage, mean losses of the joint steps (total, video, audio), of the audio-only steps,
+    joint samples/s, lr, grad norm, loss by t in quarters (minRF's diagnostic), minutes."""
+
+    def __init__(self, run, path: str):
+        self.run, self.path, self.start = run, path, time.time()
+        self.reset()
+        if run.log_window:
+            self.load(run.log_window)
+
+    def state(self) -> dict:
+        """The open window as CPU tensors, saved with the checkpoint: a resumed run's next record covers
+        the same steps as an uninterrupted run's (with log_every not dividing ckpt_every it would not)."""
+        cat = lambda xs, empty: torch.cat(xs).cpu() if xs else empty  # noqa: E731
+        return dict(joint=torch.stack(self.joint).cpu() if self.joint else torch.zeros(0, 3),
+                    audio_only=torch.stack(self.audio_only).cpu() if self.audio_only else torch.zeros(0),
+                    t=cat(self.t, torch.zeros(0)), per_sample=cat(self.per_sample, torch.zeros(0)),
+                    samples=torch.tensor(self.samples),
+                    rewards=torch.stack(self.rewards).cpu() if self.rewards else torch.zeros(0))
+
+    def load(self, state: dict):
+        device = self.run.device
+        self.joint = list(state["joint"].to(device))           # rows of (loss, loss_video, loss_audio)
+        self.audio_only = list(state["audio_only"].to(device))
+        self.t = [state["t"].to(device)] if state["t"].numel() else []
+        self.per_sample = [state["per_sample"].to(device)] if state["per_sample"].numel() else []
+        self.samples = int(state["samples"])
+        self.rewards = list(state.get("rewards", torch.zeros(0)).to(device))
+
+    def reset(self):
+        self.joint, self.audio_only, self.t, self.per_sample, self.rewards = [], [], [], [], []
+        self.samples, self.window_start, self.grad_norm = 0, time.time(), None
+
+    def add(self, out: dict):
+        if out["joint"]:
+            self.joint.append(torch.stack([torch.as_tensor(out[k], device=self.run.device)
+                                           for k in ("loss", "loss_video", "loss_audio")]))
+            self.t += out["t"]
+            self.per_sample += out["per_sample"]
+            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
+            self.rewards += out.get("reward", [])
+        else:
+            self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
+        self.grad_norm = out["grad_norm"]
+
+    def write(self, plan: dict, lr: float) -> dict | None:
+        """Append a record to log.jsonl (rank 0) and reset the window; the one place that reads device values."""
+        if not self.joint:
+            return None
+        loss, loss_v, loss_a = torch.stack(self.joint).mean(0).tolist()
+        t = torch.cat(self.t)
+        per_sample = torch.cat(self.per_sample).cpu()
+        quarter = (t * 4).long().clamp(max=3)
+        record = dict(step=self.run.step, stage=plan["stage"], loss=loss, loss_video=loss_v, loss_audio=loss_a,
+                      samples_per_s=self.samples / max(time.time() - self.window_start, 1e-9),
+                      lr=lr, grad_norm=float(self.grad_norm),
+                      loss_by_t={f"{b / 4:.2f}-{(b + 1) / 4:.2f}": per_sample[quarter == b].mean().item()
+                                 for b in range(4) if (quarter == b).any()},
+                      minutes=(time.time() - self.start) / 60)
+        if self.audio_only:
+            record["loss_audio_only"] = torch.stack(self.audio_only).mean().item()
+        if self.rewards:
+            record["reward"] = torch.stack(self.rewards).mean().item()
+        if self.run.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.reset()
+        return record
+
+
+class ProgressStrip:
+    """progress.png / index.html (progress.py): a row every --progress_every minutes of this process's
+    training, and one at the end. Toy world only (latent shards have no decoder to look at)."""
+
+    def __init__(self, run):
+        self.on = run.tc.progress_every > 0 and run.tc.data == "toy"
+        self.next_minute = run.tc.progress_every
+        if self.on:
+            self.strip = Progress(run.tc.out_dir, run.wcfg, run.tc.t_shift)
+            if run.rank == 0 and (run.step == 0 or not os.path.exists(self.strip.path)):
+                self.strip.start()  # a fresh run (or a resume without a strip): the truth row first
+
+    def maybe_add(self, run, minutes: float, final: bool):
+        """Called at log steps on every rank: gathering the EMA is a collective, so all ranks must agree that a
+        row is due; their clocks differ slightly, so the decision is all-reduced like out_of_time's."""
+        if not self.on:
+            return
+        due = torch.tensor([float(minutes >= self.next_minute or final)], device=run.device)
+        if run.world > 1:
+            dist.all_reduce(due, op=dist.ReduceOp.MAX)
+        if not due.item():
+            return
+        while self.next_minute <= minutes:
+            self.next_minute += run.tc.progress_every
+        ema = {n: checkpoint.full_tensor(p.detach()) for n, p in run.net.named_parameters() if n not in run.ema}  # LoRA's base
+        ema.update({n: checkpoint.full_tensor(e) for n, e in run.ema.items()})  # every rank takes part in every gather
+        if run.rank == 0:
+            self.strip.add(ema_model(ema, run.mcfg, run.device), minutes, run.step)
+            plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))
+        if run.tc.keep_snapshots:  # the state at this minute, for bench.py --quality (every rank: collectives)
+            checkpoint.save_run(run, f"ckpt_minute{minutes:.1f}")
+
+
+def complete_record(line: str) -> bool:
+    """False for the half-written last line a kill during an append leaves behind."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def keep_log_until(path: str, step: int):
+    """Keep the log records up to `step` (the checkpoint's): a run killed after logging step 20 but before
+    saving step 30 resumes from an earlier save and writes step 20 again; the log must not hold it twice."""
+    with open(path) as f:
+        kept = [line for line in f if complete_record(line) and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def progress_bar(total, initial: int, rank: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="train")

@@ -99,6 +99,14 @@ class LIRM(nn.Module):
         return self.head((h + q).mean(1)).squeeze(-1)                               # (B,)
 
 
+def lirefl_reward(lirm: LIRM, xt_v, t, pred_v, reference) -> torch.Tensor:
+    """LIReFL's reward (B,) of one gradient-enabled denoising step: x0_hat = x_t - t v_hat, the model's one-step
+    estimate of the clean video, scored by the frozen LIRM against the reference face; train.py's loss
+    subtracts lambda_2 * its mean. The gradient flows through v_hat into the generator, not into LIRM."""
+    x0_hat = xt_v - t.view(-1, 1, 1, 1, 1) * pred_v                              # (B, T, C, H, W)
+    return lirm(x0_hat.float(), reference)
+
+
 def clip_pool(world: data.WorldConfig, seed: int, stream: int, n: int):
     """n single-subject clips: videos (n, T, 3, H, W) and their subjects' references (n, 3, h, w)."""
     clips = [data.make_clip(data.sample_rng(seed, stream, 0, i), world) for i in range(n)]
@@ -179,7 +187,7 @@ def save_lirm(model: LIRM, path: str):
 
 
 def main():
-    from inputs import OneLineParser, out_dir_problems
+    from cli import OneLineParser, out_dir_problems
     parser = OneLineParser(description="Train DreamVideo-Omni's latent identity reward model on the toy world.")
     parser.add_argument("--out", default="out/lirm.pt", help="where to save it")
     parser.add_argument("--steps", type=int, default=600, help="training steps (batch 16 matching + 16 swapped)")

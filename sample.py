@@ -37,8 +37,9 @@ import lora
 import precision as precision_lib
 import presence
 import speech
-from inputs import (InputError, OneLineParser, load_frames, load_image, load_motion, load_wav, out_dir_problems,
-                    parse_bool)
+from caption import CaptionError, caption_fields
+from cli import OneLineParser, out_dir_problems, parse_bool
+from inputs import InputError, load_frames, load_image, load_motion, load_wav
 from model import Conditioning
 
 
@@ -180,8 +181,8 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
 def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str], world: data.WorldConfig) -> dict:
     """Caption + reference files -> a batch of one (the same keys as a training batch)."""
     try:
-        fields = data.caption_fields(caption)
-    except data.CaptionError as e:
+        fields = caption_fields(caption)
+    except CaptionError as e:
         raise InputError(f"--caption: {e}") from None
     n = len(fields["subject_spans"])
     if n == 0:  # the model is conditioned per subject; a caption without anchors has nothing to bind

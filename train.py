@@ -21,9 +21,9 @@ Training strategy (each a flag, defaults as in the papers):
                      audio-only step runs only the audio tower on the audio-only corpus with a larger
                      batch (--audio_batch_size) and no cross-tower pathway; its frozen weights get no update
   curriculum         (Omni-Customizer 4.3 / 5.1) --stage N or --curriculum --stage_steps a,b,c[,d]:
-                     STAGES below; the stage is a function of the step, so resume stays exact
+                     recipes.STAGES; the stage is a function of the step, so resume stays exact
   presence recipe    (Identity-as-Presence Fig. 3) --recipe presence: its three stages in the same machinery
-                     (PRESENCE_STAGES): unimodal identity, joint multimodal identity, multi-view identity
+                     (recipes.PRESENCE_STAGES): unimodal, joint multimodal, multi-view identity
   omni-task mix      (DreamID-Omni) --task_mix 4,3,3 in stage 4: per sample R2AV / RV2AV / RA2V
   masked loss        (DreamID-Omni, in-pair reconstruction) --masked_loss: the frame region and the audio
                      stretch an in-pair reference was cut from are excluded from the loss
@@ -42,12 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
-import inspect
-import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -59,14 +55,16 @@ import checkpoint
 import data
 import lora
 import model as model_lib
+import motion
 import precision as precision_lib
 import progress as progress_lib
+import recipes
 import reward as reward_lib
 import seqpar
 import sharded
 import shards
-from conditioning import Conditioning
-from inputs import OneLineParser, out_dir_problems, parse_bool  # the entry points' shared helpers
+from cli import OneLineParser, add_dataclass_flags, out_dir_problems
+from conditioning import Conditioning, box_masks, relative_boxes
 
 
 @dataclass
@@ -104,7 +102,7 @@ class TrainConfig:
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
     reward_model: str = ""             # DreamVideo-Omni stage 2 (LIReFL): a LIRM from reward.py; "" = off
     reward_weight: float = 0.1         # lambda_2: L = L_sft + lambda_2 * (-E[r]) (the paper's value is not given)
-    box_loss_weight: float = 0.0       # DreamVideo-Omni's lambda_1: (1 + lambda_1 M) |v - v_hat|^2, M = the boxes (0 = off)
+    box_loss_weight: float = -1.0      # DreamVideo-Omni's lambda_1: (1 + lambda_1 M) |v - v_hat|^2, M = the boxes (0 = off; -1 = the recipe's: 1 for dreamvideo)
     masked_loss: bool = True           # DreamID-Omni: exclude where in-pair references were cut from
     seed: int = 0                      # initial weights, data stream and noise
     log_every: int = 10                # steps per log.jsonl record (the only steps that sync with the device)
@@ -121,48 +119,22 @@ class TrainConfig:
     keep_snapshots: bool = False       # at every progress row also keep ckpt_minute{M}.pt (learning curves)
 
 
-# ------------------------------------------------------------------------------------------------
-# Flags from the dataclasses: every field of TrainConfig, ModelConfig and WorldConfig is a flag
-# ------------------------------------------------------------------------------------------------
-
-
-def field_help(cls) -> dict:
-    """{field: its trailing comment} read from the dataclass's source, so `--help` says what each flag does."""
-    found = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
-        if m:
-            found[m.group(1)] = m.group(2).strip()
-    return found
-
-
-def add_dataclass_flags(parser, cls, defaults_none: bool = False):
-    """One flag per field of `cls`, typed like the field, with the field's comment as its help."""
-    helps = field_help(cls)
-    for f in dataclasses.fields(cls):
-        kind = parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), None)
-        kind = kind or (type(f.default) if f.default is not None else str)
-        default = "the preset's" if defaults_none else f.default
-        parser.add_argument(f"--{f.name}", type=kind, default=None if defaults_none else f.default,
-                            help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
-
-
-
-
 def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
     """Every flag value that cannot make a run, each as one line naming the flag and what it needs."""
     problems = []
+    tc, model_overrides = recipes.apply_switches(tc, model_overrides)
     for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
         if getattr(tc, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
     for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
-                 "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "box_loss_weight",
-                 "reward_weight"):
+                 "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "reward_weight"):
         if getattr(tc, name) < 0:
             problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
     for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
         if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison above
             problems.append(f"--{name} must be a finite number, got {value}")
+    if tc.box_loss_weight < 0 and tc.box_loss_weight != -1:
+        problems.append(f"--box_loss_weight must be 0 or more (or -1: the recipe's), got {tc.box_loss_weight}")
     if tc.workers < -1:
         problems.append(f"--workers must be -1 (auto) or 0 or more, got {tc.workers}")
     if not tc.grad_clip > 0:  # clip_grad_norm_ to 0 would zero every gradient
@@ -189,7 +161,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
     mcfg = dataclasses.replace(build.PRESETS.get(tc.config, build.PRESETS["toy"]), **model_overrides)
     wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
-    problems += recipe_problems(tc, model_overrides) + build.config_problems(mcfg) + data.world_problems(wcfg)
+    problems += recipes.recipe_problems(tc, model_overrides) + build.config_problems(mcfg) + data.world_problems(wcfg)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if tc.shard_group < 0 or (tc.fsdp and world % shard_group_size(tc, world)):
         problems.append(f"--shard_group {tc.shard_group} must be 0 (one node) or divide the ranks ({world})")
@@ -198,65 +170,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
         problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
     if tc.data == "toy" and not problems:
-        problems += toy_fit_problems(mcfg, wcfg, tc.config)
+        problems += data.model_fit_problems(mcfg, wcfg, tc.config)
     return problems + out_dir_problems(tc.out_dir)
-
-
-def recipe_problems(tc: TrainConfig, model_overrides: dict) -> list[str]:
-    """The stage flags against the chosen recipe's table, and what each recipe needs of the model."""
-    problems = []
-    if tc.recipe not in RECIPES:
-        problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {tc.recipe!r}")
-    stages = RECIPES.get(tc.recipe, STAGES)
-    budgets = tc.stage_steps.split(",")
-    fits = 1 <= len(budgets) <= len(stages) or not tc.curriculum   # the count matters only when stages run in turn
-    if not (fits and all(b.strip().isdigit() and int(b) > 0 for b in budgets)):
-        problems.append(f"--stage_steps takes 1 to {len(stages)} positive step counts (--recipe {tc.recipe}); "
-                        f"got {tc.stage_steps!r}")
-    if tc.stage not in (0, *stages):
-        problems.append(f"--stage must be 0 (the world flags as given) or one of {sorted(stages)} "
-                        f"(--recipe {tc.recipe}), got {tc.stage}")
-    if tc.reward_model and not os.path.isfile(tc.reward_model):
-        problems.append(f"--reward_model {tc.reward_model}: no such file; train one with reward.py --out PATH")
-    if tc.recipe == "dreamvideo" and not model_overrides.get("motion", False):
-        problems.append("--recipe dreamvideo trains motion control: add --motion true")
-    reaches_reward = tc.recipe == "dreamvideo" and (tc.stage == 2 or (tc.curriculum and len(budgets) >= 2))
-    if reaches_reward and not tc.reward_model:
-        problems.append("--recipe dreamvideo stage 2 is LIReFL: give --reward_model (train one with reward.py)")
-    if tc.recipe == "presence" and model_overrides.get("ref_mode", "concat") != "presence":
-        problems.append("--recipe presence trains the identity stream: add --ref_mode presence")
-    return problems
-
-
-def toy_fit_problems(mcfg: build.ModelConfig, wcfg: data.WorldConfig, config: str) -> list[str]:
-    """What a model needs of the toy world it trains on: RGB pixels, mels as its audio channels, and
-    sizes its patches tile exactly (a video token is patch_t x patch_h x patch_w pixels, an audio token
-    audio_patch mel frames; each video frame spans a whole number of mel frames, for lip sync)."""
-    if mcfg.video_channels != 3:
-        return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
-                "(--data 'shards/*.pt', see shards.py), not on the toy world's RGB pixels"]
-    problems = []
-    if not wcfg.anchors and (mcfg.ocf or mcfg.mtp_ca):  # both read the caption's <subk> / <S> spans
-        problems.append("--anchors false needs --ocf false --mtp_ca false: OCF and MTP-CA place the prompt by its "
-                        "<subk> anchors (DreamID-Omni's ablation row runs without them)")
-    if mcfg.audio_channels != wcfg.n_mels:
-        problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
-    for name in ("image_size", "ref_image_size"):
-        if getattr(wcfg, name) % mcfg.patch_h or getattr(wcfg, name) % mcfg.patch_w:
-            problems.append(f"--{name} {getattr(wcfg, name)} must be a multiple of --patch_h and --patch_w "
-                            f"({mcfg.patch_h}, {mcfg.patch_w})")
-    if abs(wcfg.clip_seconds * wcfg.fps - wcfg.frames) > 1e-6 or wcfg.sample_rate % (wcfg.fps * wcfg.hop):
-        problems.append(f"--clip_seconds x --fps must be whole frames, and --sample_rate a multiple of --fps x --hop "
-                        f"(whole mel frames per video frame); got {wcfg.clip_seconds} s, {wcfg.fps} fps, "
-                        f"{wcfg.sample_rate} Hz, hop {wcfg.hop}")
-    elif wcfg.frames % mcfg.patch_t:
-        problems.append(f"the clip's {wcfg.frames} frames (--clip_seconds x --fps) must be a multiple of --patch_t {mcfg.patch_t}")
-    for what, n in (("clip", wcfg.mel_frames), ("reference voice", wcfg.ref_mel_frames)):
-        if n % mcfg.audio_patch:
-            problems.append(f"the {what}'s {n} mel frames must be a multiple of --audio_patch {mcfg.audio_patch}")
-    if wcfg.ref_audio_seconds > wcfg.clip_seconds:  # a reference voice is cut from another utterance of a clip's length
-        problems.append(f"--ref_audio_seconds {wcfg.ref_audio_seconds} must be at most --clip_seconds {wcfg.clip_seconds}")
-    return problems
 
 
 def parse_args(argv=None):
@@ -285,81 +200,86 @@ def sample_t(n: int, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     return tc.t_shift * t / (1 + (tc.t_shift - 1) * t)
 
 
-# The curriculum. Omni-Customizer 5.1: stage 1 single-subject in-pair with the audio-only steps, stage 2
-# multi-subject (joint steps only), stage 3 cross-pair; DreamID-Omni adds omni-task fine-tuning (stage 4).
-STAGES = {
-    1: dict(world=dict(scene="single", cross_pair=0.0), interleave=True, task_mix=None,
-            teaches="basic customisation: one face, one voice, copyable in-pair references; audio bootstrapping"),
-    2: dict(world=dict(scene="mixed", min_subjects=2, cross_pair=0.0), interleave=False, task_mix=None,
-            teaches="binding several identities to their own descriptors and lines"),
-    3: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix=None,
-            teaches="identity from abstract references: nothing to copy (cross-pair)"),
-    4: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix="4,3,3",
-            teaches="DreamID-Omni omni-task: generation, video editing (RV2AV), audio-driven animation (RA2V)"),
-}
-# Identity-as-Presence's three stages (its Fig. 3). Stage 1, "unimodal identity": our reading is one identity
-# modality per sample -- half the samples see only the face reference, half only the voice -- so each tower
-# learns to take its own identity before the two are combined (both towers still train on every sample).
-# Stage 2 joins both references in scenes of one to three people; stage 3 fine-tunes on "multi-view"
-# identities, our cross-pair references (another rendering of the face, other words in the voice). The paper
-# names no audio-only steps: none here.
-PRESENCE_STAGES = {
-    1: dict(world=dict(scene="single", cross_pair=0.0), interleave=False, task_mix=None, unimodal=True,
-            teaches="unimodal identity: each sample takes its face or its voice reference, not both"),
-    2: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=0.0), interleave=False, task_mix=None,
-            teaches="joint multimodal identity: face and voice together, one to three people"),
-    3: dict(world=dict(scene="mixed", min_subjects=1, cross_pair=1.0), interleave=False, task_mix=None,
-            teaches="multi-view identity: references from another view and other words (cross-pair)"),
-}
-# DreamVideo-Omni's two stages: supervised omni-motion fine-tuning (every subject moves, the camera pans in
-# half the clips, the box-reweighted loss), then the same data with the latent identity reward (LIReFL).
-MOTION_WORLD = dict(scene="mixed", min_subjects=1, move_prob=1.0, camera_pan=0.5, cross_pair=0.0)
-DREAMVIDEO_STAGES = {
-    1: dict(world=MOTION_WORLD, interleave=False, task_mix=None, reward=False,
-            teaches="omni-motion control: each subject's boxes and trajectories, bound by its group embedding"),
-    2: dict(world=MOTION_WORLD, interleave=False, task_mix=None, reward=True,
-            teaches="LIReFL: the frozen LIRM scores one-step predictions against the reference (--reward_model)"),
-}
-RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES, "dreamvideo": DREAMVIDEO_STAGES}
-TASKS = ("r2av", "rv2av", "ra2v")
-
-
-def stage_spec(tc: TrainConfig, stage: int) -> dict | None:
-    """The recipe's entry for `stage` (None for stage 0: the world flags as given)."""
-    return RECIPES[tc.recipe].get(stage)
-
-
-def loss_masks(batch: dict, video_shape, audio_shape, ref_audio_frames: int):
-    """DreamID-Omni's masked reconstruction loss: 1 = counted, 0 = where an in-pair reference was cut from
-    (that subject's box in that frame; that stretch of audio). Cross-pair references mask nothing.
-    Returns (video mask (B, T, 1, H, W), audio mask (B, T_a, 1))."""
-    B, T, _, H, W = video_shape
-    video_mask = torch.ones(B, T, 1, H, W)
-    audio_mask = torch.ones(B, audio_shape[1], 1)
-    for b, k in (batch["ref_frame"] >= 0).nonzero().tolist():
-        f = int(batch["ref_frame"][b, k])
-        x0, y0, x1, y1 = batch["boxes"][b, k, f].long().tolist()
-        video_mask[b, f, :, y0:y1, x0:x1] = 0
-    for b, k in (batch["ref_audio_start"] >= 0).nonzero().tolist():
-        start = int(batch["ref_audio_start"][b, k])
-        audio_mask[b, start: start + ref_audio_frames] = 0
-    return video_mask, audio_mask
-
-
-def box_weights(batch: dict, video_shape, weight: float) -> torch.Tensor:
-    """DreamVideo-Omni's loss weights (B, T, 1, H, W): 1 + lambda_1 inside any subject's box, 1 elsewhere."""
-    B, T, _, H, W = video_shape
-    boxes = batch["boxes"].long()                                                     # (B, K, T, 4) pixels
-    ys, xs = torch.arange(H), torch.arange(W)
-    inside = ((xs >= boxes[..., 0, None, None]) & (xs < boxes[..., 2, None, None]) &
-              (ys[:, None] >= boxes[..., 1, None, None]) & (ys[:, None] < boxes[..., 3, None, None]))
-    return 1 + weight * inside.any(dim=1).float()[:, :, None]                          # (B, T, 1, H, W)
+def rectified_flow(net, x0_v, x0_a, noise_v, noise_a, t, cond):
+    """The objective's core (rectified flow, as in Ovi and minRF): x_t = (1 - t) x0 + t noise, and the model
+    predicts the velocity v = noise - x0 of both streams at once (x0_v None: an audio-only step).
+    Returns (predicted video velocity, predicted audio velocity, x_t of the video)."""
+    ta = t[:, None, None]                                                      # (B, 1, 1): audio (B, T_a, C)
+    xt_a = (1 - ta) * x0_a + ta * noise_a
+    xt_v = None
+    if x0_v is not None:
+        tv = t.view(-1, 1, 1, 1, 1)                                            # video (B, T, C, H, W)
+        xt_v = (1 - tv) * x0_v + tv * noise_v
+    pred_v, pred_a = net(xt_v, xt_a, t, cond)
+    return pred_v, pred_a, xt_v
 
 
 def masked_mse(pred, target, mask, dims, weight=1.0):
     """Per-sample mean squared error over the counted elements only (each error times `weight`)."""
     err = (pred.float() - target.float()).square() * mask * weight
     return err.sum(dims) / (mask.expand_as(err).sum(dims)).clamp_min(1)
+
+
+def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True,
+              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False, reward=None):
+    """Rectified-flow loss on one batch (joint, or audio-only with video=False), with the papers' terms:
+
+      L = w_a mean_b(a_b MSE_audio) + w_v mean_b(MSE_video with DreamID-Omni's mask M_ref and DreamVideo-Omni's
+          box weights 1 + lambda_1 M_box) - lambda_2 E[r]  (LIReFL, with a reward model)
+
+    where a_b = 0 for RA2V samples (given their audio, they generate only the video). Returns (loss, stats):
+    per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`: reading them is a device sync,
+    left to the logging steps). Every draw comes from `gen`, in a fixed order, so a resumed run repeats it."""
+    x0_a = batch["audio"].to(device)
+    B = x0_a.shape[0]
+    t = sample_t(B, tc, gen)
+    cond, tasks = step_conditioning(batch, tc, gen, video, task_weights, unimodal, device)
+    noise_a = torch.randn(x0_a.shape, generator=gen).to(device)
+    x0_v = noise_v = None
+    if video:
+        x0_v = batch["video"].to(device)
+        noise_v = torch.randn(x0_v.shape, generator=gen).to(device)
+    weights = loss_weights(batch, tc, tasks, video, device)
+    t_dev = t.to(device)
+    pred_v, pred_a, xt_v = rectified_flow(net, x0_v, x0_a, noise_v, noise_a, t_dev, cond)
+    loss_a = masked_mse(pred_a, noise_a - x0_a, weights["audio_mask"], (1, 2))          # (B,)
+    audio_weight = weights["audio_weight"]
+    loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
+    stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
+    if video:
+        loss_v = masked_mse(pred_v, noise_v - x0_v, weights["video_mask"], (1, 2, 3, 4), weights["box"])
+        loss = loss + tc.video_loss_weight * loss_v.mean()
+        stats["loss_video"] = loss_v.detach()
+        if reward is not None:  # LIReFL (DreamVideo-Omni): L_sft + lambda_2 * (-E[r])
+            r = reward_lib.lirefl_reward(reward, xt_v, t_dev, pred_v, batch["ref_images"][:, 0].to(device))
+            loss = loss - tc.reward_weight * r.mean()
+            stats["reward"] = r.detach()
+    return loss, stats
+
+
+# ------------------------------------------------------------------------------------------------
+# The papers' terms: what a step conditions on, and where its loss counts
+# ------------------------------------------------------------------------------------------------
+
+
+def step_conditioning(batch: dict, tc: TrainConfig, gen: torch.Generator, video: bool, task_weights, unimodal: bool,
+                      device):
+    """The step's Conditioning (on `device`) and each sample's task (CPU):
+      classifier-free guidance dropout: the prompt, the reference images and the reference voices are each
+          dropped with probability --cond_drop, independently, so every negative pass of (multi-condition)
+          CFG is in distribution (conditioning.py)
+      Identity-as-Presence stage 1 (`unimodal`): every sample keeps exactly one kind of reference
+      DreamID-Omni's omni-task mix: each sample is R2AV / RV2AV / RA2V with the odds `task_weights`"""
+    B = batch["audio"].shape[0]
+    drop_text, drop_images, drop_voices = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(3))
+    if unimodal:
+        face_only = torch.rand(B, generator=gen) < 0.5
+        drop_images, drop_voices = drop_images | ~face_only, drop_voices | face_only
+    tasks = torch.multinomial(torch.tensor(task_weights, dtype=torch.float), B, replacement=True, generator=gen)
+    source, driving = task_inputs(batch, tasks, device, task_weights) if video else (None, None)
+    cond = Conditioning.from_batch(batch, source, driving)   # dropped on the host, so `to` sees the final masks
+    cond = cond.drop_prompt(drop_text).drop_references(drop_images, voices=False).drop_references(drop_voices, images=False)
+    return cond.to(device), tasks
 
 
 def task_inputs(batch: dict, tasks: torch.Tensor, device, task_weights=(1.0, 1.0, 1.0)):
@@ -380,63 +300,42 @@ def task_inputs(batch: dict, tasks: torch.Tensor, device, task_weights=(1.0, 1.0
     return source, driving
 
 
-def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True,
-              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False, reward=None):
-    """Rectified-flow loss on one batch (joint, or audio-only with video=False).
-
-    Returns (loss, stats): per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`:
-    reading them is a device sync, left to the logging steps)."""
-    audio = batch["audio"].to(device)
-    B = audio.shape[0]
-    t = sample_t(B, tc, gen)
-    # independent prompt / reference-image / reference-voice dropout: every negative pass of (multi-condition)
-    # CFG is then in distribution (conditioning.py)
-    drop_text, drop_images, drop_voices = (torch.rand(B, generator=gen) < tc.cond_drop for _ in range(3))
-    if unimodal:  # Identity-as-Presence stage 1: every sample keeps exactly one kind of reference
-        face_only = torch.rand(B, generator=gen) < 0.5
-        drop_images, drop_voices = drop_images | ~face_only, drop_voices | face_only
-    # DreamID-Omni's omni-task mix: each sample is R2AV / RV2AV / RA2V with these odds (default: all R2AV)
-    tasks = torch.multinomial(torch.tensor(task_weights, dtype=torch.float), B, replacement=True, generator=gen)
-    noise_a = torch.randn(audio.shape, generator=gen).to(device)
-    t_dev = t.to(device)
-    xt_a = (1 - t_dev[:, None, None]) * audio + t_dev[:, None, None] * noise_a   # x_t = (1-t) x0 + t noise
-    xt_v = target_v = source = driving = None
-    if video:
-        x0_v = batch["video"].to(device)
-        noise_v = torch.randn(x0_v.shape, generator=gen).to(device)
-        tv = t_dev.view(B, 1, 1, 1, 1)
-        xt_v, target_v = (1 - tv) * x0_v + tv * noise_v, noise_v - x0_v          # v = noise - x0
-        source, driving = task_inputs(batch, tasks, device, task_weights)
-    cond = Conditioning.from_batch(batch, source, driving)   # dropped on the host, so `to` sees the final masks
-    cond = cond.drop_prompt(drop_text).drop_references(drop_images, voices=False).drop_references(drop_voices, images=False)
-    cond = cond.to(device)
-    # everything the loss needs from the host is queued before the forward: a copy queued after it would make
-    # the host wait for the forward to finish before it could queue the backward
-    audio_mask = torch.ones(B, audio.shape[1], 1)
-    video_mask = None
+def loss_weights(batch: dict, tc: TrainConfig, tasks: torch.Tensor, video: bool, device) -> dict:
+    """Where the loss counts, queued to `device` before the forward (a copy queued after it would make the host
+    wait for the forward before it could queue the backward):
+      audio_weight  (B,) 0 for RA2V samples (DreamID-Omni: the audio is given, only the video is generated)
+      video_mask, audio_mask  DreamID-Omni's masked reconstruction loss (--masked_loss; loss_masks)
+      box           DreamVideo-Omni's 1 + lambda_1 M_box (--box_loss_weight; motion.box_weights), or 1"""
+    B, shape_a = batch["audio"].shape[0], batch["audio"].shape
+    audio_mask, video_mask = torch.ones(B, shape_a[1], 1), None
     if video and tc.masked_loss and "ref_frame" in batch:
-        video_mask, audio_mask = loss_masks(batch, x0_v.shape, audio.shape, batch["ref_audio"].shape[2])
-    audio_mask = audio_mask.to(device, non_blocking=True)
-    # RA2V is given its audio: only the video is generated, so only the video is scored
-    audio_weight = (tasks != 2).float().to(device, non_blocking=True) if video else torch.ones(B, device=device)
+        video_mask, audio_mask = loss_masks(batch, batch["video"].shape, shape_a, batch["ref_audio"].shape[2])
+    out = dict(audio_mask=audio_mask.to(device, non_blocking=True),
+               audio_weight=(tasks != 2).float().to(device, non_blocking=True) if video else torch.ones(B, device=device))
     if video:
-        mask = torch.ones_like(x0_v[:, :, :1]) if video_mask is None else video_mask.to(device, non_blocking=True)
-        boxed = tc.box_loss_weight and "boxes" in batch   # DreamVideo-Omni: (1 + lambda_1 M) |v - v_hat|^2
-        weight = box_weights(batch, x0_v.shape, tc.box_loss_weight).to(device, non_blocking=True) if boxed else 1.0
-    pred_v, pred_a = net(xt_v, xt_a, t_dev, cond)
-    loss_a = masked_mse(pred_a, noise_a - audio, audio_mask, (1, 2))                    # (B,)
-    loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
-    stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
-    if video:
-        loss_v = masked_mse(pred_v, target_v, mask, (1, 2, 3, 4), weight)
-        loss = loss + tc.video_loss_weight * loss_v.mean()
-        stats["loss_video"] = loss_v.detach()
-        if reward is not None:  # LIReFL: one gradient-enabled denoising step, x0_hat = x_t - t v_hat, scored
-            x0_hat = xt_v - tv * pred_v                                   # by the frozen LIRM against <sub1>'s face
-            r = reward(x0_hat.float(), batch["ref_images"][:, 0].to(device))
-            loss = loss - tc.reward_weight * r.mean()                     # L_sft + lambda_2 * (-E[r])
-            stats["reward"] = r.detach()
-    return loss, stats
+        out["video_mask"] = (torch.ones_like(batch["video"][:, :, :1]) if video_mask is None else video_mask).to(
+            device, non_blocking=True)
+        lam = recipes.box_loss_weight(tc)
+        out["box"] = motion.box_weights(batch, batch["video"].shape, lam).to(device, non_blocking=True) \
+            if lam and "boxes" in batch else 1.0
+    return out
+
+
+def loss_masks(batch: dict, video_shape, audio_shape, ref_audio_frames: int):
+    """DreamID-Omni's masked reconstruction loss: 1 = counted, 0 = where an in-pair reference was cut from
+    (that subject's box in that frame; that stretch of audio). Cross-pair references mask nothing.
+    Returns (video mask (B, T, 1, H, W), audio mask (B, T_a, 1))."""
+    B, T, _, H, W = video_shape
+    video_mask = torch.ones(B, T, 1, H, W)
+    audio_mask = torch.ones(B, audio_shape[1], 1)
+    boxes = relative_boxes(batch)                                                  # (B, K, T, 4) fractions
+    for b, k in (batch["ref_frame"] >= 0).nonzero().tolist():
+        f = int(batch["ref_frame"][b, k])
+        video_mask[b, f, 0][box_masks(boxes[b, k, f], H, W)] = 0
+    for b, k in (batch["ref_audio_start"] >= 0).nonzero().tolist():
+        start = int(batch["ref_audio_start"][b, k])
+        audio_mask[b, start: start + ref_audio_frames] = 0
+    return video_mask, audio_mask
 
 
 def lr_at(step: int, tc: TrainConfig, cosine: bool = True) -> float:
@@ -445,7 +344,7 @@ def lr_at(step: int, tc: TrainConfig, cosine: bool = True) -> float:
         return tc.lr * (step + 1) / tc.warmup_steps
     if not cosine:
         return tc.lr
-    decay = tc.decay_steps or total_steps(tc)
+    decay = tc.decay_steps or recipes.total_steps(tc)
     progress = min(1.0, (step - tc.warmup_steps) / max(1, decay - tc.warmup_steps))
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -453,33 +352,6 @@ def lr_at(step: int, tc: TrainConfig, cosine: bool = True) -> float:
 def ema_decay_at(step: int, tc: TrainConfig) -> float:
     """EMA decay with warm-up: (1 + step) / (10 + step), capped at ema_decay."""
     return min(tc.ema_decay, (1 + step) / (10 + step))
-
-
-def total_steps(tc: TrainConfig) -> int:
-    return sum(stage_budgets(tc)) if tc.curriculum else tc.max_steps
-
-
-def stage_budgets(tc: TrainConfig) -> list[int]:
-    """Steps per curriculum stage (config_problems has checked the flag)."""
-    return [int(x) for x in tc.stage_steps.split(",")]
-
-
-def step_plan(step: int, tc: TrainConfig) -> dict:
-    """What optimizer step `step` does, as a pure function of the step (so a resume replays it):
-    its stage, whether it is joint or audio-only, and how many of each the stage has done before it."""
-    stage, start = tc.stage, 0
-    if tc.curriculum:
-        for stage, budget in enumerate(stage_budgets(tc), start=1):
-            if step < start + budget:
-                break
-            start += budget
-    spec = stage_spec(tc, stage)
-    interleave = tc.interleave_audio if spec is None or spec["interleave"] else 0
-    local = step - start
-    period = 1 + interleave                    # one joint step, then `interleave` audio-only steps
-    joint_before = -(-local // period)         # joint steps sit at local % period == 0; ceil(local / period)
-    return dict(stage=stage, audio_only=local % period != 0, stage_start=start,
-                joint_index=joint_before, audio_index=local - joint_before)  # batches of each kind consumed so far
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,18 +371,6 @@ def setup_distributed():
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
-
-
-def save_atomic(obj, path: str):
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def full_tensor(x):
-    """A plain tensor from a DTensor (FSDP2 shard; a collective: every rank calls it) or a tensor."""
-    return x.full_tensor() if hasattr(x, "full_tensor") else x
 
 
 # ------------------------------------------------------------------------------------------------
@@ -579,22 +439,11 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
 
 def fine_tune_config(saved, asked, model_overrides: dict | None) -> tuple:
     """(the model an --init_from run trains, the fields where it differs from the one asked for): the saved
-    model, with LoRA adapters and the additions given on the command line (ADDITION_FIELDS) put on it."""
-    adapters = {f: getattr(asked, f) for f in LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
-    added = {f: v for f, v in (model_overrides or {}).items() if f in ADDITION_FIELDS}
+    model, with LoRA adapters and the additions given on the command line (build.ADDITION_FIELDS) put on it."""
+    adapters = {f: getattr(asked, f) for f in build.LORA_FIELDS}  # LoRA on a full checkpoint: the same model, adapted
+    added = {f: v for f, v in (model_overrides or {}).items() if f in build.ADDITION_FIELDS}
     mcfg = dataclasses.replace(saved, **adapters, **added)
     return mcfg, [f.name for f in dataclasses.fields(mcfg) if getattr(mcfg, f.name) != getattr(asked, f.name)]
-
-
-LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
-# Model fields that only add modules (model.is_addition) or move reference tokens: given on the command line
-# with --init_from, they change the checkpoint's model (e.g. --motion true or --ocf true over a model without),
-# and the modules it lacks start from their usual initialisation (zero-init residuals: the same function at
-# step 0). That is how every paper starts: Ovi's weights, its own modules added.
-ADDITION_FIELDS = ("ocf", "ocf_rope", "mtp_ca", "ocf_dim", "ocf_layers", "ocf_heads", "phoneme_layers",
-                   "sa_mrope_phoneme_w", "task_inputs", "ref_rope", "syn_margin", "ref_mode", "identity_embed",
-                   "decouple_video", "decouple_audio", "voice_offset", "motion", "box_injection", "group_embed",
-                   "max_groups")
 
 
 def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTower:
@@ -660,7 +509,7 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
         pass  # every weight comes from the sharded folder (start_run), nothing to initialise first
     elif resume is not None:
         checkpoint.load_state(net, resume["model"], os.path.join(tc.out_dir, "ckpt.pt"))
-    elif init is not None:  # what the checkpoint holds; the additions it lacks (ADDITION_FIELDS) start fresh
+    elif init is not None:  # what the checkpoint holds; the additions it lacks (build.ADDITION_FIELDS) start fresh
         net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, tc.init_from, ckpt=init))
     elif tc.init_from:  # Ovi's released weights
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
@@ -682,57 +531,21 @@ def make_ema(net, source: dict | None) -> dict:
 
 
 def make_optimizer(net, tc: TrainConfig):
-    """AdamW with two groups: the new prompt-side modules (cosine to a tenth, Omni-Customizer 5.1) and the
-    backbone (cosine or constant, --backbone_lr_schedule)."""
+    """AdamW with two groups: the additions -- every module Ovi does not have (net.is_addition): the prompt side,
+    task inputs, each paper's modules -- on a cosine to a tenth (Omni-Customizer 5.1), and the backbone (cosine
+    or constant, --backbone_lr_schedule; under LoRA its adapters)."""
     new = [p for n, p in net.named_parameters() if net.is_addition(n)]
     old = [p for n, p in net.named_parameters() if not net.is_addition(n) and p.requires_grad]  # LoRA: adapters
     return torch.optim.AdamW([dict(params=old, cosine=tc.backbone_lr_schedule == "cosine"),
                               dict(params=new, cosine=True)], lr=tc.lr, betas=(0.9, 0.95), weight_decay=tc.weight_decay)
 
 
-RESUME_NEEDS = ("optimizer", "step", "rng", "world_config")  # what a resume reads besides the weights
-
-
-def remove_partial_writes(out_dir: str):
-    """A kill during save_atomic / append_row leaves NAME.tmp (or NAME.tmp.png) beside the intact file:
-    harmless, but clutter; remove ours (only names this program writes) when the run starts again."""
-    for path in sum((glob.glob(os.path.join(out_dir, p)) for p in ("*.pt.tmp", "*.jsonl.tmp", "*.png.tmp.png")), []):
-        os.remove(path)
-        print(f"note: removed {path}, a partial write left by an interrupted run")
-
-
-def resume_point(tc: TrainConfig, rank: int, world: int) -> str:
-    """Where this run resumes from: its sharded folder (FSDP2 runs), its ckpt.pt, or "" (a fresh run).
-    Rank 0 looks and every rank follows, so the ranks never disagree (nodes without a shared filesystem
-    would; a rank that cannot then read the checkpoint stops with one line)."""
-    folder, path = os.path.join(tc.out_dir, sharded.NAME), os.path.join(tc.out_dir, "ckpt.pt")
-    found = [""]
-    if rank == 0:
-        sharded.recover(folder)
-        if tc.fsdp and world > 1 and os.path.isdir(folder):
-            found = [folder]
-        elif os.path.exists(path):  # a DDP or one-process run; or an FSDP2 run saved whole by an older version
-            found = [path]
-    if world > 1:
-        dist.broadcast_object_list(found, src=0)
-    return found[0]
-
-
-def read_resume(point: str) -> dict | None:
-    """The resumed run's record: ckpt.pt whole, or a sharded folder's meta.pt (its tensors load after wrapping)."""
-    if not point:
-        return None
-    if os.path.basename(point) == sharded.NAME:
-        return dict(sharded.read_meta(point), sharded=point)
-    return checkpoint.load_checkpoint(point, need=RESUME_NEEDS)
-
-
 def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, world: int, device) -> Run:
     """Build (or resume) the run in tc.out_dir."""
     if rank == 0:
-        remove_partial_writes(tc.out_dir)
-    point = resume_point(tc, rank, world)
-    resume = read_resume(point)
+        checkpoint.remove_partial_writes(tc.out_dir)
+    point = checkpoint.resume_point(tc, rank, world)
+    resume = checkpoint.read_resume(point)
     if resume is not None and tc.init_from and rank == 0:  # the run's own weights move on from where it stopped
         print(f"note: resuming {point} at step {resume['step']}; --init_from {tc.init_from} is not read again")
     # --init_from of ours (e.g. the previous stage); Ovi's safetensors are read tensor by tensor in fill_weights
@@ -770,35 +583,6 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
     return run
 
 
-def run_record(run: Run) -> dict:
-    """Everything of a checkpoint besides the tensors: what a resume (and sample.py) reads."""
-    tc, plan = run.tc, step_plan(run.step, run.tc)
-    return dict(step=run.step, rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
-                world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
-                log_window=run.log_window, **({"lora_base": run.lora_base} if run.mcfg.lora_rank else {}),
-                # for readers and tools: a resume recomputes these from `step` (step_plan)
-                data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,
-                                   audio_only_batches=plan["audio_index"] * tc.grad_accum))
-
-
-def save(run: Run, name: str = "ckpt"):
-    """Checkpoint the run atomically; every rank takes part. FSDP2: each rank writes its shards into
-    out_dir/{name}_sharded (sharded.py: nothing is gathered). Otherwise rank 0 writes out_dir/{name}.pt."""
-    if run.fsdp:
-        folder = os.path.join(run.tc.out_dir, f"{name}_sharded")     # ckpt -> sharded.NAME
-        sharded.save(run.net, run.ema, run.opt, run_record(run), folder, run.rank)
-        return
-    model_state = {k: v.detach().cpu() for k, v in run.net.state_dict().items()}
-    if run.mcfg.lora_rank:  # the checkpoint holds what trains; the frozen base is named, not copied
-        model_state = {k: v for k, v in model_state.items() if lora.trains(run.net, k)}
-    if run.rank == 0:
-        ema_state = {k: v.cpu() for k, v in run.ema.items()}
-        save_atomic(dict(model=model_state, ema=ema_state, optimizer=run.opt.state_dict(), **run_record(run)),
-                    os.path.join(run.tc.out_dir, f"{name}.pt"))
-    if run.world > 1:
-        dist.barrier()
-
-
 # ------------------------------------------------------------------------------------------------
 # The loop: data per stage, one optimizer step, logging that syncs only when it writes
 # ------------------------------------------------------------------------------------------------
@@ -829,7 +613,7 @@ class StageData:
         if key not in self.loaders:
             self.loaders.clear()  # a new stage: new streams
             start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
-            spec = stage_spec(tc, plan["stage"])
+            spec = recipes.stage_spec(tc, plan["stage"])
             world = dataclasses.replace(self.run.wcfg, **spec["world"]) if spec else self.run.wcfg
             seed = tc.seed + 1000 * plan["stage"]
             if tc.data == "toy":
@@ -865,7 +649,7 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
     # (the ranks of a sequence group share one sample: the same data rank, the same noise)
     gen = torch.Generator().manual_seed(hash((tc.seed, run.data_rank, run.step)) % (2 ** 63))
-    spec = stage_spec(tc, plan["stage"]) or {}
+    spec = recipes.stage_spec(tc, plan["stage"]) or {}
     mix = spec.get("task_mix") or tc.task_mix
     joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
     out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint)
@@ -908,111 +692,6 @@ def update_ema(run: Run, joint: bool):
         torch._foreach_lerp_([e for e, _ in pairs], [p.float() for _, p in pairs], 1 - decay)
 
 
-class Logger:
-    """Windows of step statistics kept as device tensors; `write` syncs once, at a log step.
-
-    A record: step, stage, mean losses of the joint steps (total, video, audio), of the audio-only steps,
-    joint samples/s, lr, grad norm, loss by t in quarters (minRF's diagnostic), minutes."""
-
-    def __init__(self, run: Run, path: str):
-        self.run, self.path, self.start = run, path, time.time()
-        self.reset()
-        if run.log_window:
-            self.load(run.log_window)
-
-    def state(self) -> dict:
-        """The open window as CPU tensors, saved with the checkpoint: a resumed run's next record covers
-        the same steps as an uninterrupted run's (with log_every not dividing ckpt_every it would not)."""
-        cat = lambda xs, empty: torch.cat(xs).cpu() if xs else empty  # noqa: E731
-        return dict(joint=torch.stack(self.joint).cpu() if self.joint else torch.zeros(0, 3),
-                    audio_only=torch.stack(self.audio_only).cpu() if self.audio_only else torch.zeros(0),
-                    t=cat(self.t, torch.zeros(0)), per_sample=cat(self.per_sample, torch.zeros(0)),
-                    samples=torch.tensor(self.samples),
-                    rewards=torch.stack(self.rewards).cpu() if self.rewards else torch.zeros(0))
-
-    def load(self, state: dict):
-        device = self.run.device
-        self.joint = list(state["joint"].to(device))           # rows of (loss, loss_video, loss_audio)
-        self.audio_only = list(state["audio_only"].to(device))
-        self.t = [state["t"].to(device)] if state["t"].numel() else []
-        self.per_sample = [state["per_sample"].to(device)] if state["per_sample"].numel() else []
-        self.samples = int(state["samples"])
-        self.rewards = list(state.get("rewards", torch.zeros(0)).to(device))
-
-    def reset(self):
-        self.joint, self.audio_only, self.t, self.per_sample, self.rewards = [], [], [], [], []
-        self.samples, self.window_start, self.grad_norm = 0, time.time(), None
-
-    def add(self, out: dict):
-        if out["joint"]:
-            self.joint.append(torch.stack([torch.as_tensor(out[k], device=self.run.device)
-                                           for k in ("loss", "loss_video", "loss_audio")]))
-            self.t += out["t"]
-            self.per_sample += out["per_sample"]
-            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
-            self.rewards += out.get("reward", [])
-        else:
-            self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
-        self.grad_norm = out["grad_norm"]
-
-    def write(self, plan: dict) -> dict | None:
-        """Append a record to log.jsonl (rank 0) and reset the window; the one place that reads device values."""
-        if not self.joint:
-            return None
-        loss, loss_v, loss_a = torch.stack(self.joint).mean(0).tolist()
-        t = torch.cat(self.t)
-        per_sample = torch.cat(self.per_sample).cpu()
-        quarter = (t * 4).long().clamp(max=3)
-        record = dict(step=self.run.step, stage=plan["stage"], loss=loss, loss_video=loss_v, loss_audio=loss_a,
-                      samples_per_s=self.samples / max(time.time() - self.window_start, 1e-9),
-                      lr=lr_at(self.run.step - 1, self.run.tc), grad_norm=float(self.grad_norm),
-                      loss_by_t={f"{b / 4:.2f}-{(b + 1) / 4:.2f}": per_sample[quarter == b].mean().item()
-                                 for b in range(4) if (quarter == b).any()},
-                      minutes=(time.time() - self.start) / 60)
-        if self.audio_only:
-            record["loss_audio_only"] = torch.stack(self.audio_only).mean().item()
-        if self.rewards:
-            record["reward"] = torch.stack(self.rewards).mean().item()
-        if self.run.rank == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        self.reset()
-        return record
-
-
-class ProgressStrip:
-    """progress.png / index.html (progress.py): a row every --progress_every minutes of this process's
-    training, and one at the end. Toy world only (latent shards have no decoder to look at)."""
-
-    def __init__(self, run: Run):
-        self.on = run.tc.progress_every > 0 and run.tc.data == "toy"
-        self.next_minute = run.tc.progress_every
-        if self.on:
-            self.strip = progress_lib.Progress(run.tc.out_dir, run.wcfg, run.tc.t_shift)
-            if run.rank == 0 and (run.step == 0 or not os.path.exists(self.strip.path)):
-                self.strip.start()  # a fresh run (or a resume without a strip): the truth row first
-
-    def maybe_add(self, run: Run, minutes: float, final: bool):
-        """Called at log steps on every rank: gathering the EMA is a collective, so all ranks must agree that a
-        row is due; their clocks differ slightly, so the decision is all-reduced like out_of_time's."""
-        if not self.on:
-            return
-        due = torch.tensor([float(minutes >= self.next_minute or final)], device=run.device)
-        if run.world > 1:
-            dist.all_reduce(due, op=dist.ReduceOp.MAX)
-        if not due.item():
-            return
-        while self.next_minute <= minutes:
-            self.next_minute += run.tc.progress_every
-        ema = {n: full_tensor(p.detach()) for n, p in run.net.named_parameters() if n not in run.ema}  # LoRA's base
-        ema.update({n: full_tensor(e) for n, e in run.ema.items()})  # every rank takes part in every gather
-        if run.rank == 0:
-            self.strip.add(progress_lib.ema_model(ema, run.mcfg, run.device), minutes, run.step)
-            progress_lib.plot_losses(os.path.join(run.tc.out_dir, "log.jsonl"), os.path.join(run.tc.out_dir, "loss.png"))
-        if run.tc.keep_snapshots:  # the state at this minute, for bench.py --quality (every rank: collectives)
-            save(run, f"ckpt_minute{minutes:.1f}")
-
-
 class Diverged(RuntimeError):
     """The loss or a gradient became NaN / inf; nothing from that step on is saved."""
 
@@ -1020,7 +699,7 @@ class Diverged(RuntimeError):
 def track_divergence(first_bad: torch.Tensor, out: dict, step: int) -> torch.Tensor:
     """The first step whose loss or gradient norm was not finite (-1 = none yet), kept on the device so
     watching for NaN costs no sync; it is read at log and checkpoint steps (check_finite)."""
-    grad_norm = full_tensor(out["grad_norm"])  # FSDP2: a DTensor scalar (every rank calls this each step)
+    grad_norm = checkpoint.full_tensor(out["grad_norm"])  # FSDP2: a DTensor scalar (every rank calls this each step)
     finite = torch.isfinite(torch.as_tensor(out["loss"])) & torch.isfinite(grad_norm)
     return torch.where(~finite.to(first_bad.device) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
 
@@ -1055,6 +734,7 @@ def out_of_time(run: Run, start: float) -> bool:
 def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides: dict | None = None,
           on_step=None) -> dict:
     """Train (or resume) a run in tc.out_dir. Returns {"step", "losses": [loss per step]}."""
+    tc, model_overrides = recipes.apply_switches(tc, model_overrides)  # what the recipe's paper switches on
     rank, world, device = setup_distributed()  # world = 1 outside torchrun
     precision_lib.enable_tf32(device)
     if tc.threads:
@@ -1063,14 +743,14 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     run = start_run(tc, model_overrides, world_overrides, rank, world, device)
     log_path = os.path.join(tc.out_dir, "log.jsonl")
     if rank == 0 and os.path.exists(log_path):
-        keep_log_until(log_path, run.step)  # a fresh run starts a fresh log; a resume drops records it will redo
-    logger, next_batch, max_steps, losses = Logger(run, log_path), StageData(run), total_steps(tc), []
-    strip = ProgressStrip(run)
+        progress_lib.keep_log_until(log_path, run.step)  # a fresh run starts a fresh log; a resume drops records it will redo
+    logger, next_batch, max_steps, losses = progress_lib.Logger(run, log_path), StageData(run), recipes.total_steps(tc), []
+    strip = progress_lib.ProgressStrip(run)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # NaN watch (track_divergence)
     start = time.time()
-    progress = _progress_bar(None if tc.max_minutes > 0 else max_steps, run.step, rank)  # time-limited: no fake ETA
+    progress = progress_lib.progress_bar(None if tc.max_minutes > 0 else max_steps, run.step, rank)  # time-limited: no fake ETA
     while run.step < max_steps:
-        plan = step_plan(run.step, tc)
+        plan = recipes.step_plan(run.step, tc)
         out = train_step(run, plan, next_batch)
         first_bad = track_divergence(first_bad, out, run.step)
         run.step += 1
@@ -1083,7 +763,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         if logging or saving:  # the only steps that wait for the device
             check_finite(run, first_bad)  # before anything is written: a diverged run keeps its last good ckpt.pt
         if logging:
-            record = logger.write(plan)
+            record = logger.write(plan, lr=lr_at(run.step - 1, tc))
             if record is not None:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}",
                                      stage=plan["stage"])
@@ -1093,7 +773,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
             on_step(run.step, run.net)
         if saving or stop:  # every rank calls save(): collectives
             run.log_window = logger.state()
-            save(run)
+            checkpoint.save_run(run)
         if stop:
             break
     progress.close()
@@ -1101,30 +781,6 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
     where = os.path.join(tc.out_dir, sharded.NAME if run.fsdp else "ckpt.pt")
     return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [], checkpoint=where)
-
-
-def complete_record(line: str) -> bool:
-    """False for the half-written last line a kill during an append leaves behind."""
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def keep_log_until(path: str, step: int):
-    """Keep the log records up to `step` (the checkpoint's): a run killed after logging step 20 but before
-    saving step 30 resumes from an earlier save and writes step 20 again; the log must not hold it twice."""
-    with open(path) as f:
-        kept = [line for line in f if complete_record(line) and json.loads(line)["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
-
-
-def _progress_bar(total, initial: int, rank: int):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="train")
 
 
 def main():

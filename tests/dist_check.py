@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import build
-import lora
+import build  # noqa: E402
+import checkpoint  # noqa: E402
+import lora  # noqa: E402
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402
 from tiny import TINY, tiny_batch  # noqa: E402
@@ -58,7 +59,7 @@ def main(out_path, mode):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    state = {k: train.full_tensor(v).detach().clone() for k, v in net.state_dict().items()}
+    state = {k: checkpoint.full_tensor(v).detach().clone() for k, v in net.state_dict().items()}
     if rank == 0:
         torch.save(state, out_path)
     if world > 1:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import build
+import build  # noqa: E402
 import seqpar  # noqa: E402
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402

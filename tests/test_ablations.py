@@ -1,5 +1,6 @@
 """The ablation harness (ablations.py): verdicts are computed from paired seeds and can come out any of three
 ways; every table's rows are valid train.py runs; a tiny table trains, reuses its runs and prints verdicts."""
+import caption
 import dataclasses
 import json
 
@@ -55,13 +56,13 @@ def test_every_table_is_well_formed_and_its_rows_are_valid_runs_over_the_base(tm
 def test_captions_without_anchors_name_people_by_label_and_exclude_ocf():
     world = dataclasses.replace(data.WorldConfig(), anchors=False)
     anchored, plain = data.held_out_case(data.WorldConfig(), "dialogue", 0), data.held_out_case(world, "dialogue", 0)
-    text = data.detokenize(plain["text_ids"].tolist())
+    text = caption.detokenize(plain["text_ids"].tolist())
     assert "<sub" not in text and "<sub1>" in anchored["caption"] and torch.equal(anchored["video"], plain["video"])
     label = anchored["caption"].split(" <sub1>")[0]                                       # "the one in green"
     assert f"{label} says <S>" in text and anchored["caption"] == plain["caption"]       # metrics read the same
     audio_only = data.ToyBatches(world, 2, audio_only=True).make_batch(0)               # the audio-only corpus too
-    assert not any("<sub" in data.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
-    assert all("the voice says <S>" in data.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
+    assert not any("<sub" in caption.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
+    assert all("the voice says <S>" in caption.detokenize(ids.tolist()) for ids in audio_only["text_ids"])
     problems = train.config_problems(train.TrainConfig(), {}, dict(anchors=False))
     assert any("--anchors false needs --ocf false" in p for p in problems)
     assert not train.config_problems(train.TrainConfig(), dict(ocf=False, mtp_ca=False), dict(anchors=False))

@@ -1,4 +1,4 @@
-"""The toy world (data.py): determinism, streams, lip sync, captions, references, audio, shards.
+"""The toy world (data.py): determinism, streams, lip sync, references, audio, batches.
 
 Run: .venv/bin/python -m pytest tests/test_data.py -q
 """
@@ -59,35 +59,6 @@ def test_mouth_pixels_move_only_for_speakers():
     for k in range(2):
         x0, y0, x1, y1 = s["boxes"][k, 0].int().tolist()
         assert changed[y0:y1, x0:x1].any() == bool(s["mouth_open"][k].max() > 0)
-
-
-def test_caption_spans_and_phonemes_round_trip():
-    s = clip(1)
-    ids = s["text_ids"].tolist()
-    assert data.detokenize(ids) == s["caption"]
-    for k, (a, b) in enumerate(s["subject_spans"].tolist()):
-        descriptor = data.detokenize(ids[a:b])
-        assert f"<sub{k + 1}>" in descriptor and descriptor.endswith(".")
-    lines = [(who, text) for (who, _, _), text in zip(s["line_times"], [None] * 9)]
-    for m, (a, b) in enumerate(s["speech_spans"].tolist()):
-        assert ids[a] == data.S_ID and ids[b - 1] == data.E_ID
-        text = data.detokenize(ids[a + 1: b - 1]).strip()
-        phonemes = s["line_phonemes"][m][s["line_phonemes"][m] > 0].tolist()
-        assert phonemes == speech.phoneme_ids(text)
-        assert s["line_speaker"][m].item() == lines[m][0]
-
-
-@pytest.mark.parametrize("caption, message", [
-    ("a <sub1>: x. <sub1> says <S> <E>", "empty line"),
-    ("a <sub1>: x. <sub1> says <S> ta", "without closing"),
-    ("<S> ta <E>", "before any <subk>"),
-    ("a <sub2>: x.", "never <sub1>"),
-    ("a <sub1>: x! ", "character"),
-])
-def test_bad_captions_stop_with_one_clear_line(caption, message):
-    with pytest.raises(data.CaptionError, match=message) as err:
-        data.parse_caption(caption)
-    assert "\n" not in str(err.value)
 
 
 def test_cross_pair_references_carry_identity_but_copy_no_frame():

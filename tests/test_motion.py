@@ -10,6 +10,7 @@ import build
 import data
 import metrics
 import model
+import motion
 
 MOVING = dataclasses.replace(data.WorldConfig(), move_prob=1.0)
 
@@ -144,9 +145,8 @@ def box_mask(boxes, shape):
 
 
 def test_box_reweighted_loss_weights_are_one_plus_lambda_inside_the_boxes():
-    import train
     b, _ = motion_inputs()
-    w = train.box_weights(b, b["video"].shape, 2.0)                                    # (B, T, 1, H, W)
+    w = motion.box_weights(b, b["video"].shape, 2.0)                                    # (B, T, 1, H, W)
     x0, y0, x1, y1 = b["boxes"][0, 0, 3].long().tolist()
     assert w[0, 3, 0, y0, x0] == 3.0 and set(w.unique().tolist()) == {1.0, 3.0}
     assert (w > 1).float().mean() < 0.9                                                 # the room stays at 1

@@ -129,21 +129,24 @@ def test_the_identity_stream_counts_as_additions():
 def test_the_three_presence_stages_are_reached_in_one_run(tmp_path):
     import json
 
+    import checkpoint
     import data
+    import recipes
     import train
     from tiny import TINY_OVERRIDES, TINY_WORLD_OVERRIDES
     tc = train.TrainConfig(recipe="presence", curriculum=True, stage_steps="1,1,1", out_dir=str(tmp_path),
                            batch_size=2, log_every=1, ckpt_every=3, progress_every=0)
-    assert [train.step_plan(s, tc)["stage"] for s in range(3)] == [1, 2, 3]
-    assert not any(train.step_plan(s, tc)["audio_only"] for s in range(3))      # the paper names none
+    assert [recipes.step_plan(s, tc)["stage"] for s in range(3)] == [1, 2, 3]
+    assert not any(recipes.step_plan(s, tc)["audio_only"] for s in range(3))      # the paper names none
     for stage, check in [(1, lambda c: len(c["roles"]) == 1 and not c["cross_pair"]),
                          (3, lambda c: c["cross_pair"])]:
-        world = data.WorldConfig(**train.PRESENCE_STAGES[stage]["world"])
+        world = data.WorldConfig(**recipes.PRESENCE_STAGES[stage]["world"])
         assert all(check(data.make_clip(data.sample_rng(0, 0, 0, i), world)) for i in range(4))
-    train.train(tc, dict(TINY_OVERRIDES, ref_mode="presence"), TINY_WORLD_OVERRIDES)
+    train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)               # the recipe switches ref_mode presence on
     assert [json.loads(line)["stage"] for line in open(tmp_path / "log.jsonl")] == [1, 2, 3]
-    problems = train.config_problems(train.TrainConfig(recipe="presence", stage=4), {}, {})
-    assert any("--stage must be" in p for p in problems) and any("add --ref_mode presence" in p for p in problems)
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["model_config"]["ref_mode"] == "presence"
+    problems = train.config_problems(train.TrainConfig(recipe="presence", stage=4), dict(ref_mode="concat"), {})
+    assert any("--stage must be" in p for p in problems) and any("leave --ref_mode presence" in p for p in problems)
 
 
 def test_stage_one_gives_each_sample_exactly_one_kind_of_reference():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rope
+from caption import caption_fields
 
 
 def rotated(x, pos, head_dim=32):
@@ -66,9 +67,8 @@ def test_plain_layout_follows_the_content():
 
 
 def test_sa_mrope_coordinates_for_a_two_subject_caption():
-    import data
     caption = "a <sub1>: red. b <sub2>: blue. <sub1> says <S> ta <E>"
-    f = data.caption_fields(caption)
+    f = caption_fields(caption)
     ids = f["text_ids"]
     (s1, e1), (s2, e2) = f["subject_spans"].tolist()
     assert (s1, e1) == (0, 9) and (s2, e2) == (9, 20)    # "a <sub1>: red." and " b <sub2>: blue."

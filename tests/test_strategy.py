@@ -8,6 +8,7 @@ import torch
 import build
 import checkpoint
 import data
+import recipes
 import sample
 import train
 from conditioning import Conditioning
@@ -29,7 +30,7 @@ def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchang
     def snap(step, net):
         snapshots[step] = {n: p.detach().clone() for n, p in net.named_parameters()}
     train.train(tiny_train(tmp_path, interleave_audio=1), TINY_OVERRIDES, WORLD, on_step=snap)
-    assert train.step_plan(1, train.TrainConfig(interleave_audio=1))["audio_only"]  # step 2 = audio-only
+    assert recipes.step_plan(1, train.TrainConfig(interleave_audio=1))["audio_only"]  # step 2 = audio-only
     before, after = snapshots[1], snapshots[2]
     frozen = set(build.build_model(TINY).declared("video_side"))
     assert any("k_fusion" in n for n in frozen) and any(n.startswith("video_tower.") for n in frozen)
@@ -44,25 +45,25 @@ def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchang
 
 def test_step_plan_interleaves_one_to_one_and_counts_batches():
     tc = train.TrainConfig(interleave_audio=1)
-    kinds = [train.step_plan(s, tc)["audio_only"] for s in range(6)]
+    kinds = [recipes.step_plan(s, tc)["audio_only"] for s in range(6)]
     assert kinds == [False, True, False, True, False, True]
-    assert train.step_plan(5, tc)["joint_index"] == 3 and train.step_plan(5, tc)["audio_index"] == 2
+    assert recipes.step_plan(5, tc)["joint_index"] == 3 and recipes.step_plan(5, tc)["audio_index"] == 2
     off = train.TrainConfig(interleave_audio=0)
-    assert not any(train.step_plan(s, off)["audio_only"] for s in range(6))
+    assert not any(recipes.step_plan(s, off)["audio_only"] for s in range(6))
 
 
 def test_curriculum_stages_switch_the_data_as_documented(tmp_path):
     tc = train.TrainConfig(curriculum=True, stage_steps="4,2,2,2", interleave_audio=1)
-    plans = [train.step_plan(s, tc) for s in range(10)]
+    plans = [recipes.step_plan(s, tc) for s in range(10)]
     assert [p["stage"] for p in plans] == [1] * 4 + [2] * 2 + [3] * 2 + [4] * 2
     assert [p["audio_only"] for p in plans[:6]] == [False, True, False, True, False, False]  # stage 2: joint only
     for stage, check in [(1, lambda s: s["roles"] == ["speaker"] and not s["cross_pair"]),
                          (2, lambda s: len(s["roles"]) >= 2 and not s["cross_pair"]),
                          (3, lambda s: s["cross_pair"]),
                          (4, lambda s: s["cross_pair"])]:
-        world = data.WorldConfig(**train.STAGES[stage]["world"])
+        world = data.WorldConfig(**recipes.STAGES[stage]["world"])
         assert all(check(data.make_clip(data.sample_rng(0, 0, 0, i), world)) for i in range(6))
-    assert train.STAGES[4]["task_mix"] == "4,3,3"
+    assert recipes.STAGES[4]["task_mix"] == "4,3,3"
     out = tmp_path / "run"
     train.train(tiny_train(out, curriculum=True, stage_steps="2,1,1"), TINY_OVERRIDES, WORLD)
     stages = [json.loads(line)["stage"] for line in open(out / "log.jsonl")]

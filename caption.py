@@ -1,0 +1,127 @@
+"""The structured caption (Omni-Customizer Eq. 2, DreamID-Omni) and the toy's tokenizer.
+
+A caption says who is in the clip, what each subject looks and sounds like, and what each one says:
+
+    the one in blue <sub1>: grey short hair, blue shirt, dark skin, square face, high soft voice.
+    a grey room with dots. <sub1> talks. <sub1> says <S> ku ta <E>
+
+  <subk>          binds a descriptor and every line after it to reference k (the k-th face and voice)
+  descriptor      subject k's clause: from the start of the clause holding its first <subk> to its '.'
+  <S> ... <E>     a spoken line; its speaker is the subject whose anchor came last before it
+
+`parse_caption` reads that structure (token ids, each subject's descriptor span, each line's span,
+speaker and phonemes) and stops with one line (CaptionError) on a caption that breaks it; OCF's SA-MRoPE
+and MTP-CA (ocf.py) and the toy world's batches (data.py) read its spans. The tokenizer is character-
+level: the toy's captions use 33 characters, and `<subk>`, `<S>`, `<E>` are single tokens. Real captions
+are umT5's business (precomputed features, shards.py).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+import speech
+
+MAX_SUBJECTS = 4  # the tokenizer knows <sub1>..<sub4>
+SPECIALS = ["<pad>"] + [f"<sub{k}>" for k in range(1, MAX_SUBJECTS + 1)] + ["<S>", "<E>"]
+CHARS = list("abcdefghijklmnopqrstuvwxyz .,:;'-")
+VOCAB = SPECIALS + CHARS
+TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
+PAD_ID, S_ID, E_ID = TOKEN_ID["<pad>"], TOKEN_ID["<S>"], TOKEN_ID["<E>"]
+_SPECIAL_RE = re.compile(r"(<sub\d+>|<S>|<E>)")
+
+
+class CaptionError(ValueError):
+    """A caption that cannot be tokenized; the message is one line for the user."""
+
+
+MAX_CAPTION_CHARS = 2000  # the toy world's longest captions (three subjects, three lines) run to ~500
+
+
+def tokenize(caption: str) -> list[int]:
+    """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
+    ids = []
+    for piece in _SPECIAL_RE.split(caption):  # the split keeps the special tokens as their own pieces
+        if _SPECIAL_RE.fullmatch(piece):
+            if piece not in TOKEN_ID:
+                raise CaptionError(f"caption uses {piece} but at most {MAX_SUBJECTS} subjects are supported")
+            ids.append(TOKEN_ID[piece])
+            continue
+        for ch in piece.lower():
+            if ch not in TOKEN_ID:
+                raise CaptionError(f"caption has the character {ch!r}, which the tokenizer does not know "
+                                   f"(allowed: letters, space and {''.join(CHARS[26:]).strip()})")
+            ids.append(TOKEN_ID[ch])
+    return ids
+
+
+def detokenize(ids) -> str:
+    return "".join(VOCAB[i] for i in ids if i != PAD_ID)
+
+
+def parse_caption(caption: str) -> dict:
+    """Structure of a caption: token ids, per-subject descriptor spans, and every spoken line.
+
+    Descriptor of subject k: from the start of the clause that holds the *first* `<subk>` to the
+    end of that clause (up to '.'), i.e. "label <subk>: looks, voice." Lines: each `<S> ... <E>`
+    with the subject whose anchor most recently precedes it. Spans are [start, end) token indices.
+    """
+    if len(caption) > MAX_CAPTION_CHARS:  # attention is quadratic in tokens: 100,000 characters would run for minutes
+        raise CaptionError(f"caption has {len(caption):,} characters; the limit is {MAX_CAPTION_CHARS:,} "
+                           "(describe each subject in a clause, then the lines)")
+    ids = tokenize(caption)
+    subject_spans, lines = {}, []  # subject index -> [start, end); line dicts in caption order
+    clause_start, open_line, last_subject = 0, None, None
+    period = TOKEN_ID["."]
+    for i, tok in enumerate(ids):
+        name = VOCAB[tok]
+        if name.startswith("<sub") and open_line is not None:  # the speaker is named before the line, not in it
+            raise CaptionError(f"caption has {name} inside a line <S> ... <E>: name the speaker before the line, "
+                               f"e.g. '{name} says <S> ka ta <E>'")
+        if name.startswith("<sub"):
+            last_subject = int(name[4:-1]) - 1
+            if last_subject not in subject_spans:
+                end = next((j + 1 for j in range(i, len(ids)) if ids[j] == period), len(ids))
+                subject_spans[last_subject] = (clause_start, end)
+        elif tok == S_ID:
+            if open_line is not None:
+                raise CaptionError("caption opens <S> twice without <E> in between")
+            if last_subject is None:
+                raise CaptionError("caption has a line <S> ... <E> before any <subk> says who speaks it")
+            open_line = i
+        elif tok == E_ID:
+            if open_line is None:
+                raise CaptionError("caption has <E> without an opening <S>")
+            text = detokenize(ids[open_line + 1: i]).strip()
+            if not any(c.isalpha() for c in text):
+                raise CaptionError(f"caption has an empty line <S> {text} <E>: give each line some words")
+            lines.append(dict(span=(open_line, i + 1), speaker=last_subject, text=text,
+                              phonemes=speech.phoneme_ids(text)))
+            open_line = None
+        if open_line is None and tok == period:
+            clause_start = i + 1
+    if open_line is not None:
+        raise CaptionError("caption opens <S> without closing it with <E>")
+    n = max(subject_spans) + 1 if subject_spans else 0
+    missing = [k + 1 for k in range(n) if k not in subject_spans]
+    if missing:
+        raise CaptionError(f"caption uses <sub{n}> but never <sub{missing[0]}>: number subjects from 1")
+    return dict(ids=ids, subject_spans=[subject_spans[k] for k in range(n)], lines=lines)
+
+
+def caption_fields(caption: str) -> dict:
+    """Tensors of a caption: token ids, descriptor spans, speech spans, line speakers, phonemes."""
+    parsed = parse_caption(caption)
+    lines = parsed["lines"]
+    longest = max([len(ln["phonemes"]) for ln in lines] + [1])
+    phonemes = torch.zeros(len(lines), longest, dtype=torch.long)
+    for m, ln in enumerate(lines):
+        phonemes[m, : len(ln["phonemes"])] = torch.tensor(ln["phonemes"])
+    return dict(
+        text_ids=torch.tensor(parsed["ids"]),
+        subject_spans=torch.tensor(parsed["subject_spans"], dtype=torch.long).reshape(-1, 2),
+        speech_spans=torch.tensor([ln["span"] for ln in lines], dtype=torch.long).reshape(-1, 2),
+        line_speaker=torch.tensor([ln["speaker"] for ln in lines], dtype=torch.long),
+        line_phonemes=phonemes,
+    )
