@@ -46,8 +46,8 @@ import metrics
 import precision as precision_lib
 import sample as sample_lib
 import train
-from conditioning import Conditioning
 from cli import OneLineParser, out_dir_problems
+from conditioning import Conditioning
 
 PAPERS = ("omni-customizer", "dreamid-omni", "presence", "dreamvideo")   # --ablate: ablations.TABLES' keys
 SUBSETS = ("single", "dialogue", "complex")   # OC-Bench's three, the default

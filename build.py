@@ -100,6 +100,8 @@ def config_problems(cfg: ModelConfig) -> list[str]:
         problems.append("--motion works with --ref_mode concat (trajectory tokens would join the identity stream)")
     if cfg.ref_mode == "presence" and cfg.ref_rope != "plain":  # presence places its identity tokens itself
         problems.append("--ref_mode presence has its own identity positions; leave --ref_rope plain")
+    if cfg.audio_stem == "conv" and cfg.audio_patch != 1:  # Ovi's stem convolves latent frames, one token each
+        problems.append(f"--audio_stem conv reads one audio frame per token: give --audio_patch 1, not {cfg.audio_patch}")
     if cfg.text_layers and cfg.text_heads >= 1 and cfg.text_dim % cfg.text_heads:
         problems.append(f"--text_heads {cfg.text_heads} must divide --text_dim {cfg.text_dim}")
     return problems

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-# The toy tokenizer's padding id (caption.PAD_ID; tests/test_data.py checks they agree). The empty prompt
+# The toy tokenizer's padding id (caption.PAD_ID; tests/test_conditioning.py checks they agree). The empty prompt
 # of the toy is one attended padding token: its embedding is the learned "null prompt".
 NULL_TOKEN = 0
 

@@ -54,6 +54,7 @@ import torch
 
 import speech  # the toy's speech: phonemes, languages, voices, log-mel
 from caption import PAD_ID, caption_fields, tokenize
+from conditioning import box_masks
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
@@ -537,14 +538,10 @@ def make_references(rng, cfg: WorldConfig, roles, idents, language, rates, lines
 
 def rv2av_mask(boxes: np.ndarray, roles, cfg: WorldConfig) -> torch.Tensor:
     """DreamID-Omni's RV2AV source mask (T, 1, H, W): 1 = every on-screen subject's box, the region to regenerate."""
-    source_mask = torch.zeros(cfg.frames, 1, cfg.image_size, cfg.image_size)
-    for k, role in enumerate(roles):
-        if role == "offscreen":
-            continue
-        for f in range(cfg.frames):
-            x0, y0, x1, y1 = boxes[k, f].astype(int)
-            source_mask[f, :, y0:y1, x0:x1] = 1
-    return source_mask
+    seen = [k for k, role in enumerate(roles) if role != "offscreen"]
+    size = cfg.image_size
+    inside = box_masks(torch.from_numpy(boxes[seen]).float() / size, size, size)    # (K_seen, T, H, W)
+    return inside.any(dim=0).float()[:, None]                                       # (T, 1, H, W)
 
 
 def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:

@@ -1,6 +1,6 @@
-"""The memory plan: bytes per GPU of a training run, from the model's shapes (`python model.py --memory`).
+"""The memory plan: bytes per GPU of a training run, from the model's shapes (`python build.py --memory`).
 
-    python model.py --memory --config full --gpus 8 [--lora_rank 64] [--grad_ckpt] [--seq_parallel 2]
+    python build.py --memory --config full --gpus 8 [--lora_rank 64] [--grad_ckpt] [--seq_parallel 2]
 
 What a GPU holds while training (FSDP2 shards every parameter-sized thing over the `gpus` ranks):
   parameters      fp32 master weights / gpus; under LoRA the frozen base is bf16 (2 B), only what trains fp32

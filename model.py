@@ -68,7 +68,7 @@ class OviConfig:
     patch_w: int = 4               # patch width (Ovi: 2 latents)
     # audio stream: (toy) log-mel frames patched along time; (full) MMAudio VAE latents + conv stem
     audio_channels: int = 40       # mel bins (toy) or audio VAE latent channels (MMAudio: 20)
-    audio_patch: int = 2           # audio frames per token
+    audio_patch: int = 2           # audio frames per token (the conv stem: 1)
     audio_stem: str = "linear"     # linear | conv (Ovi: Conv1d k7 + SiLU + convolutional SwiGLU k7)
     audio_stem_hidden: int = 0     # hidden width of the convolutional SwiGLU (Ovi: 8192)
     audio_scale: float = 1 / 16    # RoPE: video latent frames per audio token (toy 2 / 32; Ovi 0.19676)
@@ -447,7 +447,7 @@ class TwinTower(nn.Module):
         return x.reshape(x.shape[0], x.shape[1] // self.cfg.audio_patch, -1)
 
     def embed_audio(self, x):
-        return self.audio_stem(x if self.cfg.audio_stem == "conv" else self.patchify_audio(x))
+        return self.audio_stem(self.patchify_audio(x))      # the conv stem reads one frame a token (audio_patch 1)
 
     def video_grid(self, shape):
         c = self.cfg
@@ -469,7 +469,7 @@ class TwinTower(nn.Module):
         mask = torch.ones(B, n_a, dtype=torch.bool, device=a.device)
         if K == 0:
             return a, mask, n_a, 0
-        T_r = cond.ref_audio.shape[2] // (1 if self.cfg.audio_stem == "conv" else self.cfg.audio_patch)
+        T_r = cond.ref_audio.shape[2] // self.cfg.audio_patch
         mask = torch.cat([mask, cond.voice_mask.repeat_interleave(T_r, dim=1)], dim=1)
         if not references:
             return a, mask, n_a, T_r
@@ -577,7 +577,7 @@ class TwinTower(nn.Module):
 
     def outputs(self, v, a, ctx: LayerContext, video, audio):
         """Heads on the content tokens, back to the inputs' shapes (the references' predictions are dropped)."""
-        n_a = audio.shape[1] // (1 if self.cfg.audio_stem == "conv" else self.cfg.audio_patch)
+        n_a = audio.shape[1] // self.cfg.audio_patch
         audio_out = self.head(self.audio_tower, a, ctx.audio, n_a).reshape(audio.shape)   # (B, n_a, p*C_a) -> audio
         if video is None:
             return None, audio_out

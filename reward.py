@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ import checkpoint
 import data
 from attention import attention
 from precision import LayerNorm32
+from text import TextBlock
 
 
 @dataclass
@@ -41,23 +43,6 @@ class RewardConfig:
     heads: int = 4
     layers: int = 2      # trunk blocks over the video's patches
     patch: int = 4       # pixels per patch side (video patches also span `patch` frames)
-
-
-class Block(nn.Module):
-    """Pre-norm self-attention + MLP over the video's patch features."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = LayerNorm32(dim), LayerNorm32(dim)
-        self.qkv, self.o = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x):  # (B, N, d) -> (B, N, d)
-        # no positions here: the learned video_pos added once at the input is all the trunk needs
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1))
-        x = x + self.o(attention(q, k, v).transpose(1, 2).flatten(2))
-        return x + self.mlp(self.norm2(x))
 
 
 class LIRM(nn.Module):
@@ -69,7 +54,8 @@ class LIRM(nn.Module):
         n_video = (frames // p) * (size // p) ** 2  # tubelets of p frames x p x p pixels
         self.video_embed = nn.Linear(3 * p ** 3, d)
         self.video_pos = nn.Parameter(torch.randn(1, n_video, d) * 0.02)          # learned: the trunk is small
-        self.trunk = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.layers))
+        # no positions in the trunk: the learned video_pos added once at the input is all it needs
+        self.trunk = nn.ModuleList(TextBlock(d, cfg.heads) for _ in range(cfg.layers))
         self.ref_embed = nn.Linear(3 * p * p, d)  # the reference is one image: p x p patches
         self.ref_pos = nn.Parameter(torch.randn(1, (ref_size // p) ** 2, d) * 0.02)
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))     # identity cross-attention
@@ -165,7 +151,8 @@ def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = LIRM(RewardConfig(**ckpt["config"]), **ckpt["sizes"])
-        model.load_state_dict(ckpt["model"])
+        # an earlier version named the trunk blocks' output projection `o` (text.TextBlock calls it `proj`)
+        model.load_state_dict({re.sub(r"^(trunk\.\d+)\.o\.", r"\1.proj.", k): v for k, v in ckpt["model"].items()})
     except Exception as e:  # a truncated file, another kind of checkpoint: one line, not a traceback
         raise checkpoint.CheckpointError(f"{path}: not a reward model written by reward.py ({type(e).__name__})") from None
     sizes = dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size) if world else None

@@ -17,6 +17,11 @@ Reference layouts (where the clean reference tokens of `<sub1>`, `<sub2>`... sit
             temporal axis with the normal h/w grid; its voice tokens at floor(margin / s) * k + i
             (s = audio_scale), so face and voice of one identity share a temporal phase, `margin`
             frames away from the content (t = 0..T-1) and from every other identity.
+  condition DreamVideo-Omni's condition-aware RoPE: every reference image at the one time index T'
+            right after the content (voices as plain); its trajectory tokens sit at the position of
+            the video token their point lies on (`trajectory_positions`).
+  presence  Identity-as-Presence (presence.py): the face of subject k at t = T' + k - 1, h and w from
+            0; its voice at a fixed audio offset (`voice_offset`) past the content.
 For the Omni-Context Fusion sequence [text | reference images | reference voices | phonemes]:
   1d        every token of the concatenation at (i, i, i), in order (the "+OCF" row of Table 2)
   sa_mrope  Semantic-Anchored Multimodal RoPE (Omni-Customizer Sec. 4.2, Eq. 3-4), see
@@ -90,9 +95,10 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
                         voice_offset: float = 630.0):
     """Positions of the reference tokens: image refs (K*h*w, 3) and voice refs (K*T_r, 3).
 
-    layout "plain": after the content; "syn": Syn-RoPE (DreamID-Omni), see the module docstring;
-    "presence": Identity-as-Presence's structured positions. Its release (single subject) puts the face
-    frame at t = number of content latent frames, h and w from 0, and the voice at a fixed audio offset
+    layout "plain": after the content; "syn": Syn-RoPE (DreamID-Omni); "condition": DreamVideo-Omni's shared
+    reference time (see the module docstring); "presence": Identity-as-Presence's structured positions.
+    Its release (single subject) puts the face frame at t = number of content latent frames, h and w from
+    0, and the voice at a fixed audio offset
     (630 audio tokens in Ovi's units, about four clips past the start). Several subjects are ours: subject
     k's face one frame later (t = T' + k - 1), its voice right after subject k-1's (offset + (k-1) T_r).
     """
@@ -111,7 +117,7 @@ def reference_positions(layout: str, n_refs: int, content_frames: int, ref_h: in
             images.append(video_positions(1, ref_h, ref_w, t0=margin * k))
             voices.append(audio_positions(ref_audio, audio_scale, start=math.floor(margin / audio_scale) * k))
         else:
-            raise ValueError(f"unknown reference layout {layout!r}: use plain or syn")
+            raise ValueError(f"unknown reference layout {layout!r}: use plain, syn, condition or presence")
     empty = torch.zeros(0, 3)
     return (torch.cat(images) if images else empty), (torch.cat(voices) if voices else empty)
 

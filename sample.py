@@ -17,30 +17,29 @@ with the subject regions masked (--source_video, --source_mask); ra2v gets a dri
     python sample.py --ckpt out/toy/ckpt.pt --caption "the one in red <sub1>: ... <sub1> says <S> tamu <E>" \
         --ref_image face.png --ref_audio voice.wav --out_dir out/mine
 
-Writes: video.gif, audio.wav, video.mp4 (with sound, when PyAV is installed), references, and
+The case it samples for is cases.py's (a caption and the user's files, the demo, a latent shard); what it writes,
+outputs.py's: video.gif, audio.wav, video.mp4 (with sound, when PyAV is installed), the references, and
 index.html showing references, caption and result (and the toy world's own clip for --demo).
 """
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import os
 
-import numpy as np
 import torch
 
 import build
+import cases
 import checkpoint
 import data
 import lora
+import outputs
 import precision as precision_lib
 import presence
-import speech
-from caption import CaptionError, caption_fields
 from cli import OneLineParser, out_dir_problems, parse_bool
-from inputs import InputError, load_frames, load_image, load_motion, load_wav
-from model import Conditioning
+from conditioning import Conditioning
+from inputs import InputError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,163 +172,6 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     return x_v.clamp(-1, 1) if video_shape[2] == 3 else x_v, x_a  # pixels live in [-1, 1]; latents and mel do not
 
 
-# ------------------------------------------------------------------------------------------------
-# Inputs: caption, reference images and voices, with clear errors
-# ------------------------------------------------------------------------------------------------
-
-
-def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str], world: data.WorldConfig) -> dict:
-    """Caption + reference files -> a batch of one (the same keys as a training batch)."""
-    try:
-        fields = caption_fields(caption)
-    except CaptionError as e:
-        raise InputError(f"--caption: {e}") from None
-    n = len(fields["subject_spans"])
-    if n == 0:  # the model is conditioned per subject; a caption without anchors has nothing to bind
-        raise InputError("--caption names no subject: describe each one as 'label <sub1>: looks, voice.'")
-    if len(fields["speech_spans"]) == 0:  # every training clip has a spoken line; MTP-CA needs one to align
-        raise InputError("--caption has no spoken line: give each speaker's words as '<sub1> says <S> ka ta <E>'")
-    for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
-        if len(paths) != n:
-            raise InputError(f"the caption names {n} subject(s) (<sub1>..<sub{n}>) but {len(paths)} {flag} "
-                             f"were given: give one per subject, in <sub1>, <sub2> order")
-    ref_len = world.ref_mel_frames * world.hop  # the model was trained on voice clips of exactly this length
-    voices = []
-    for p in audio_paths:
-        wav = load_wav(p, world.sample_rate, max_seconds=ref_len / world.sample_rate + 0.1)[:ref_len]
-        voices.append(torch.nn.functional.pad(wav, (0, ref_len - wav.numel())))  # cut / pad to the ref length
-    sample = dict(fields, ref_images=torch.stack([load_image(p, world.ref_image_size) for p in image_paths]),
-                  ref_audio=speech.wav_to_mel(torch.stack(voices), world))
-    return data.collate([sample])
-
-
-# ------------------------------------------------------------------------------------------------
-# Outputs
-# ------------------------------------------------------------------------------------------------
-
-
-def write_outputs(out_dir: str, video: torch.Tensor, mel: torch.Tensor, world: data.WorldConfig, caption: str,
-                  ref_images: torch.Tensor, ref_audio: torch.Tensor, truth: dict | None = None, motion=None):
-    """video (T, 3, H, W), mel (T_a, n_mels) -> gif, wav, mp4 (PyAV), references, index.html.
-
-    Writes into out_dir and never deletes anything but its own stale outputs (an mp4 or truth clip from an
-    earlier run that this one does not write), so a folder holding other files, or the checkpoint, is safe."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name in ("video.mp4", "truth.gif", "truth.wav", "motion.gif"):  # ours from an earlier run; rewritten if due
-        if os.path.isfile(os.path.join(out_dir, name)):
-            os.remove(os.path.join(out_dir, name))
-    frames = data.to_uint8(video)
-    data.save_gif(os.path.join(out_dir, "video.gif"), frames, world.fps)   # what a person watches
-    data.contact_sheet(frames).save(os.path.join(out_dir, "frames.png"))   # every frame at once, for the page
-    wav = speech.mel_to_wav(mel, world)                                       # Griffin-Lim: the toy has no vocoder
-    speech.save_wav(os.path.join(out_dir, "audio.wav"), wav, world.sample_rate)
-    data.mel_image(mel).save(os.path.join(out_dir, "mel.png"))
-    mp4 = write_mp4(os.path.join(out_dir, "video.mp4"), frames, wav, world)
-    refs = []
-    for k in range(len(ref_images)):
-        data.contact_sheet(data.to_uint8(ref_images[k:k + 1]), scale=8, columns=1).save(os.path.join(out_dir, f"ref{k + 1}.png"))
-        speech.save_wav(os.path.join(out_dir, f"ref{k + 1}.wav"), speech.mel_to_wav(ref_audio[k], world), world.sample_rate)
-        refs.append(k + 1)
-    if motion is not None:  # (boxes (K, T, 4), points (K, T, P, 2)): what was asked, drawn over what came
-        images = draw_motion(frames, *motion)
-        images[0].save(os.path.join(out_dir, "motion.gif"), save_all=True, append_images=images[1:],
-                       duration=int(1000 / world.fps), loop=0)
-    if truth is not None:
-        data.save_gif(os.path.join(out_dir, "truth.gif"), data.to_uint8(truth["video"]), world.fps)
-        speech.save_wav(os.path.join(out_dir, "truth.wav"), truth["wav"], world.sample_rate)
-    # the page shows the mp4 (picture and sound together) when PyAV wrote one, else the gif and the wav
-    media = ('<video src="video.mp4" controls loop width="256"></video>' if mp4 else
-             '<img src="video.gif" width="256"><br><audio src="audio.wav" controls></audio>')
-    ref_html = "".join(f'<div class="card"><img src="ref{k}.png" width="128"><br>&lt;sub{k}&gt;<br>'
-                       f'<audio src="ref{k}.wav" controls></audio></div>' for k in refs)
-    truth_html = ('<div class="card"><h3>the toy world\'s own clip</h3><img src="truth.gif" width="256"><br>'
-                  '<audio src="truth.wav" controls></audio></div>') if truth is not None else ""
-    if motion is not None:
-        truth_html += ('<div class="card"><h3>requested boxes and points, over the result</h3>'
-                       '<img src="motion.gif" width="256"></div>')
-    page = f"""<!doctype html><meta charset="utf-8"><title>omni sample</title>
-<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} .card{{display:inline-block;
-vertical-align:top;margin:0 1.5em 1em 0}} code{{white-space:pre-wrap}}</style>
-<h2>references</h2>{ref_html}
-<h2>caption</h2><code>{html.escape(caption)}</code>
-<h2>result</h2><div class="card"><h3>generated</h3>{media}<br><img src="mel.png"></div>{truth_html}
-<p><img src="frames.png"></p>"""
-    with open(os.path.join(out_dir, "index.html"), "w") as f:
-        f.write(page)
-
-
-def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.WorldConfig) -> bool:
-    """An .mp4 with sound through PyAV (optional: `pip install av`); False when it is not installed."""
-    try:
-        import av
-    except ImportError:
-        return False
-    scale = 8  # 32x32 frames: enlarge (nearest) so players show them, and H.264 gets even dimensions
-    with av.open(path, "w") as container:
-        vstream = container.add_stream("libx264", rate=world.fps)
-        vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2] * scale, frames.shape[1] * scale, "yuv420p"
-        astream = container.add_stream("aac", rate=world.sample_rate)
-        for fr in frames:  # (H, W, 3) uint8 each
-            big = np.repeat(np.repeat(fr, scale, 0), scale, 1)  # nearest-neighbour: the toy's pixels stay crisp
-            for packet in vstream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")):
-                container.mux(packet)
-        for packet in vstream.encode():  # flush: the encoder holds frames back for its look-ahead
-            container.mux(packet)
-        pcm = (wav.numpy()[None] * 32767).astype(np.int16)  # (channels=1, samples), packed s16
-        audio_frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        audio_frame.sample_rate = world.sample_rate
-        for packet in astream.encode(audio_frame):
-            container.mux(packet)
-        for packet in astream.encode():  # flush the audio encoder the same way
-            container.mux(packet)
-    return True
-
-
-def task_condition(args, world: data.WorldConfig, truth: dict | None):
-    """(source_video (1, T, 4, H, W) or None, driving_audio (1, T_a, n_mels) or None) for --task."""
-    if args.task == "rv2av":
-        if truth is not None:
-            video, mask = truth["video"], truth["source_mask"]
-        else:
-            if not (args.source_video and args.source_mask):
-                raise InputError("--task rv2av needs --source_video and --source_mask (white = region to regenerate)")
-            video = load_frames(args.source_video, world.frames, world.image_size, "--source_video")
-            mask = load_frames(args.source_mask, world.frames, world.image_size, "--source_mask")
-            mask = (mask.mean(1, keepdim=True) > 0).float()  # (T, 1, H, W): white = regenerate
-        # (1, T, C+1, H, W): the masked-out video plus the mask as a channel, as in training
-        return torch.cat([video * (1 - mask), mask], dim=1)[None], None
-    if args.task == "ra2v":
-        if truth is not None:
-            return None, truth["audio"][None]
-        if not args.driving_audio:
-            raise InputError("--task ra2v needs --driving_audio (a .wav)")
-        wav = load_wav(args.driving_audio, world.sample_rate, world.samples / world.sample_rate + 0.1,
-                       "--driving_audio")[: world.samples]
-        wav = torch.nn.functional.pad(wav, (0, world.samples - wav.numel()))  # exactly one clip long
-        return None, speech.wav_to_mel(wav, world)[None]
-    return None, None
-
-
-def demo_case(world: data.WorldConfig, seed: int) -> dict:
-    """A built-in toy case from a held-out stream (2 = never used by training): caption, refs, truth."""
-    return data.make_clip(data.sample_rng(seed, 2, 0, 0), world)
-
-
-def latent_case(path: str, index: int, cfg: build.ModelConfig):
-    """A real-data case: sample `index` of a latent shard (shards.py's format) -> (Conditioning, video shape,
-    audio shape). For Ovi-size models, which read VAE latents and umT5 features rather than the toy world."""
-    import shards  # real data only; the toy path never needs it
-    try:
-        shard = shards.LatentShards.load(path, shards.spec_for(cfg))
-    except shards.ShardError as e:
-        raise InputError(str(e)) from None
-    n = shard["video"].shape[0]
-    if not 0 <= index < n:
-        raise InputError(f"--latent_index {index}: {path} holds samples 0..{n - 1}")
-    one = {k: v[index: index + 1] for k, v in shard.items()}  # a batch of one, every field keeps its batch axis
-    return Conditioning.from_batch(one), tuple(one["video"].shape), tuple(one["audio"].shape)
-
-
 def flag_problems(args) -> list[str]:
     """Flag values that cannot make a sample, one line each; checked before any model work (a bad --out_dir
     used to be found only after sampling had finished)."""
@@ -404,57 +246,6 @@ def parse_args(argv=None):
     return args
 
 
-def toy_case(args, world: data.WorldConfig):
-    """(caption, batch of one, Conditioning, truth or None) from --demo or the user's caption and files."""
-    truth = None
-    if args.demo:  # a held-out toy case: its caption and references, and its own clip to compare with
-        truth = demo_case(dataclasses.replace(world, scene=args.scene), args.seed)
-        caption = truth["caption"]
-        batch = data.collate([{k: truth[k] for k in ("text_ids", "subject_spans", "speech_spans", "line_speaker",
-                                                      "line_phonemes", "ref_images", "ref_audio")}])
-    else:
-        if not args.caption:
-            raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
-        caption = args.caption
-        batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
-    source_video, driving_audio = task_condition(args, world, truth)
-    cond = Conditioning.from_batch(batch, source_video, driving_audio)
-    return caption, batch, motion_request(args, cond, world, truth), truth
-
-
-def motion_request(args, cond: Conditioning, world: data.WorldConfig, truth: dict | None) -> Conditioning:
-    """DreamVideo-Omni: the boxes and tracked points asked for (--motion JSON; --demo: the world's own), as
-    fractions of the frame. A model without motion control ignores them; the page draws them anyway."""
-    if args.motion:
-        boxes, points = load_motion(args.motion, cond.subjects, world.frames)
-    elif truth is not None:
-        size = torch.tensor([world.image_size, world.image_size], dtype=torch.float)
-        boxes, points = truth["boxes"][None] / size.repeat(2), truth["trajectories"][None] / size
-    else:  # a user's caption without --motion: nothing to ask for
-        return cond
-    return dataclasses.replace(cond, boxes=boxes, trajectories=points)  # boxes (1, K, T, 4), points (1, K, T, P, 2)
-
-
-def draw_motion(frames: np.ndarray, boxes: torch.Tensor, points: torch.Tensor, scale: int = 6):
-    """The requested boxes (outlines) and tracked points (dots) over the frames, one colour per subject:
-    (T, H, W, 3) uint8 -> list of enlarged PIL images."""
-    from PIL import Image, ImageDraw
-    colours = [(255, 60, 60), (60, 160, 255), (255, 210, 0), (80, 220, 120)]  # subject k: colours[k % 4]
-    T, H, W, _ = frames.shape
-    out = []
-    for t in range(T):
-        img = Image.fromarray(frames[t]).resize((W * scale, H * scale), Image.NEAREST)
-        pen = ImageDraw.Draw(img)
-        for k in range(boxes.shape[0]):
-            x0, y0, x1, y1 = (boxes[k, t] * torch.tensor([W, H, W, H]) * scale).tolist()  # fractions -> pixels
-            if x1 > x0 and y1 > y0:  # an empty box: the subject is off screen in this frame, nothing to draw
-                pen.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colours[k % 4], width=2)
-                for x, y in (points[k, t] * torch.tensor([W, H]) * scale).tolist():
-                    pen.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[k % 4])
-        out.append(img)
-    return out
-
-
 def guidance_for(args, mcfg: build.ModelConfig) -> Guidance:
     """The --guidance form and scales; by default the one the checkpoint's kind of model was released with."""
     if args.ref_mode and args.ref_mode != mcfg.ref_mode:
@@ -481,7 +272,7 @@ def main():
         run["shift"] = args.shift or trained_shift(ckpt)
         world = checkpoint.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
                                                      data.world_problems)  # sizes, rates and mel settings the model knows
-        caption, batch, cond, truth = toy_case(args, world)  # inputs before weights: a bad file fails fast
+        caption, batch, cond, truth = cases.toy_case(args, world)  # inputs before weights: a bad file fails fast
         run["guidance"] = guidance_for(args, checkpoint.config_from_checkpoint(ckpt, args.ckpt))
         net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
                                            dtype=precision_lib.compute_dtype(regime))
@@ -494,7 +285,7 @@ def main():
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio
     motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])  # drawn over the result
-    write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
+    outputs.write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
                   batch["ref_audio"][0], truth, motion)
     print(f"caption: {caption}")
     print(f"wrote {args.out_dir}/index.html (video.gif, audio.wav{', video.mp4' if os.path.exists(os.path.join(args.out_dir, 'video.mp4')) else ''})")
@@ -508,7 +299,7 @@ def sample_latents(args, run: dict):
                          "features and reference latents to sample (shards.py's format)")
     net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
                                            dtype=precision_lib.compute_dtype(run["precision"]))
-    cond, video_shape, audio_shape = latent_case(args.latent_cond, args.latent_index, net.cfg)
+    cond, video_shape, audio_shape = cases.latent_case(args.latent_cond, args.latent_index, net.cfg)
     video, audio = sample(net, cond, video_shape, audio_shape, **run)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "latents.pt")

@@ -4,7 +4,8 @@ Ovi reads a prompt as umT5-XXL's 4096-d features, computed once outside the mode
 them precomputed: `--text_layers 0`). The toy world's captions are short strings over a 40-symbol
 alphabet (caption.py), so the toy learns its own encoder: token embeddings, a few pre-norm transformer
 blocks with rotary positions, a final LayerNorm. `TextBlock` is also the block of Omni-Context Fusion
-(ocf.py), which runs it over [text | references | phonemes] with SA-MRoPE positions.
+(ocf.py), which runs it over [text | references | phonemes] with SA-MRoPE positions, and of the reward
+model's video trunk (reward.py), without positions.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from precision import LayerNorm32
 
 
 class TextBlock(nn.Module):
-    """Pre-norm transformer block: self-attention with 3D RoPE over given positions, then a GELU MLP."""
+    """Pre-norm transformer block: self-attention (with 3D RoPE when given positions' cos / sin), then a GELU
+    MLP. The toy text encoder's, Omni-Context Fusion's (ocf.py) and the reward model's trunk (reward.py)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -26,10 +28,11 @@ class TextBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, cos, sin, key_mask):
+    def forward(self, x, cos=None, sin=None, key_mask=None):
         B, L, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)            # (B, H, L, hd)
+        if cos is not None:
+            q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)        # (B, H, L, hd)
         att = attention(q, k, v, key_padding(key_mask))                              # (B, H, L, hd)
         x = x + self.proj(att.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.norm2(x))

@@ -16,20 +16,17 @@ FSDP2: torchrun --nproc_per_node=N train.py --fsdp true ... (fully_shard per lay
        bf16 params / fp32 reductions on CUDA)
 Nodes: torchrun --nnodes=M --node_rank=R --master_addr=HOST --master_port=29500 --nproc_per_node=8 ...
 
-Training strategy (each a flag, defaults as in the papers):
+The papers' terms, each a flag whose default is the paper's (the loss: `flow_loss`; the step: `train_step`):
   interleaved steps  (Omni-Customizer 4.3) --interleave_audio 1: one audio-only step per joint step; an
                      audio-only step runs only the audio tower on the audio-only corpus with a larger
-                     batch (--audio_batch_size) and no cross-tower pathway; its frozen weights get no update
-  curriculum         (Omni-Customizer 4.3 / 5.1) --stage N or --curriculum --stage_steps a,b,c[,d]:
-                     recipes.STAGES; the stage is a function of the step, so resume stays exact
-  presence recipe    (Identity-as-Presence Fig. 3) --recipe presence: its three stages in the same machinery
-                     (recipes.PRESENCE_STAGES): unimodal, joint multimodal, multi-view identity
+                     batch (--audio_batch_size); the video side declared in model.py gets no update
+  stages             --recipe / --stage / --curriculum: the papers' curricula, tables in recipes.py
   omni-task mix      (DreamID-Omni) --task_mix 4,3,3 in stage 4: per sample R2AV / RV2AV / RA2V
   masked loss        (DreamID-Omni, in-pair reconstruction) --masked_loss: the frame region and the audio
                      stretch an in-pair reference was cut from are excluded from the loss
-  learning rates     (Omni-Customizer 5.1) the new modules (OCF, MTP-CA, phoneme encoder) decay on a cosine
-                     to a tenth; --backbone_lr_schedule cosine (toy: trained from scratch) or constant (the
-                     paper's pretrained backbone)
+  box loss, LIReFL   (DreamVideo-Omni) --box_loss_weight, --reward_model / --reward_weight
+  learning rates     (Omni-Customizer 5.1) the additions decay on a cosine to a tenth;
+                     --backbone_lr_schedule cosine (toy: trained from scratch) or constant (a pretrained backbone)
 
 Watching it learn: every --progress_every minutes the EMA model samples one held-out case into
 out_dir/progress.png (a row per minute mark, under the truth's row) and out_dir/index.html (progress.py).
@@ -122,6 +119,8 @@ class TrainConfig:
 def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
     """Every flag value that cannot make a run, each as one line naming the flag and what it needs."""
     problems = []
+    if tc.box_loss_weight < 0 and tc.box_loss_weight != -1:  # checked before the recipe fills in its -1
+        problems.append(f"--box_loss_weight must be 0 or more (or -1: the recipe's), got {tc.box_loss_weight}")
     tc, model_overrides = recipes.apply_switches(tc, model_overrides)
     for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
         if getattr(tc, name) < 1:
@@ -133,8 +132,6 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
         if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison above
             problems.append(f"--{name} must be a finite number, got {value}")
-    if tc.box_loss_weight < 0 and tc.box_loss_weight != -1:
-        problems.append(f"--box_loss_weight must be 0 or more (or -1: the recipe's), got {tc.box_loss_weight}")
     if tc.workers < -1:
         problems.append(f"--workers must be -1 (auto) or 0 or more, got {tc.workers}")
     if not tc.grad_clip > 0:  # clip_grad_norm_ to 0 would zero every gradient

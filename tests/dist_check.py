@@ -18,7 +18,7 @@ import checkpoint  # noqa: E402
 import lora  # noqa: E402
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402
-from tiny import TINY, tiny_batch  # noqa: E402
+from tiny import TINY, perturbed, tiny_batch  # noqa: E402
 
 
 def main(out_path, mode):
@@ -28,11 +28,9 @@ def main(out_path, mode):
     import dataclasses
     net = build.build_model(dataclasses.replace(TINY, lora_rank=4) if mode == "fsdp_lora" else TINY)
     if mode == "fsdp_lora":  # the frozen base; B != 0 so that A gets a gradient too
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.requires_grad_(lora.trains(net, name))
-                if name.endswith("lora_b"):
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+        for name, p in net.named_parameters():
+            p.requires_grad_(lora.trains(net, name))
+        perturbed(net, replace=True, only=("lora_b",))
     wrapped = net
     if world > 1 and mode.startswith("fsdp"):
         from torch.distributed.fsdp import fully_shard

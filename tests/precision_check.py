@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model  # noqa: E402
 import precision  # noqa: E402
 import train  # noqa: E402
-from tiny import TINY, tiny_batch  # noqa: E402
+from tiny import TINY, perturbed, tiny_batch  # noqa: E402
 
 
 def main(out_path, regime):
@@ -28,10 +28,7 @@ def main(out_path, regime):
     tc = train.TrainConfig(fsdp=True, grad_ckpt=True, precision=regime, cond_drop=0.0)
     net = train.build_model(TINY, tc, world, device)
     net.init_weights(seed=0)
-    with torch.no_grad():  # every path active (zero-init gates and heads would hide most of them)
-        for name, p in net.named_parameters():
-            local = p.to_local()
-            local.add_(torch.randn(local.shape, generator=torch.Generator().manual_seed(len(name) + rank)) * 0.1)
+    perturbed(net)  # every path active (zero-init gates and heads would hide most of them); rows of one noise
     batch = tiny_batch(batch_size=2, scene="dialogue")
     with precision.autocast(device, regime):
         loss, stats = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(rank), device)

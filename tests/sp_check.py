@@ -19,16 +19,14 @@ import build  # noqa: E402
 import seqpar  # noqa: E402
 import train  # noqa: E402
 from conditioning import Conditioning  # noqa: E402
-from tiny import TINY, tiny_batch  # noqa: E402
+from tiny import TINY, perturbed, tiny_batch  # noqa: E402
 
 
 def main(out_path):
     rank, world, _ = train.setup_distributed()
     torch.set_num_threads(1)
     net = build.build_model(dataclasses.replace(TINY, heads=4))
-    with torch.no_grad():  # every path active (zero-init gates and heads would hide most of them)
-        for name, p in net.named_parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)
+    perturbed(net)  # every path active (zero-init gates and heads would hide most of them)
     if world > 1:
         seqpar.apply(net, world)
     batch = tiny_batch(batch_size=2, scene="dialogue", min_subjects=1, max_subjects=3)

@@ -1,6 +1,5 @@
 """The ablation harness (ablations.py): verdicts are computed from paired seeds and can come out any of three
 ways; every table's rows are valid train.py runs; a tiny table trains, reuses its runs and prints verdicts."""
-import caption
 import dataclasses
 import json
 
@@ -9,6 +8,7 @@ import torch
 
 import ablations
 import bench
+import caption
 import checkpoint
 import data
 import train
@@ -30,12 +30,6 @@ def test_the_verdict_reads_the_paired_interval_in_the_papers_direction():
     lower = Claim("A", "B", "per", "complex", "")           # lower is better: A's lower PER is the paper's side
     v = ablations.verdict(lower, results_of([0.50, 0.40, 0.45], [0.60, 0.50, 0.55], "per", "complex"))
     assert v["verdict"] == "reproduced" and v["gain"] == pytest.approx(0.10)
-
-
-def test_three_seeds_use_students_t_not_the_normal_approximation():
-    mean, ci = bench.metrics.mean_ci([1.0, 2.0, 3.0], student=True)
-    assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-3)
-    assert bench.metrics.mean_ci([1.0, 2.0, 3.0])[1] == pytest.approx(1.96 / 3 ** 0.5, rel=1e-3)
 
 
 def test_every_table_is_well_formed_and_its_rows_are_valid_runs_over_the_base(tmp_path):

@@ -1,7 +1,6 @@
 """The typed conditioning seam (conditioning.py): building it, and the drops that training and guidance share."""
 import caption
 import dataclasses
-import zlib
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import build
 import data
 import sample
 from conditioning import Conditioning
-from tiny import TINY, tiny_batch
+from tiny import TINY, perturbed, tiny_batch
 
 
 def test_built_from_a_toy_batch_with_every_field():
@@ -32,12 +31,8 @@ def test_the_empty_prompt_keeps_nothing_of_the_caption():
 
 
 def random_net(cfg):
-    net = build.build_model(cfg)
-    with torch.no_grad():  # every weight perturbed, seeded by its name: configs that share a name share its value
-        for name, p in net.named_parameters():
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return net.eval()
+    """Every weight perturbed, seeded by its name: configs that share a name share its value."""
+    return perturbed(build.build_model(cfg), 0.05).eval()
 
 
 def forward(net, cond, batch):
@@ -67,7 +62,7 @@ def test_guidance_drops_references_exactly_as_training_does(images, voices):
 
 
 @pytest.mark.parametrize("switch, off, on", [
-    ("ref_rope", "plain", "syn"), ("ocf_rope", "1d", "sa_mrope"), ("ocf", False, True), ("mtp_ca", False, True),
+    ("ref_rope", "plain", "syn"), ("ref_rope", "plain", "condition"), ("ocf_rope", "1d", "sa_mrope"), ("ocf", False, True), ("mtp_ca", False, True),
     ("task_inputs", False, True)])
 def test_each_switch_changes_the_forward_pass(switch, off, on):
     batch = tiny_batch(batch_size=1, scene="dialogue")

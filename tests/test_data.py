@@ -3,7 +3,6 @@
 Run: .venv/bin/python -m pytest tests/test_data.py -q
 """
 import numpy as np
-import pytest
 import torch
 
 import data

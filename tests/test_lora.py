@@ -11,7 +11,7 @@ import checkpoint
 import lora
 import train
 from conditioning import Conditioning
-from tiny import TINY, TINY_OVERRIDES, TINY_WORLD_OVERRIDES, tiny_batch
+from tiny import TINY, TINY_OVERRIDES, TINY_WORLD_OVERRIDES, perturbed, tiny_batch
 
 ADAPTED = dataclasses.replace(TINY, lora_rank=4, lora_alpha=8.0)
 
@@ -22,10 +22,7 @@ def forward(net, seed=0):
 
 
 def randomised(net):
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)
-    return net
+    return perturbed(net, replace=True)
 
 
 def test_at_initialisation_the_adapted_model_is_the_base_exactly():

@@ -83,9 +83,11 @@ def test_edit_operations_count_insertions():
     assert metrics.edit_ops(list("ac"), list("abc")) == (1, 0)
 
 
-def test_mean_ci_is_a_95_percent_normal_interval():
-    mean, half = metrics.mean_ci([1.0, 2.0, 3.0, float("nan")])
+def test_mean_ci_is_a_95_percent_interval_normal_or_students_t():
+    mean, half = metrics.mean_ci([1.0, 2.0, 3.0, float("nan")])          # NaN (an unscorable case) is left out
     assert mean == 2.0 and half == pytest.approx(1.96 * 1.0 / np.sqrt(3))
+    _, half = metrics.mean_ci([1.0, 2.0, 3.0], student=True)             # 3 seeds: Student's t, 4.30 standard errors
+    assert half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)
 
 
 def test_the_voice_judge_tells_a_voice_from_another_on_new_words():

@@ -10,7 +10,7 @@ import attention
 import build
 import model
 from conditioning import Conditioning
-from tiny import TINY, tiny_batch
+from tiny import TINY, perturbed, tiny_batch
 
 
 def forward(net, batch, t=None, **kw):
@@ -18,25 +18,20 @@ def forward(net, batch, t=None, **kw):
     return net(batch["video"], batch["audio"], t, Conditioning.from_batch(batch, **kw))
 
 
-def randomize(net):
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-
-
 def random_net(cfg=TINY):
     """A tiny twin tower with every weight perturbed, so no zero-init hides a wiring mistake."""
-    torch.manual_seed(0)
-    net = build.build_model(cfg)
-    randomize(net)
-    return net
+    return perturbed(build.build_model(cfg), 0.05)
 
 
-def test_every_parameter_gets_a_gradient():
-    net = random_net()  # past the zero-inits, which block gradients by design at step 0
+@pytest.mark.parametrize("extra", [{}, dict(motion=True), dict(lora_rank=4), dict(ref_mode="presence")],
+                         ids=["base", "motion", "lora", "presence"])
+def test_every_parameter_gets_a_gradient(extra):
+    """Every module a switch adds is wired in: each of its parameters (boxes, trajectories and group codes under
+    --motion; both adapter matrices under LoRA; the identity stream under presence) gets a non-zero gradient."""
+    net = random_net(dataclasses.replace(TINY, **extra))  # past the zero-inits, which block gradients by design
     batch = tiny_batch()
     source = torch.cat([batch["video"], batch["source_mask"]], 2)
-    v, a = forward(net, batch, source_video=source, driving_audio=batch["audio"])
+    v, a = forward(net, batch, source_video=source, driving_audio=batch["audio"])   # boxes and trajectories too
     (v.square().mean() + a.square().mean()).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, missing
@@ -55,7 +50,7 @@ def test_zero_init_is_identity_where_it_says_so():
     assert e_init[:, :, [2, 5]].abs().max() == 0
     io = model.TowerInputs(e=e_init, emb=None, n=4, mask=None, rope=None, text=None)
     assert torch.equal(block.ffn_part(x, io), x)                    # gated FFN adds exactly nothing
-    randomize(net.video_tower.head)  # now a non-zero output: task inputs must still be no-ops
+    perturbed(net.video_tower.head, 0.05)  # now a non-zero output: task inputs must still be no-ops
     source = torch.cat([batch["video"], batch["source_mask"]], 2)
     v1, _ = forward(net, batch)
     v2, _ = forward(net, batch, source_video=source, driving_audio=batch["audio"])
@@ -84,18 +79,11 @@ def test_references_reach_the_output():
     assert not torch.allclose(v1, v2) and not torch.allclose(a1, a2)
 
 
-def test_audio_only_forward_runs_without_video():
-    net = build.build_model(TINY)
-    batch = tiny_batch()
-    v, a = net(None, batch["audio"], torch.rand(2), Conditioning.from_batch(batch))
-    assert v is None and a.shape == batch["audio"].shape
-
-
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_flop_formula_matches_flop_counter(stem):
     cfg = dataclasses.replace(TINY, audio_stem=stem, audio_patch=1 if stem == "conv" else 2, audio_stem_hidden=48)
     net = build.build_model(cfg)
-    randomize(net)
+    perturbed(net, 0.05)
     batch = tiny_batch(batch_size=1, scene="dialogue")
     # the math backend spells attention as matmuls the counter sees (it has no formula for CPU flash)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
@@ -121,5 +109,3 @@ def test_sdpa_matches_the_math_reference_in_value_and_gradient():
     assert torch.allclose(fast, reference, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_fast, grads_ref))
     assert grads_fast[1][1, :, 3:].abs().max() == 0          # masked keys get no gradient
-
-

@@ -11,6 +11,7 @@ import data
 import metrics
 import model
 import motion
+import outputs
 
 MOVING = dataclasses.replace(data.WorldConfig(), move_prob=1.0)
 
@@ -71,11 +72,8 @@ def motion_inputs():
 
 
 def randomise(net, skip=()):
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if not name.startswith(skip):
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name) + p.numel())) * 0.1)
-    return net
+    from tiny import perturbed
+    return perturbed(net, replace=True, skip=skip)
 
 
 def test_zero_initialised_box_injections_are_no_ops_at_the_start():
@@ -160,14 +158,13 @@ def test_a_motion_request_is_read_and_drawn_and_a_bad_one_is_one_line(tmp_path):
     import pytest
 
     import inputs
-    import sample
     from tiny import TINY_WORLD
     (tmp_path / "ok.json").write_text(json.dumps({"subjects": [{"box": [0.2, 0.25, 0.6, 1.0]}]}))
     boxes, points = inputs.load_motion(str(tmp_path / "ok.json"), 1, TINY_WORLD.frames)
     assert boxes.shape == (1, 1, TINY_WORLD.frames, 4) and points.shape == (1, 1, TINY_WORLD.frames, 3, 2)
     assert torch.allclose(points[0, 0, 0, 1], torch.tensor([0.4, 0.25 + 0.45 * 0.75]))   # the mouth
     clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
-    sample.write_outputs(str(tmp_path / "out"), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+    outputs.write_outputs(str(tmp_path / "out"), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
                          clip["ref_images"], clip["ref_audio"], motion=(boxes[0].expand(len(clip["roles"]), -1, -1),
                                                                         points[0].expand(len(clip["roles"]), -1, -1, -1)))
     assert (tmp_path / "out" / "motion.gif").stat().st_size > 0

@@ -1,4 +1,4 @@
-"""Identity-as-Presence (model.py, ref_mode presence): the identity stream never reads the content, its
+"""Identity-as-Presence (presence.py, ref_mode presence): the identity stream never reads the content, its
 decoupled weights start as copies, cached identity keys/values equal recomputed ones, and every new
 parameter learns."""
 import dataclasses
@@ -8,6 +8,7 @@ import torch
 
 import build
 import presence
+import tiny
 from conditioning import Conditioning
 from tiny import TINY, tiny_batch
 
@@ -16,11 +17,7 @@ PRESENCE = dataclasses.replace(TINY, ref_mode="presence", layers=3)
 
 def perturbed(net):
     """Random weights everywhere (zero-init gates would hide every path)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return net.eval()
+    return tiny.perturbed(net).eval()
 
 
 def inputs(batch_size=2, seed=0):
@@ -76,12 +73,9 @@ def test_decoupled_weights_start_as_copies_of_the_content_weights():
             assert torch.equal(p, twin[tuple(slice(0, s) for s in p.shape)]), name
     video, audio, cond = inputs()
     t = torch.tensor([0.4, 0.7])
-    with torch.no_grad():  # gates are zero at init: give the blocks something to do first, alike in both
-        for net in (decoupled, shared):
-            for name, p in net.named_parameters():
-                if ".identity." not in name:
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
-        decoupled.copy_identity_from_content()
+    for net in (decoupled, shared):  # gates are zero at init: give the blocks something to do first, alike in both
+        tiny.perturbed(net, replace=True, skip=(".identity.",))
+    decoupled.copy_identity_from_content()
     for x, y in zip(decoupled(video, audio, t, cond), shared(video, audio, t, cond)):
         assert torch.allclose(x, y, atol=1e-6)
 

@@ -7,7 +7,7 @@ import torch
 import build
 import reward
 import train
-from tiny import TINY, TINY_WORLD, tiny_batch
+from tiny import TINY, TINY_WORLD, perturbed, tiny_batch
 
 SMALL = reward.RewardConfig(dim=48, layers=1, heads=2)
 
@@ -19,11 +19,7 @@ def test_lirm_ranks_the_own_reference_above_another_persons_on_held_out_people()
 
 
 def test_one_lireFL_step_moves_the_reward_up_on_a_fixed_batch():
-    torch.manual_seed(0)
-    net = build.build_model(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = perturbed(build.build_model(TINY), 0.05)
     lirm = reward.LIRM(SMALL, frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)
     for p in lirm.parameters():
         p.requires_grad_(False)

@@ -6,19 +6,16 @@ import pytest
 import torch
 
 import build
+import cases
 import data
+import outputs
 import sample
 from conditioning import Conditioning
-from tiny import TINY, TINY_WORLD, tiny_batch
+from tiny import TINY, TINY_WORLD, perturbed, tiny_batch
 
 
 def tiny_net():
-    torch.manual_seed(0)
-    net = build.build_model(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net.eval()
+    return perturbed(build.build_model(TINY), 0.05).eval()
 
 
 def run(net, seed, **kw):
@@ -30,24 +27,6 @@ def test_sampler_is_deterministic_per_seed():
     net = tiny_net()
     a, b, c = run(net, 0), run(net, 0), run(net, 1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
-
-
-def test_guidance_scale_one_is_the_conditional_prediction():
-    net = tiny_net()
-    cond = Conditioning.from_batch(tiny_batch(batch_size=1, scene="single"))
-    batch = tiny_batch(batch_size=1, scene="single")
-    passes = sample.conditionings(cond, ["pos", "neg"])             # the two-pass batch CFG evaluates
-    t = torch.full((2,), 0.7)
-    v2, a2 = net(batch["video"].repeat(2, 1, 1, 1, 1), batch["audio"].repeat(2, 1, 1), t, passes)
-    v1, a1 = net(batch["video"], batch["audio"], t[:1], cond)      # the conditional alone
-    video, audio = sample.Guidance(mode="plain", cfg_video=1.0, cfg_audio=1.0).combine(
-        dict(pos=v2[:1], neg=v2[1:]), dict(pos=a2[:1], neg=a2[1:]))
-    assert torch.allclose(video, v1, atol=1e-5) and torch.allclose(audio, a1, atol=1e-5)
-    assert not torch.allclose(v2[1:], v1, atol=1e-4)               # the negative pass did differ
-    plain = run(net, 0)
-    v = torch.randn(3)
-    assert torch.allclose(sample.guide(v, torch.randn(3), 1.0), v, atol=1e-6)
-    assert not torch.allclose(run(net, 0, guidance=sample.Guidance(mode="plain", cfg_video=3.0, cfg_audio=3.0))[1], plain[1])
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_favours_noise():
@@ -68,7 +47,7 @@ def test_inputs_are_resized_resampled_and_downmixed(tmp_path):
         f.setsampwidth(2)
         f.setframerate(22050)
         f.writeframes((np.random.default_rng(0).standard_normal(44100) * 3000).astype("<i2").tobytes())
-    batch = sample.prepare_inputs("a <sub1>: red shirt. <sub1> says <S> tamu <E>", [str(tmp_path / "face.png")],
+    batch = cases.prepare_inputs("a <sub1>: red shirt. <sub1> says <S> tamu <E>", [str(tmp_path / "face.png")],
                                   [str(tmp_path / "voice.wav")], TINY_WORLD)
     assert batch["ref_images"].shape == (1, 1, 3, 16, 16)
     assert batch["ref_audio"].shape == (1, 1, TINY_WORLD.ref_mel_frames, TINY_WORLD.n_mels)
@@ -93,13 +72,13 @@ def test_bad_inputs_stop_with_one_clear_line(tmp_path, caption, images, audios, 
         f.writeframes(np.zeros(1600, "<i2").tobytes())
     paths = lambda spec, ok: [str(tmp_path / ok)] * spec if isinstance(spec, int) else [str(tmp_path / spec)]  # noqa: E731
     with pytest.raises(sample.InputError) as err:
-        sample.prepare_inputs(caption, paths(images, "ok.png"), paths(audios, "ok.wav"), TINY_WORLD)
+        cases.prepare_inputs(caption, paths(images, "ok.png"), paths(audios, "ok.wav"), TINY_WORLD)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_outputs_a_person_can_open(tmp_path):
     clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
-    sample.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+    outputs.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
                          clip["ref_images"], clip["ref_audio"], truth=clip)
     for name in ("video.gif", "audio.wav", "index.html", "ref1.png", "ref1.wav", "truth.gif"):
         assert os.path.getsize(tmp_path / name) > 0
@@ -112,7 +91,7 @@ def test_writing_outputs_never_deletes_what_it_did_not_write(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"the user's checkpoint")
     (tmp_path / "video.mp4").write_bytes(b"stale")  # an earlier run's output: replaced or removed
     clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
-    sample.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
+    outputs.write_outputs(str(tmp_path), clip["video"], clip["audio"], TINY_WORLD, clip["caption"],
                          clip["ref_images"], clip["ref_audio"])
     assert (tmp_path / "ckpt.pt").read_bytes() == b"the user's checkpoint"
     assert not (tmp_path / "video.mp4").exists() or (tmp_path / "video.mp4").read_bytes() != b"stale"

@@ -12,7 +12,7 @@ import recipes
 import sample
 import train
 from conditioning import Conditioning
-from tiny import TINY, TINY_OVERRIDES, TINY_WORLD, tiny_batch, TINY_WORLD_OVERRIDES
+from tiny import TINY, TINY_OVERRIDES, TINY_WORLD, TINY_WORLD_OVERRIDES, perturbed, tiny_batch
 
 WORLD = TINY_WORLD_OVERRIDES
 
@@ -71,10 +71,21 @@ def test_curriculum_stages_switch_the_data_as_documented(tmp_path):
     assert checkpoint.load_checkpoint(str(out / "ckpt.pt"))["stage"] == 3
 
 
-def test_new_modules_decay_to_a_tenth_while_a_constant_backbone_stays():
-    tc = train.TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, min_lr_ratio=0.1)
-    assert train.lr_at(100, tc, cosine=True) == pytest.approx(0.1)
-    assert train.lr_at(100, tc, cosine=False) == pytest.approx(1.0)
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_new_modules_decay_to_a_tenth_while_a_constant_backbone_stays(schedule):
+    """make_optimizer puts every addition (OCF, MTP-CA, the phoneme encoder, task inputs) in the group that decays
+    on a cosine to a tenth (Omni-Customizer 5.1), and the backbone in the group --backbone_lr_schedule names."""
+    tc = train.TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, min_lr_ratio=0.1, backbone_lr_schedule=schedule)
+    net = build.build_model(TINY)
+    backbone, new = train.make_optimizer(net, tc).param_groups
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert new["cosine"] and backbone["cosine"] == (schedule == "cosine")
+    new_names = {names[id(p)] for p in new["params"]}
+    assert any(n.startswith("prompt.ocf.") for n in new_names) and any(n.startswith("prompt.mtp_ca.") for n in new_names)
+    assert new_names == {n for n, _ in net.named_parameters() if n.startswith(("prompt.", "source_embed.", "driving_embed."))}
+    assert len(backbone["params"]) + len(new["params"]) == len(names)
+    assert train.lr_at(100, tc, new["cosine"]) == pytest.approx(0.1)
+    assert train.lr_at(100, tc, backbone["cosine"]) == pytest.approx(0.1 if schedule == "cosine" else 1.0)
 
 
 def test_masked_loss_ignores_everything_inside_the_mask():
@@ -119,11 +130,7 @@ def test_multi_condition_cfg_reduces_to_the_conditional_prediction():
 @pytest.mark.parametrize("task", ["r2av", "rv2av", "ra2v"])
 @pytest.mark.parametrize("mode", ["plain", "multi"])
 def test_each_task_samples_end_to_end(task, mode):
-    torch.manual_seed(0)
-    net = build.build_model(TINY).eval()
-    with torch.no_grad():  # past the zero-inits (heads, task inputs), so the task inputs can show
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = perturbed(build.build_model(TINY), 0.05).eval()  # past the zero-inits (heads, task inputs)
     clip = data.make_clip(data.sample_rng(0, 2, 0, 0), TINY_WORLD)
     batch = data.collate([clip])
     source = torch.cat([clip["video"] * (1 - clip["source_mask"]), clip["source_mask"]], 1)[None] \
@@ -139,11 +146,7 @@ def test_each_task_samples_end_to_end(task, mode):
 
 
 def test_rv2av_keeps_the_unmasked_source_region():
-    torch.manual_seed(0)
-    net = build.build_model(TINY).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)   # an arbitrary (untrained) model: the sampler must still keep it
+    net = perturbed(build.build_model(TINY), 0.05).eval()  # an arbitrary (untrained) model: the sampler must still keep it
     clip = data.make_clip(data.sample_rng(1, 2, 0, 0), TINY_WORLD)
     batch = data.collate([clip])
     mask = clip["source_mask"]
