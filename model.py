@@ -509,13 +509,9 @@ class TwinTower(nn.Module):
             c = self.cfg
             ref_v, ref_a = self.reference_positions(K, grid[0] if grid else 0, ref_hw, n_a, T_r)
             pos_a = torch.cat([rope.audio_positions(n_a, c.audio_scale), ref_a])
-            pos_v = torch.cat([rope.video_positions(*grid), ref_v]) if grid else None
-
-            def cos_sin(pos):
-                angles = rope.rope_angles(pos.to(device), rope.rope_frequencies(c.head_dim, c.rope_theta, device),
-                                          c.head_dim)[None]  # (1, S, pairs)
-                return angles.cos(), angles.sin()
-            self._rope_tables[key] = (cos_sin(pos_v) if grid else None, cos_sin(pos_a))
+            pos_v = torch.cat([rope.video_positions(*grid), ref_v])[None] if grid else None    # (1, S_v, 3)
+            tables = lambda pos: rope.cos_sin(pos.to(device), c.head_dim, c.rope_theta)  # noqa: E731 (1, S, pairs)
+            self._rope_tables[key] = (tables(pos_v) if grid else None, tables(pos_a[None]))
         return self._rope_tables[key]
 
     # --- the forward pass ----------------------------------------------------------------------------

@@ -122,12 +122,10 @@ class MotionTwinTower(TwinTower):
         box = cond.boxes[:, :, ::c.patch_t].to(points.device)                      # (B, K, T', 4)
         given = ((box[..., 2] > box[..., 0]) & (box[..., 3] > box[..., 1]))[..., None].expand(B, K, Tl, P)
         pos = rope.trajectory_positions(points, (c.patch_t, c.patch_h, c.patch_w), (H, W))   # (B, M, 3)
-        angles = rope.rope_angles(pos, rope.rope_frequencies(c.head_dim, c.rope_theta, pos.device), c.head_dim)
-        (cos, sin), mask = io.rope, io.mask
-        mask = torch.ones(B, v.shape[1], dtype=torch.bool, device=v.device) if mask is None else mask
+        cos_sin = rope.cos_sin(pos, c.head_dim, c.rope_theta)                      # (B, M, pairs) each
+        mask = torch.ones(B, v.shape[1], dtype=torch.bool, device=v.device) if io.mask is None else io.mask
         io = TowerInputs(io.e, io.emb, io.n, torch.cat([mask, given.reshape(B, -1)], 1),
-                         (torch.cat([cos.expand(B, -1, -1), angles.cos()], 1),
-                          torch.cat([sin.expand(B, -1, -1), angles.sin()], 1)), io.text)
+                         tuple(torch.cat([x.expand(B, -1, -1), y], 1) for x, y in zip(io.rope, cos_sin)), io.text)
         return torch.cat([v, tokens.to(v.dtype)], 1), io
 
     def inject_boxes(self, v, z_box, n_v: int, proj: nn.Module):

@@ -138,9 +138,7 @@ class OmniContextFusion(nn.Module):
         seq = torch.cat([self.text_in(text) + self.kind[0], self.image_in(image_tokens) + self.kind[1],
                          self.voice_in(voice_tokens) + self.kind[2], phonemes + self.kind[3]], dim=1)  # (B, S, dim)
         mask = torch.cat([text_mask, image_mask, voice_mask, phoneme_mask], dim=1)
-        freqs = rope.rope_frequencies(self.head_dim, device=text.device)
-        angles = rope.rope_angles(positions, freqs, self.head_dim)                        # (B, S, pairs)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = rope.cos_sin(positions, self.head_dim)                                 # (B, S, pairs)
         for block, back in zip(self.blocks, self.back):
             seq = block(seq, cos, sin, mask)
             text = text + back(seq[:, :L]) * text_mask[..., None]   # the first L tokens return to T

@@ -62,6 +62,12 @@ def rope_angles(positions: torch.Tensor, freqs: torch.Tensor, head_dim: int) -> 
     return positions.float()[..., axis] * freqs.to(positions.device)
 
 
+def cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (..., S, 3) -> the (cos, sin) tables (..., S, pairs) `apply_rope` takes."""
+    angles = rope_angles(positions, rope_frequencies(head_dim, theta, positions.device), head_dim)
+    return angles.cos(), angles.sin()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive channel pairs of x (B, H, S, D) by angles given as cos/sin (B or 1, S, D/2).
 

@@ -143,14 +143,14 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     n = len(names)
     batched = conditionings(cond, names).to(device)
     regime = precision_lib.resolve(precision, device)
-    cache = presence.IdentityCache() if identity_cache and net.cfg.ref_mode == "presence" else None
+    # presence models take their clip's IdentityCache (filled by the first call); other models take nothing more
+    clip_state = dict(cache=presence.IdentityCache()) if identity_cache and net.cfg.ref_mode == "presence" else {}
 
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
         with precision_lib.autocast(device, regime):
-            extra = {} if cache is None else dict(cache=cache)
-            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **extra)  # (B * n, ...)
+            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **clip_state)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
     replace = keep_source and cond.source_video is not None

@@ -50,9 +50,8 @@ class CharTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # text positions follow M-RoPE's convention (Qwen2-VL, which SA-MRoPE extends): token i sits at (i, i, i)
-        pos = torch.arange(ids.shape[1], device=ids.device)[:, None].expand(-1, 3)  # (L, 3)
-        angles = rope.rope_angles(pos, rope.rope_frequencies(self.head_dim, device=ids.device), self.head_dim)[None]
-        cos, sin = angles.cos(), angles.sin()
+        pos = torch.arange(ids.shape[1], device=ids.device)[None, :, None].expand(-1, -1, 3)  # (1, L, 3)
+        cos, sin = rope.cos_sin(pos, self.head_dim)
         x = self.embed(ids)
         for block in self.blocks:
             x = block(x, cos, sin, mask)

@@ -109,3 +109,13 @@ def test_sdpa_matches_the_math_reference_in_value_and_gradient():
     assert torch.allclose(fast, reference, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_fast, grads_ref))
     assert grads_fast[1][1, :, 3:].abs().max() == 0          # masked keys get no gradient
+
+
+def test_model_py_is_ovi_alone():
+    """model.py imports no paper's file (and neither LoRA nor sequence parallel): the papers extend it from theirs."""
+    import ast
+    import os
+    tree = ast.parse(open(os.path.join(os.path.dirname(model.__file__), "model.py")).read())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"ocf", "caption", "presence", "motion", "reward", "lora", "seqpar", "recipes", "build"}

@@ -71,3 +71,16 @@ def test_the_dreamvideo_recipe_runs_motion_sft_then_lirefl(tmp_path):
     train.train(tc, dict(TINY_OVERRIDES, motion=True), TINY_WORLD_OVERRIDES)
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert [(r["stage"], "reward" in r) for r in records] == [(1, False), (2, True)]
+
+
+def test_a_lirm_file_of_the_earlier_layout_still_loads(tmp_path):
+    """Its trunk blocks are text.TextBlock now (output projection `proj`); files that name it `o` still load."""
+    lirm = reward.LIRM(SMALL)
+    path = str(tmp_path / "lirm.pt")
+    reward.save_lirm(lirm, path)
+    saved = torch.load(path, weights_only=True)
+    saved["model"] = {k.replace(".proj.", ".o.") if k.startswith("trunk.") else k: v for k, v in saved["model"].items()}
+    assert any(".o." in k for k in saved["model"] if k.startswith("trunk."))
+    torch.save(saved, path)
+    loaded = reward.load_lirm(path)
+    assert all(torch.equal(a, b) for a, b in zip(lirm.state_dict().values(), loaded.state_dict().values()))
