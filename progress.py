@@ -1,4 +1,4 @@
-"""Watching a run learn: the progress strip, the loss plot and the run's index.html.
+"""Watching a run learn: its log, the loss plot, the progress strip, the run's index.html, and when to stop it.
 
 Every --progress_every minutes (and at the end), train.py samples one fixed held-out case -- a single
 subject the model has never seen, with cross-pair references, like the benchmark's -- from the EMA
@@ -8,6 +8,11 @@ out_dir/index.html shows the strip next to loss.png and refreshes itself while t
 
 Nothing here changes training: the sample draws its own noise (a fixed seed) and leaves the global RNG,
 the data streams and the weights alone, so a run with the strip trains exactly like one without.
+
+train.py's log (`Logger`): windows of step statistics kept on the device and written to log.jsonl at log
+steps only (the one place that syncs). Stopping: a loss, gradient or weight that turns NaN / inf stops the
+run with one line before anything is written after it (`check_finite`), and --max_minutes stops every
+rank at the same step (`out_of_time`).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import build
 import checkpoint
 import data
 import sample as sample_lib
+import sharded
 from conditioning import Conditioning
 
 STRIP_FRAMES = 4               # frames a row shows, evenly spaced from the first to the last
@@ -319,3 +325,47 @@ def keep_log_until(path: str, step: int):
 def progress_bar(total, initial: int, rank: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, desc="train")
+
+
+# ------------------------------------------------------------------------------------------------
+# Stopping a run: divergence (checked only where the loop syncs anyway) and --max_minutes
+# ------------------------------------------------------------------------------------------------
+
+
+class Diverged(RuntimeError):
+    """The loss or a gradient became NaN / inf; nothing from that step on is saved."""
+
+
+def track_divergence(first_bad: torch.Tensor, out: dict, step: int) -> torch.Tensor:
+    """The first step whose loss or gradient norm was not finite (-1 = none yet), kept on the device so
+    watching for NaN costs no sync; it is read at log and checkpoint steps (check_finite)."""
+    grad_norm = checkpoint.full_tensor(out["grad_norm"])  # FSDP2: a DTensor scalar (every rank calls this each step)
+    finite = torch.isfinite(torch.as_tensor(out["loss"])) & torch.isfinite(grad_norm)
+    return torch.where(~finite.to(first_bad.device) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+
+
+def check_finite(run, first_bad: torch.Tensor, lr_of):
+    """Stop with one line if any step since the start went non-finite, or if the weights did (a huge step
+    can overflow them with finite gradients). Every rank must call it: the verdict is all-reduced."""
+    bad = first_bad.clone()
+    weights_bad = torch.zeros((), device=run.device)
+    for p in run.net.parameters():  # local shards under FSDP2; the all-reduce covers the rest
+        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(sharded.local_shard(p).detach())).any().float())
+    if run.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)
+    if bad.item() >= 0 or weights_bad.item():
+        where = f"at step {bad.item() + 1}" if bad.item() >= 0 else f"in the weights by step {run.step}"
+        raise Diverged(f"training diverged: NaN/inf {where} (lr {lr_of(max(0, bad.item())):.3g}). Likely a "
+                       f"learning rate too high (--lr) or NaN/inf in the data; nothing was saved after it, so "
+                       f"{os.path.join(run.tc.out_dir, 'ckpt.pt')} still holds the last finite state")
+
+
+def out_of_time(run, start: float) -> bool:
+    """--max_minutes reached? Every rank must agree to stop, or the next collective hangs."""
+    late = run.tc.max_minutes > 0 and (time.time() - start) / 60 >= run.tc.max_minutes
+    if run.world > 1:
+        flag = torch.tensor([float(late)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        late = bool(flag.item())
+    return late

@@ -9,12 +9,18 @@ A stage names the toy world it trains on (data.WorldConfig overrides), whether a
 interleaved (Omni-Customizer's Inter-TTS: one audio-only step per joint step, --interleave_audio), the
 omni-task mix, and what else that paper's stage does. `--stage N` trains stage N alone (from the previous
 stage's checkpoint with --init_from), `--curriculum --stage_steps a,b,c` runs them in order. The plan is a
-pure function of the step, so a resumed run replays exactly what an uninterrupted one does.
+pure function of the step, so a resumed run replays exactly what an uninterrupted one does; so is the data
+each stage reads (`StageData`: the stage's toy world, or the latent shards, positioned from the step).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+
+import torch
+
+import data
+import shards
 
 # The curriculum. Omni-Customizer 5.1: stage 1 single-subject in-pair with the audio-only steps, stage 2
 # multi-subject (joint steps only), stage 3 cross-pair; DreamID-Omni adds omni-task fine-tuning (stage 4).
@@ -132,3 +138,52 @@ def step_plan(step: int, tc) -> dict:
     joint_before = -(-local // period)         # joint steps sit at local % period == 0; ceil(local / period)
     return dict(stage=stage, audio_only=local % period != 0, stage_start=start,
                 joint_index=joint_before, audio_index=local - joint_before)  # batches of each kind consumed so far
+
+
+# ------------------------------------------------------------------------------------------------
+# The data of each stage: the world it names, or the latent shards, positioned from the step
+# ------------------------------------------------------------------------------------------------
+
+
+def data_workers(asked: int, device) -> int:
+    """--workers, or (-1) a choice by device: on a CPU the main thread makes the data (workers would compete with
+    training for the same cores); on a GPU host up to 4 workers per local rank make the toy world (~8.5 ms a
+    sample on one core) or read shards while the GPU computes, so it does not idle."""
+    if asked >= 0:
+        return asked
+    if device.type != "cuda":
+        return 0
+    per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(4, per_rank - 1))
+
+
+class StageData:
+    """Each rank's batches per (stage, kind): a new stream when the stage changes, positioned from the step
+    (step_plan), so a resumed run reads exactly the batches an uninterrupted one would."""
+
+    def __init__(self, run):
+        self.run, self.loaders = run, {}
+
+    def __call__(self, plan: dict):
+        tc, audio_only = self.run.tc, plan["audio_only"]
+        key = (plan["stage"], audio_only)
+        if key not in self.loaders:
+            self.loaders.clear()  # a new stage: new streams
+            start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
+            spec = stage_spec(tc, plan["stage"])
+            world = dataclasses.replace(self.run.wcfg, **spec["world"]) if spec else self.run.wcfg
+            seed = tc.seed + 1000 * plan["stage"]
+            if tc.data == "toy":
+                dataset = data.ToyBatches(world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
+                                          rank=self.run.data_rank, start_batch=start, audio_only=audio_only)
+            else:
+                if audio_only:
+                    raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
+                m = self.run.mcfg  # the shard's channels and prompt width must be the model's
+                dataset = shards.LatentShards(tc.data, tc.batch_size, shards.spec_for(m),
+                                              seed=seed, rank=self.run.data_rank, world=self.run.data_world,
+                                              start_batch=start)
+            workers = data_workers(tc.workers, self.run.device)
+            self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                                                 pin_memory=self.run.device.type == "cuda"))
+        return next(self.loaders[key])

@@ -585,50 +585,6 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
 # ------------------------------------------------------------------------------------------------
 
 
-def data_workers(asked: int, device) -> int:
-    """--workers, or (-1) a choice by device: on a CPU the main thread makes the data (workers would compete with
-    training for the same cores); on a GPU host up to 4 workers per local rank make the toy world (~8.5 ms a
-    sample on one core) or read shards while the GPU computes, so it does not idle."""
-    if asked >= 0:
-        return asked
-    if device.type != "cuda":
-        return 0
-    per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(0, min(4, per_rank - 1))
-
-
-class StageData:
-    """Each rank's batches per (stage, kind): a new stream when the stage changes, positioned from the step
-    (step_plan), so a resumed run reads exactly the batches an uninterrupted one would."""
-
-    def __init__(self, run: Run):
-        self.run, self.loaders = run, {}
-
-    def __call__(self, plan: dict):
-        tc, audio_only = self.run.tc, plan["audio_only"]
-        key = (plan["stage"], audio_only)
-        if key not in self.loaders:
-            self.loaders.clear()  # a new stage: new streams
-            start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
-            spec = recipes.stage_spec(tc, plan["stage"])
-            world = dataclasses.replace(self.run.wcfg, **spec["world"]) if spec else self.run.wcfg
-            seed = tc.seed + 1000 * plan["stage"]
-            if tc.data == "toy":
-                dataset = data.ToyBatches(world, tc.audio_batch_size if audio_only else tc.batch_size, seed=seed,
-                                          rank=self.run.data_rank, start_batch=start, audio_only=audio_only)
-            else:
-                if audio_only:
-                    raise SystemExit("error: latent shards have no audio-only corpus; pass --interleave_audio 0")
-                m = self.run.mcfg  # the shard's channels and prompt width must be the model's
-                dataset = shards.LatentShards(tc.data, tc.batch_size, shards.spec_for(m),
-                                              seed=seed, rank=self.run.data_rank, world=self.run.data_world,
-                                              start_batch=start)
-            workers = data_workers(tc.workers, self.run.device)
-            self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                                                 pin_memory=self.run.device.type == "cuda"))
-        return next(self.loaders[key])
-
-
 def gradient_sync(run: Run, last: bool):
     """DDP: accumulate locally over micro-steps and all-reduce on the last one only. FSDP2: reduce-scatter on
     every micro-step into the fp32 gradient shards (torchtitan's default): skipping the sync would keep an
@@ -689,45 +645,6 @@ def update_ema(run: Run, joint: bool):
         torch._foreach_lerp_([e for e, _ in pairs], [p.float() for _, p in pairs], 1 - decay)
 
 
-class Diverged(RuntimeError):
-    """The loss or a gradient became NaN / inf; nothing from that step on is saved."""
-
-
-def track_divergence(first_bad: torch.Tensor, out: dict, step: int) -> torch.Tensor:
-    """The first step whose loss or gradient norm was not finite (-1 = none yet), kept on the device so
-    watching for NaN costs no sync; it is read at log and checkpoint steps (check_finite)."""
-    grad_norm = checkpoint.full_tensor(out["grad_norm"])  # FSDP2: a DTensor scalar (every rank calls this each step)
-    finite = torch.isfinite(torch.as_tensor(out["loss"])) & torch.isfinite(grad_norm)
-    return torch.where(~finite.to(first_bad.device) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-
-
-def check_finite(run: Run, first_bad: torch.Tensor):
-    """Stop with one line if any step since the start went non-finite, or if the weights did (a huge step
-    can overflow them with finite gradients). Every rank must call it: the verdict is all-reduced."""
-    bad = first_bad.clone()
-    weights_bad = torch.zeros((), device=run.device)
-    for p in run.net.parameters():  # local shards under FSDP2; the all-reduce covers the rest
-        weights_bad = torch.maximum(weights_bad, (~torch.isfinite(sharded.local_shard(p).detach())).any().float())
-    if run.world > 1:
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)
-    if bad.item() >= 0 or weights_bad.item():
-        where = f"at step {bad.item() + 1}" if bad.item() >= 0 else f"in the weights by step {run.step}"
-        raise Diverged(f"training diverged: NaN/inf {where} (lr {lr_at(max(0, bad.item()), run.tc):.3g}). Likely a "
-                       f"learning rate too high (--lr) or NaN/inf in the data; nothing was saved after it, so "
-                       f"{os.path.join(run.tc.out_dir, 'ckpt.pt')} still holds the last finite state")
-
-
-def out_of_time(run: Run, start: float) -> bool:
-    """--max_minutes reached? Every rank must agree to stop, or the next collective hangs."""
-    late = run.tc.max_minutes > 0 and (time.time() - start) / 60 >= run.tc.max_minutes
-    if run.world > 1:
-        flag = torch.tensor([float(late)], device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        late = bool(flag.item())
-    return late
-
-
 def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides: dict | None = None,
           on_step=None) -> dict:
     """Train (or resume) a run in tc.out_dir. Returns {"step", "losses": [loss per step]}."""
@@ -741,7 +658,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     log_path = os.path.join(tc.out_dir, "log.jsonl")
     if rank == 0 and os.path.exists(log_path):
         progress_lib.keep_log_until(log_path, run.step)  # a fresh run starts a fresh log; a resume drops records it will redo
-    logger, next_batch, max_steps, losses = progress_lib.Logger(run, log_path), StageData(run), recipes.total_steps(tc), []
+    logger, next_batch, max_steps, losses = progress_lib.Logger(run, log_path), recipes.StageData(run), recipes.total_steps(tc), []
     strip = progress_lib.ProgressStrip(run)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # NaN watch (track_divergence)
     start = time.time()
@@ -749,7 +666,7 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     while run.step < max_steps:
         plan = recipes.step_plan(run.step, tc)
         out = train_step(run, plan, next_batch)
-        first_bad = track_divergence(first_bad, out, run.step)
+        first_bad = progress_lib.track_divergence(first_bad, out, run.step)
         run.step += 1
         losses.append(out["loss"])
         logger.add(out)
@@ -758,13 +675,13 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         logging = run.step % tc.log_every == 0 or run.step == max_steps
         saving = run.step % tc.ckpt_every == 0 or run.step == max_steps
         if logging or saving:  # the only steps that wait for the device
-            check_finite(run, first_bad)  # before anything is written: a diverged run keeps its last good ckpt.pt
+            progress_lib.check_finite(run, first_bad, lambda step: lr_at(step, tc))  # before anything is written: a diverged run keeps its last good ckpt.pt
         if logging:
             record = logger.write(plan, lr=lr_at(run.step - 1, tc))
             if record is not None:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}",
                                      stage=plan["stage"])
-            stop = out_of_time(run, start)
+            stop = progress_lib.out_of_time(run, start)
             strip.maybe_add(run, (time.time() - start) / 60, final=stop or run.step == max_steps)
         if on_step is not None:
             on_step(run.step, run.net)
@@ -784,7 +701,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (checkpoint.CheckpointError, shards.ShardError, Diverged) as e:
+    except (checkpoint.CheckpointError, shards.ShardError, progress_lib.Diverged) as e:
         raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {out['checkpoint']}")

@@ -10,6 +10,7 @@ import torch
 
 import build
 import checkpoint
+import progress
 import train
 from tiny import TINY, TINY_OVERRIDES, tiny_batch, TINY_WORLD_OVERRIDES
 
@@ -139,7 +140,7 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_its_last_finite_checkpoint
         loss, stats = real(*args, **kwargs)
         return loss * float("nan"), stats
     monkeypatch.setattr(train, "flow_loss", poisoned)
-    with pytest.raises(train.Diverged) as err:
+    with pytest.raises(progress.Diverged) as err:
         train.train(tiny_config(tmp_path, max_steps=6, ckpt_every=3, log_every=3, interleave_audio=0),
                     TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
     assert "at step 3" in str(err.value) and "--lr" in str(err.value) and "\n" not in str(err.value)
