@@ -116,76 +116,6 @@ class TrainConfig:
     keep_snapshots: bool = False       # at every progress row also keep ckpt_minute{M}.pt (learning curves)
 
 
-def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
-    """Every flag value that cannot make a run, each as one line naming the flag and what it needs."""
-    problems = []
-    if tc.box_loss_weight < 0 and tc.box_loss_weight != -1:  # checked before the recipe fills in its -1
-        problems.append(f"--box_loss_weight must be 0 or more (or -1: the recipe's), got {tc.box_loss_weight}")
-    tc, model_overrides = recipes.apply_switches(tc, model_overrides)
-    for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
-        if getattr(tc, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
-    for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
-                 "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "reward_weight"):
-        if getattr(tc, name) < 0:
-            problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
-    for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
-        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison above
-            problems.append(f"--{name} must be a finite number, got {value}")
-    if tc.workers < -1:
-        problems.append(f"--workers must be -1 (auto) or 0 or more, got {tc.workers}")
-    if not tc.grad_clip > 0:  # clip_grad_norm_ to 0 would zero every gradient
-        problems.append(f"--grad_clip must be positive, got {tc.grad_clip}")
-    if tc.video_loss_weight + tc.audio_loss_weight <= 0:
-        problems.append("--video_loss_weight and --audio_loss_weight are both 0: the run would learn nothing")
-    if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
-        problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
-    if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
-        problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
-    if tc.config not in build.PRESETS:
-        problems.append(f"--config must be one of {', '.join(build.PRESETS)}, got {tc.config!r}")
-    if model_overrides.get("lora_rank", 0) and not tc.init_from:
-        problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
-    try:
-        mix = [float(x) for x in tc.task_mix.split(",")]
-        if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
-            raise ValueError
-    except ValueError:
-        problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
-    if tc.precision not in ("", *precision_lib.CHOICES):
-        problems.append(f"--precision must be bf16 or fp32 (or empty: bf16 on CUDA, fp32 elsewhere), got {tc.precision!r}")
-    if tc.backbone_lr_schedule not in ("cosine", "constant"):
-        problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
-    mcfg = dataclasses.replace(build.PRESETS.get(tc.config, build.PRESETS["toy"]), **model_overrides)
-    wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
-    problems += recipes.recipe_problems(tc, model_overrides) + build.config_problems(mcfg) + data.world_problems(wcfg)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if tc.shard_group < 0 or (tc.fsdp and world % shard_group_size(tc, world)):
-        problems.append(f"--shard_group {tc.shard_group} must be 0 (one node) or divide the ranks ({world})")
-    if tc.seq_parallel < 1 or world % tc.seq_parallel or mcfg.heads % tc.seq_parallel:
-        problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
-    elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
-        problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
-    if tc.data == "toy" and not problems:
-        problems += data.model_fit_problems(mcfg, wcfg, tc.config)
-    return problems + out_dir_problems(tc.out_dir)
-
-
-def parse_args(argv=None):
-    parser = OneLineParser(description=__doc__.split("\n")[0])
-    add_dataclass_flags(parser, TrainConfig)
-    add_dataclass_flags(parser, build.ModelConfig, defaults_none=True)   # override the preset
-    add_dataclass_flags(parser, data.WorldConfig, defaults_none=True)         # override the toy world
-    args = vars(parser.parse_args(argv))
-    tc = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
-    pick = lambda cls: {f.name: args[f.name] for f in dataclasses.fields(cls) if args[f.name] is not None}  # noqa: E731
-    model_overrides, world_overrides = pick(build.ModelConfig), pick(data.WorldConfig)
-    problems = config_problems(tc, model_overrides, world_overrides)
-    if problems:  # all of them at once, one line each, before any work
-        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
-    return tc, model_overrides, world_overrides
-
-
 # ------------------------------------------------------------------------------------------------
 # The objective
 # ------------------------------------------------------------------------------------------------
@@ -335,6 +265,11 @@ def loss_masks(batch: dict, video_shape, audio_shape, ref_audio_frames: int):
     return video_mask, audio_mask
 
 
+# ------------------------------------------------------------------------------------------------
+# Schedules: learning rate and EMA decay, functions of the step
+# ------------------------------------------------------------------------------------------------
+
+
 def lr_at(step: int, tc: TrainConfig, cosine: bool = True) -> float:
     """Linear warmup, then (cosine=True) cosine from lr down to lr * min_lr_ratio over decay_steps."""
     if step < tc.warmup_steps:
@@ -352,7 +287,7 @@ def ema_decay_at(step: int, tc: TrainConfig) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Distributed setup, checkpoints
+# Distributed setup (a run's checkpoint: checkpoint.py)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -581,7 +516,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
 
 
 # ------------------------------------------------------------------------------------------------
-# The loop: data per stage, one optimizer step, logging that syncs only when it writes
+# The loop: one optimizer step (grad accumulation, audio-only freezing, EMA), then log and save
 # ------------------------------------------------------------------------------------------------
 
 
@@ -695,6 +630,81 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
     where = os.path.join(tc.out_dir, sharded.NAME if run.fsdp else "ckpt.pt")
     return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [], checkpoint=where)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line: every flag checked before any work, one line per problem
+# ------------------------------------------------------------------------------------------------
+
+
+def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dict) -> list[str]:
+    """Every flag value that cannot make a run, each as one line naming the flag and what it needs."""
+    problems = []
+    if tc.box_loss_weight < 0 and tc.box_loss_weight != -1:  # checked before the recipe fills in its -1
+        problems.append(f"--box_loss_weight must be 0 or more (or -1: the recipe's), got {tc.box_loss_weight}")
+    tc, model_overrides = recipes.apply_switches(tc, model_overrides)
+    for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
+        if getattr(tc, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
+    for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
+                 "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "reward_weight"):
+        if getattr(tc, name) < 0:
+            problems.append(f"--{name} must be 0 or more, got {getattr(tc, name)}")
+    for name, value in {**dataclasses.asdict(tc), **model_overrides, **world_overrides}.items():
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison above
+            problems.append(f"--{name} must be a finite number, got {value}")
+    if tc.workers < -1:
+        problems.append(f"--workers must be -1 (auto) or 0 or more, got {tc.workers}")
+    if not tc.grad_clip > 0:  # clip_grad_norm_ to 0 would zero every gradient
+        problems.append(f"--grad_clip must be positive, got {tc.grad_clip}")
+    if tc.video_loss_weight + tc.audio_loss_weight <= 0:
+        problems.append("--video_loss_weight and --audio_loss_weight are both 0: the run would learn nothing")
+    if not (tc.lr >= 0 and tc.t_shift > 0 and tc.t_std > 0):  # lr 0 is allowed: it checks what a run loads
+        problems.append(f"--lr must be 0 or more, --t_shift and --t_std positive; got {tc.lr}, {tc.t_shift}, {tc.t_std}")
+    if not (0 <= tc.cond_drop <= 1 and 0 <= tc.ema_decay < 1 and 0 <= tc.min_lr_ratio <= 1):
+        problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
+    if tc.config not in build.PRESETS:
+        problems.append(f"--config must be one of {', '.join(build.PRESETS)}, got {tc.config!r}")
+    if model_overrides.get("lora_rank", 0) and not tc.init_from:
+        problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
+    try:
+        mix = [float(x) for x in tc.task_mix.split(",")]
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--task_mix takes three non-negative weights R2AV,RV2AV,RA2V, not all 0; got {tc.task_mix!r}")
+    if tc.precision not in ("", *precision_lib.CHOICES):
+        problems.append(f"--precision must be bf16 or fp32 (or empty: bf16 on CUDA, fp32 elsewhere), got {tc.precision!r}")
+    if tc.backbone_lr_schedule not in ("cosine", "constant"):
+        problems.append(f"--backbone_lr_schedule must be cosine or constant, got {tc.backbone_lr_schedule!r}")
+    mcfg = dataclasses.replace(build.PRESETS.get(tc.config, build.PRESETS["toy"]), **model_overrides)
+    wcfg = dataclasses.replace(data.WorldConfig(), **world_overrides)
+    problems += recipes.recipe_problems(tc, model_overrides) + build.config_problems(mcfg) + data.world_problems(wcfg)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if tc.shard_group < 0 or (tc.fsdp and world % shard_group_size(tc, world)):
+        problems.append(f"--shard_group {tc.shard_group} must be 0 (one node) or divide the ranks ({world})")
+    if tc.seq_parallel < 1 or world % tc.seq_parallel or mcfg.heads % tc.seq_parallel:
+        problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
+    elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
+        problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
+    if tc.data == "toy" and not problems:
+        problems += data.model_fit_problems(mcfg, wcfg, tc.config)
+    return problems + out_dir_problems(tc.out_dir)
+
+
+def parse_args(argv=None):
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    add_dataclass_flags(parser, TrainConfig)
+    add_dataclass_flags(parser, build.ModelConfig, defaults_none=True)   # override the preset
+    add_dataclass_flags(parser, data.WorldConfig, defaults_none=True)         # override the toy world
+    args = vars(parser.parse_args(argv))
+    tc = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
+    pick = lambda cls: {f.name: args[f.name] for f in dataclasses.fields(cls) if args[f.name] is not None}  # noqa: E731
+    model_overrides, world_overrides = pick(build.ModelConfig), pick(data.WorldConfig)
+    problems = config_problems(tc, model_overrides, world_overrides)
+    if problems:  # all of them at once, one line each, before any work
+        parser.exit(2, "".join(f"error: {p}\n" for p in problems))
+    return tc, model_overrides, world_overrides
 
 
 def main():
