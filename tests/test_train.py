@@ -146,3 +146,14 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_its_last_finite_checkpoint
     assert "at step 3" in str(err.value) and "--lr" in str(err.value) and "\n" not in str(err.value)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_a_checkpoint_from_before_the_removed_switches_loads_unless_it_used_them():
+    """--precond edm and --input_skip were removed: a checkpoint that has them off (as every default run did)
+    still loads; one trained with either on cannot be rebuilt, and says so in one line."""
+    fields = dict(dataclasses.asdict(build.PRESETS["toy"]), input_skip=False, precond="none", sigma_video=0.4,
+                  sigma_audio=1.0)
+    assert checkpoint.config_from_checkpoint(dict(model_config=fields)) == build.PRESETS["toy"]
+    with pytest.raises(checkpoint.CheckpointError, match="trained with --precond edm") as err:
+        checkpoint.config_from_checkpoint(dict(model_config=dict(fields, precond="edm")), "old.pt")
+    assert "\n" not in str(err.value)
