@@ -424,8 +424,7 @@ def quality_main(args):
             try:
                 ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
                 net = checkpoint.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
-                world = checkpoint.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
-                                                             data.world_problems)  # the world it was trained on
+                world = checkpoint.world_from_checkpoint(ckpt, args.ckpt)  # the world it was trained on
             except checkpoint.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
             shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+import caption
 import lora
 import model
 import motion
@@ -93,6 +94,12 @@ def config_problems(cfg: ModelConfig) -> list[str]:
         problems.append(f"--ocf_heads {cfg.ocf_heads} must divide the fusion width {cfg.fusion_dim} (--ocf_dim or --text_dim)")
     if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
         problems.append(f"--lora_rank and --lora_alpha must be 0 or more, got {cfg.lora_rank}, {cfg.lora_alpha}")
+    elif cfg.lora_rank > cfg.dim:  # B A of rank r > width is no longer low-rank, only a larger copy of W
+        problems.append(f"--lora_rank {cfg.lora_rank} exceeds the layers' width (--dim {cfg.dim}): a low-rank update "
+                        f"has rank at most {cfg.dim}")
+    if cfg.motion and cfg.max_groups < caption.MAX_SUBJECTS:  # group k binds reference k to box k
+        problems.append(f"--max_groups {cfg.max_groups} must be at least {caption.MAX_SUBJECTS}: one group per subject "
+                        f"(<sub1>..<sub{caption.MAX_SUBJECTS}>)")
     unknown = [t for t in cfg.lora_targets.split(",") if t.strip() not in lora.TARGETS]
     if unknown or not cfg.lora_targets.strip():
         problems.append(f"--lora_targets takes some of {','.join(lora.TARGETS)}, got {cfg.lora_targets!r}")

@@ -103,6 +103,12 @@ def parse_caption(caption: str) -> dict:
             clause_start = i + 1
     if open_line is not None:
         raise CaptionError("caption opens <S> without closing it with <E>")
+    for line in lines:  # a descriptor holds looks and voice; a line inside it would be read as both
+        for k, (a, b) in subject_spans.items():
+            if a <= line["span"][0] < b:
+                raise CaptionError(f"caption has a line <S> ... <E> inside <sub{k + 1}>'s description (which runs from "
+                                   "the start of its sentence to its '.'): describe each subject in a sentence of "
+                                   "its own first, then give the lines")
     n = max(subject_spans) + 1 if subject_spans else 0
     missing = [k + 1 for k in range(n) if k not in subject_spans]
     if missing:

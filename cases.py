@@ -21,21 +21,28 @@ from conditioning import Conditioning
 from inputs import InputError, load_frames, load_image, load_motion, load_wav
 
 
+def subjects_named(n: int) -> str:
+    return {0: "no subject", 1: "1 subject (<sub1>)"}.get(n, f"{n} subjects (<sub1>..<sub{n}>)")
+
+
 def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str], world: data.WorldConfig) -> dict:
-    """Caption + reference files -> a batch of one (the same keys as a training batch)."""
+    """Caption + reference files -> a batch of one (the same keys as a training batch). Without any reference
+    file it is text-to-audio-video (Ovi's own use): each subject is drawn from its description alone, its
+    references absent (zeros here, masked out by `toy_case`, as guidance's dropped references are)."""
     try:
         fields = caption_fields(caption)
     except CaptionError as e:
         raise InputError(f"--caption: {e}") from None
     n = len(fields["subject_spans"])
-    if n == 0:  # the model is conditioned per subject; a caption without anchors has nothing to bind
-        raise InputError("--caption names no subject: describe each one as 'label <sub1>: looks, voice.'")
-    if len(fields["speech_spans"]) == 0:  # every training clip has a spoken line; MTP-CA needs one to align
-        raise InputError("--caption has no spoken line: give each speaker's words as '<sub1> says <S> ka ta <E>'")
-    for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
-        if len(paths) != n:
-            raise InputError(f"the caption names {n} subject(s) (<sub1>..<sub{n}>) but {len(paths)} {flag} "
-                             f"were given: give one per subject, in <sub1>, <sub2> order")
+    if image_paths or audio_paths:
+        for flag, paths in (("--ref_image", image_paths), ("--ref_audio", audio_paths)):
+            if len(paths) != n:
+                given = f"{len(paths)} {flag} {'was' if len(paths) == 1 else 'were'} given"
+                raise InputError(f"the caption names {subjects_named(n)} but {given}: give one per subject, in "
+                                 "<sub1>, <sub2> order (or none at all: text-to-audio-video)")
+    else:
+        return data.collate([dict(fields, ref_images=torch.zeros(n, 3, world.ref_image_size, world.ref_image_size),
+                                  ref_audio=torch.zeros(n, world.ref_mel_frames, world.n_mels))])
     ref_len = world.ref_mel_frames * world.hop  # the model was trained on voice clips of exactly this length
     voices = []
     for p in audio_paths:
@@ -101,11 +108,14 @@ def toy_case(args, world: data.WorldConfig):
                                                       "line_phonemes", "ref_images", "ref_audio")}])
     else:
         if not args.caption:
-            raise InputError("give --caption with --ref_image/--ref_audio per subject, or --demo")
+            raise InputError("give --caption (with --ref_image/--ref_audio per subject, or none), or --demo")
         caption = args.caption
         batch = prepare_inputs(caption, args.ref_image, args.ref_audio, world)
     source_video, driving_audio = task_condition(args, world, truth)
     cond = Conditioning.from_batch(batch, source_video, driving_audio)
+    if not (truth is not None or args.ref_image or args.ref_audio):  # text-to-audio-video: no references at all
+        cond = cond.drop_references(torch.ones(1, dtype=torch.bool))
+        batch = dict(batch, ref_images=batch["ref_images"][:, :0], ref_audio=batch["ref_audio"][:, :0])  # none to show
     return caption, batch, motion_request(args, cond, world, truth), truth
 
 

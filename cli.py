@@ -14,10 +14,14 @@ import os
 import re
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints one line and where to look, not the whole usage."""
+    """argparse, but a bad flag prints one line and where to look, not the whole usage; under torchrun only
+    rank 0 says it (every rank stops, N copies of one line help nobody)."""
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def exit(self, status=0, message=None):
+        super().exit(status, message if os.environ.get("RANK", "0") == "0" else None)
 
 
 def parse_bool(s: str) -> bool:
@@ -38,7 +42,9 @@ def out_dir_problems(out: str, flag: str = "--out_dir") -> list[str]:
         parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
         while not os.path.exists(parent):  # the nearest folder that exists is where it will be created
             parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
+        if not os.path.isdir(parent):
+            problems.append(f"{flag} {out}: {parent} is a file, so no folder can be made under it; give a folder")
+        elif not os.access(parent, os.W_OK):
             problems.append(f"{flag} {out}: {parent} is not writable; give a folder you can write to")
     return problems
 

@@ -697,6 +697,7 @@ def mel_image(mel: torch.Tensor, scale: int = 3):
 
 
 def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
+    from PIL import Image
     os.makedirs(out_dir, exist_ok=True)
     for i in range(clips):
         s = make_clip(sample_rng(seed, 0, 0, i), cfg)
@@ -707,11 +708,12 @@ def preview(out_dir: str, clips: int, seed: int, cfg: WorldConfig):
         speech.save_wav(stem + ".wav", s["wav"], cfg.sample_rate)
         mel_image(s["audio"]).save(stem + "_mel.png")
         contact_sheet(to_uint8(s["ref_images"]), scale=6).save(stem + "_refs.png")
-        for k in range(len(s["ref_audio"])):
+        for k in range(len(s["ref_audio"])):  # each reference as its own files: sample.py --ref_image / --ref_audio
+            Image.fromarray(to_uint8(s["ref_images"][k:k + 1])[0]).save(f"{stem}_ref{k + 1}.png")  # at its own size
             speech.save_wav(f"{stem}_ref{k + 1}.wav", speech.mel_to_wav(s["ref_audio"][k], cfg), cfg.sample_rate)
         with open(stem + "_caption.txt", "w") as f:
             f.write(s["caption"] + "\n")
-        print(f"{stem}: {s['caption']}")
+        print(f"{stem}_*  (frames, gif, wav, mel, refs; ref1.png/.wav ... for sample.py): {s['caption']}")
     print(f"wrote {clips} clips to {out_dir}")
 
 

@@ -120,16 +120,24 @@ def load_motion(path: str, subjects: int, frames: int) -> tuple[torch.Tensor, to
                 raise InputError(f"--motion {path}: subject {k + 1} needs one box or {frames} boxes [x0, y0, x1, y1] "
                                  "with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
             boxes[k] = box
+            named = subject.get("points", {})
+            if not isinstance(named, dict) or set(named) - set(POINT_NAMES):
+                wrong = sorted(set(named) - set(POINT_NAMES)) if isinstance(named, dict) else "a list"
+                raise InputError(f"--motion {path}: subject {k + 1}'s points are {wrong}; give an object "
+                                 f"{{name: [[x, y], ...]}} with names among {', '.join(POINT_NAMES)}")
             for p, name in enumerate(POINT_NAMES):
-                given = subject.get("points", {}).get(name)
-                if given is None:  # from the box: centred, at the height the toy's sprites carry it
+                if name not in named:  # from the box: centred, at the height the toy's sprites carry it
                     points[k, :, p] = torch.stack([(box[:, 0] + box[:, 2]) / 2,
                                                    box[:, 1] + POINT_HEIGHT[name] * (box[:, 3] - box[:, 1])], -1)
-                else:
-                    points[k, :, p] = torch.tensor(given, dtype=torch.float).reshape(frames, 2)
+                    continue
+                given = torch.tensor(named[name], dtype=torch.float)
+                if given.shape != (frames, 2) or not ((0 <= given) & (given <= 1)).all():  # NaN fails both tests
+                    raise InputError(f"--motion {path}: subject {k + 1}'s {name} needs {frames} points [x, y] inside "
+                                     "the frame (fractions, 0 to 1)")
+                points[k, :, p] = given
     except InputError:
         raise
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
         raise InputError(f"--motion {path}: not a motion request ({type(e).__name__}: {e}); see inputs.load_motion") from None
     return boxes[None], points[None]
 
@@ -220,7 +228,10 @@ def load_wav(path: str, sample_rate: int, max_seconds: float | None = None, flag
     raw = chunks[b"data"]
     if max_seconds is not None:
         raw = raw[: int(math.ceil(max_seconds * rate)) * frame]
-    raw = raw[: len(raw) // frame * frame]   # a partial last frame (odd byte count) is dropped
+    if len(raw) % frame:  # a partial last frame (an odd byte count): the file was cut short, or written carelessly
+        print(f"note: {flag} {path}: the audio ends in {len(raw) % frame} stray byte(s) of a partial sample, "
+              "dropped (a truncated file?)")
+        raw = raw[: len(raw) // frame * frame]
     if not raw:
         raise InputError(f"{flag} {path}: the file holds no audio")
     pcm = decode_samples(raw, tag, bits)

@@ -106,7 +106,7 @@ class PhonemeEncoder(nn.Module):
         x = (self.embed(ids.reshape(B * M, P)) + sinusoidal(P, self.embed.embedding_dim).to(ids.device)) * keep
         for block in self.blocks:
             x = block(x) * keep                                   # re-mask the padding after every block
-        return x.reshape(B, M, P, -1)
+        return x.reshape(B, M, P, x.shape[-1])                    # explicit width: M or P may be 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,8 +223,9 @@ class PromptEncoder(Prompt):
         B, K = cond.ref_images.shape[:2]
         img = cond.ref_images.unflatten(-2, (-1, cfg.patch_h)).unflatten(-1, (-1, cfg.patch_w))  # (B,K,C,h',ph,w',pw)
         ref_hw = (img.shape[3], img.shape[5])
-        img = img.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, K * ref_hw[0] * ref_hw[1], -1)   # (B, K*h'*w', ph*pw*C)
-        voice = cond.ref_audio.reshape(B, K, -1, cfg.audio_token_dim)                    # (B, K, T_r', p*C_a)
+        img = img.permute(0, 1, 3, 5, 4, 6, 2).flatten(4).flatten(1, 3)   # (B, K*h'*w', ph*pw*C); K may be 0
+        T_r = cond.ref_audio.shape[2] // cfg.audio_patch
+        voice = cond.ref_audio.reshape(B, K, T_r, cfg.audio_token_dim)                   # (B, K, T_r', p*C_a); K may be 0
         return img, ref_hw, voice.flatten(1, 2), voice.shape[2]
 
     def fuse(self, text, phonemes, cond):

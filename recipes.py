@@ -108,6 +108,13 @@ def recipe_problems(tc, model_overrides: dict) -> list[str]:
     reaches_reward = tc.recipe == "dreamvideo" and (tc.stage == 2 or (tc.curriculum and len(budgets) >= 2))
     if reaches_reward and not tc.reward_model:
         problems.append("--recipe dreamvideo stage 2 is LIReFL: give --reward_model (train one with reward.py)")
+    if tc.reward_model and tc.recipe == "dreamvideo" and not reaches_reward:  # stage 1 has reward=False
+        problems.append("--reward_model is read by --recipe dreamvideo's stage 2 (LIReFL) only; this run never "
+                        "reaches it: add --stage 2 or --curriculum true, or drop --reward_model")
+    if tc.reward_model and tc.data != "toy":  # LIRM scores decoded pixels; latent shards have no decoder here
+        problems.append("--reward_model scores toy-world pixels; a run on latent shards cannot use it")
+    if tc.curriculum and tc.stage:  # one of the two would silently win
+        problems.append(f"--curriculum runs every stage of the recipe from 1; drop --stage {tc.stage} (or --curriculum)")
     if tc.recipe == "presence" and model_overrides.get("ref_mode", "presence") != "presence":
         problems.append("--recipe presence trains the identity stream: leave --ref_mode presence")
     return problems

@@ -155,6 +155,7 @@ def load_lirm(path: str, world: data.WorldConfig | None = None) -> LIRM:
         model.load_state_dict({re.sub(r"^(trunk\.\d+)\.o\.", r"\1.proj.", k): v for k, v in ckpt["model"].items()})
     except Exception as e:  # a truncated file, another kind of checkpoint: one line, not a traceback
         raise checkpoint.CheckpointError(f"{path}: not a reward model written by reward.py ({type(e).__name__})") from None
+    checkpoint.verify_checksums(ckpt, path)
     sizes = dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size) if world else None
     if sizes and sizes != ckpt["sizes"]:
         raise checkpoint.CheckpointError(f"{path}: a reward model for clips of {ckpt['sizes']}, this run's are {sizes}")
@@ -167,10 +168,9 @@ def save_lirm(model: LIRM, path: str):
     """The file load_lirm reads: weights, config and the clip sizes it scores (written whole, then renamed)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     world = reward_world()
-    torch.save(dict(model=model.state_dict(), config=dataclasses.asdict(model.cfg),
-                    sizes=dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size)),
-               path + ".tmp")
-    os.replace(path + ".tmp", path)
+    checkpoint.save_atomic(dict(model=model.state_dict(), config=dataclasses.asdict(model.cfg),
+                                sizes=dict(frames=world.frames, size=world.image_size, ref_size=world.ref_image_size)),
+                           path)
 
 
 def main():

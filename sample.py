@@ -32,7 +32,6 @@ import torch
 import build
 import cases
 import checkpoint
-import data
 import lora
 import outputs
 import precision as precision_lib
@@ -178,8 +177,11 @@ def flag_problems(args) -> list[str]:
     problems = []
     if args.steps < 1:
         problems.append(f"--steps must be at least 1, got {args.steps}")
-    if args.seed < 0:
-        problems.append(f"--seed must be 0 or more, got {args.seed}")
+    if not 0 <= args.seed < 2 ** 63:  # torch.Generator takes a 64-bit seed
+        problems.append(f"--seed must be in 0 .. 2**63 - 1, got {args.seed}")
+    if args.demo and (args.caption or args.ref_image or args.ref_audio):  # one of them would be ignored
+        problems.append("--demo samples the built-in case with its own caption and references: drop --caption, "
+                        "--ref_image and --ref_audio, or drop --demo")
     if args.shift is not None and args.shift <= 0:
         problems.append(f"--shift must be positive, got {args.shift}")
     problems += [f"--{name} must be a finite number, got {value}" for name, value in vars(args).items()
@@ -270,8 +272,7 @@ def main():
             return sample_latents(args, run)
         ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
         run["shift"] = args.shift or trained_shift(ckpt)
-        world = checkpoint.dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], args.ckpt,
-                                                     data.world_problems)  # sizes, rates and mel settings the model knows
+        world = checkpoint.world_from_checkpoint(ckpt, args.ckpt)  # sizes, rates and mel settings the model knows
         caption, batch, cond, truth = cases.toy_case(args, world)  # inputs before weights: a bad file fails fast
         run["guidance"] = guidance_for(args, checkpoint.config_from_checkpoint(ckpt, args.ckpt))
         net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
@@ -282,13 +283,29 @@ def main():
         raise SystemExit(f"error: {e}") from None
     video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
                           (1, world.mel_frames, world.n_mels), **run)
+    check_finite_sample(video, audio, args)
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio
     motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])  # drawn over the result
-    outputs.write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
-                  batch["ref_audio"][0], truth, motion)
+    try:
+        outputs.write_outputs(args.out_dir, video[0].cpu(), audio[0].cpu(), world, caption, batch["ref_images"][0],
+                              batch["ref_audio"][0], truth, motion)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: one line, not a traceback
+        raise SystemExit(f"error: --out_dir {args.out_dir}: cannot write ({e.strerror or e}); give a writable folder")
     print(f"caption: {caption}")
     print(f"wrote {args.out_dir}/index.html (video.gif, audio.wav{', video.mp4' if os.path.exists(os.path.join(args.out_dir, 'video.mp4')) else ''})")
+
+
+SANE = 1e3  # pixels sit in [-1, 1], normalised log-mels and VAE latents within a few units: far past this is broken
+
+
+def check_finite_sample(video, audio, args):
+    """Stop with one line when the sample holds NaN / inf or values far beyond any data (guidance scales far too
+    large, a model that diverged): they would otherwise reach the Griffin-Lim vocoder and fail deep inside it."""
+    if not (video.abs().max() < SANE and audio.abs().max() < SANE):  # NaN compares False: caught too
+        raise SystemExit(f"error: the sample came out NaN/inf or absurdly large: guidance scales too large (--cfg_video {args.cfg_video}, "
+                         f"--cfg_audio {args.cfg_audio}, --cfg_video_ref / --cfg_audio_ref) or a model that diverged; "
+                         "nothing was written")
 
 
 def sample_latents(args, run: dict):
@@ -301,6 +318,7 @@ def sample_latents(args, run: dict):
                                            dtype=precision_lib.compute_dtype(run["precision"]))
     cond, video_shape, audio_shape = cases.latent_case(args.latent_cond, args.latent_index, net.cfg)
     video, audio = sample(net, cond, video_shape, audio_shape, **run)
+    check_finite_sample(video, audio, args)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "latents.pt")
     torch.save(dict(video=video[0].cpu(), audio=audio[0].cpu()), path)

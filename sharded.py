@@ -153,6 +153,8 @@ def consolidate(folder: str, out_path: str, what: str = "both") -> dict:
     model_state = split("model/") or split("ema/")                    # --what ema: the EMA stands in for both
     ckpt = dict(model=model_state, ema=split("ema/") or model_state,
                 **{k: v for k, v in meta.items() if k not in ("optimizer_keys", "rng")})
+    from checkpoint import tensor_checksums  # (checkpoint.py imports this file)
+    ckpt["checksums"] = tensor_checksums(ckpt)
     tmp = out_path + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, out_path)

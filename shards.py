@@ -110,12 +110,18 @@ def check_dtypes(shard: dict, path: str):
 
 
 def check_indices(shard: dict, path: str, spec: ShardSpec):
-    """Every real subject and line, and every span, points inside the sample; each sample has at least one
-    subject and one line (the prompt side binds references to descriptors and lines to speakers)."""
+    """Every real subject and line, and every span, points inside the sample. Footage without identities (no
+    subjects: Ovi's own text-to-audio-video) or without speech (no lines) is fine; a line has phonemes, and a
+    reference voice at least one latent frame."""
     n_subjects, n_lines = shard["subject_mask"].shape[1], shard["line_mask"].shape[1]
-    if n_subjects == 0 or n_lines == 0 or shard["line_phonemes"].shape[2] == 0:
-        raise ShardError(f"{path}: holds {n_subjects} subject(s), {n_lines} line(s), "
-                         f"{shard['line_phonemes'].shape[2]} phoneme(s) per line; each needs at least one")
+    empty = (~shard["text_mask"].any(1)).nonzero()
+    if len(empty):  # attention over a prompt with no real token has no key at all
+        raise ShardError(f"{path}: sample {int(empty[0])} has no real text token (its text_mask is all False); "
+                         "an empty prompt is still one token (umT5's end of sequence)")
+    if n_lines and shard["line_phonemes"].shape[2] == 0:
+        raise ShardError(f"{path}: holds {n_lines} line(s) of 0 phonemes; give each line its phoneme ids")
+    if n_subjects and shard["ref_audio"].shape[2] == 0:
+        raise ShardError(f"{path}: field 'ref_audio' holds reference voices of 0 latent frames; encode at least one")
     length = shard["text_mask"].shape[1]
     for name, mask in (("subject_spans", shard["subject_mask"]), ("speech_spans", shard["line_mask"])):
         start, end = shard[name][..., 0][mask], shard[name][..., 1][mask]        # real entries only

@@ -327,6 +327,7 @@ class Run:
     step: int = 0
     log_window: dict = dataclasses.field(default_factory=dict)  # Logger.state() at the last save; a resume continues it
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
+    lora_fingerprint: str = ""        # LoRA: checkpoint.fingerprint of that base, recorded with the adapters
     reward: object = None             # LIReFL: the frozen LIRM (reward.py), or None
 
     @property
@@ -352,12 +353,19 @@ def run_configs(tc: TrainConfig, model_overrides: dict, world_overrides: dict, r
                 init: dict | None):
     """(ModelConfig, WorldConfig): a resumed run keeps its own; an --init_from checkpoint of ours brings its
     model; otherwise the preset with the command line's overrides."""
-    if resume is not None:
-        path = resume.get("sharded", os.path.join(tc.out_dir, "ckpt.pt"))
-        return (checkpoint.config_from_checkpoint(resume, path),
-                checkpoint.dataclass_from_checkpoint(data.WorldConfig, resume["world_config"], path, data.world_problems))
     wcfg = dataclasses.replace(data.WorldConfig(), **(world_overrides or {}))
     asked = dataclasses.replace(build.PRESETS[tc.config], **(model_overrides or {}))
+    if resume is not None:  # the run's own model and world; flags asking for others would silently lose
+        path = resume.get("sharded", os.path.join(tc.out_dir, "ckpt.pt"))
+        mcfg, saved_world = checkpoint.config_from_checkpoint(resume, path), checkpoint.world_from_checkpoint(resume, path)
+        for saved, wanted in ((mcfg, asked), (saved_world, wcfg)):
+            differ = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(wanted, f.name)]
+            if differ:
+                raise checkpoint.CheckpointError(
+                    f"--out_dir {tc.out_dir} holds a run of another {'model' if saved is mcfg else 'world'} ("
+                    + ", ".join(f"--{n} {getattr(saved, n)} there, {getattr(wanted, n)} asked" for n in differ[:2])
+                    + "): resume it with the flags it was started with, or give a new --out_dir")
+        return mcfg, saved_world
     if init is not None:
         mcfg, differ = fine_tune_config(checkpoint.config_from_checkpoint(init, tc.init_from), asked, model_overrides)
         if differ:  # silently training the checkpoint's model (or the asked one from scratch) is what nobody wants
@@ -432,6 +440,8 @@ def fill_weights(net, tc: TrainConfig, resume: dict | None, init: dict | None):
     lora_base), fresh adapters, then a resumed run's own adapters and additions."""
     if net.cfg.lora_rank:
         base = resume.get("lora_base", tc.init_from) if resume is not None else tc.init_from
+        if resume is not None:  # the adapters trained so far belong to the base as it was
+            checkpoint.check_fingerprint(resume, base, os.path.join(tc.out_dir, "ckpt.pt"))
         log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *_: None)
         net.init_weights(seed=tc.seed, only=checkpoint.load_base(net, base, log=log))
         if resume is not None and "model" in resume:
@@ -496,6 +506,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
               set(net.declared("video_side")), rank, world, device)
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
+        run.lora_fingerprint = (resume or {}).get("lora_base_fingerprint") or checkpoint.fingerprint(run.lora_base)
     if tc.reward_model:
         run.reward = reward_lib.load_lirm(tc.reward_model, wcfg).to(device)
     if resume is not None and "sharded" in resume:  # every rank reads its own shards, in place
@@ -629,7 +640,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     if rank == 0:
         progress_lib.plot_losses(log_path, os.path.join(tc.out_dir, "loss.png"))
     where = os.path.join(tc.out_dir, sharded.NAME if run.fsdp else "ckpt.pt")
-    return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [], checkpoint=where)
+    return dict(step=run.step, losses=torch.stack(losses).tolist() if losses else [], checkpoint=where,
+                max_steps=max_steps, out_of_time=run.step < max_steps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -646,6 +658,8 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_steps", "audio_batch_size"):
         if getattr(tc, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(tc, name)}")
+    if tc.seed >= 2 ** 63:  # torch.Generator takes a 64-bit seed
+        problems.append(f"--seed must be in 0 .. 2**63 - 1, got {tc.seed}")
     for name in ("max_minutes", "warmup_steps", "interleave_audio", "progress_every", "seed", "decay_steps",
                  "threads", "weight_decay", "video_loss_weight", "audio_loss_weight", "reward_weight"):
         if getattr(tc, name) < 0:
@@ -713,8 +727,14 @@ def main():
         out = train(tc, model_overrides, world_overrides)
     except (checkpoint.CheckpointError, shards.ShardError, progress_lib.Diverged) as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:  # a full disk, a folder made read-only during the run: one line, not a traceback
+        raise SystemExit(f"error: --out_dir {tc.out_dir}: cannot write ({e.strerror or e}); give a writable folder")
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {out['step']}, checkpoint {out['checkpoint']}")
+        if out["out_of_time"]:  # the cosine was planned over max_steps: it stopped part of the way down
+            print(f"note: --max_minutes {tc.max_minutes:g} stopped the run at step {out['step']} of {out['max_steps']}: "
+                  f"the learning-rate cosine was cut short at lr {lr_at(out['step'], tc):.3g}; run the same command "
+                  "again to resume it, or set --max_steps to the steps that fit the time")
         if out["checkpoint"].endswith(sharded.NAME):
             print(f"      (sharded: `python sharded.py {out['checkpoint']}` writes the ckpt.pt that sample.py reads)")
     if dist.is_initialized():

@@ -31,6 +31,7 @@ def test_caption_spans_and_phonemes_round_trip():
     ("a <sub1>: x! ", "character"),
     ("a <sub1>: x. <sub1> says <S> ta <sub1> <E>", "inside a line"),
     ("a <sub5>: x.", "at most 4 subjects"),
+    ("a <sub1>: red, <S> ta <E>.", "inside <sub1>'s description"),
 ])
 def test_bad_captions_stop_with_one_clear_line(text, message):
     with pytest.raises(caption.CaptionError, match=message) as err:

@@ -31,6 +31,14 @@ BAD_TRAIN_FLAGS = [
     (["--box_loss_weight", "-2"], "--box_loss_weight must be 0 or more (or -1: the recipe's)"),
     (["--recipe", "dreamvideo", "--motion", "false"], "--recipe dreamvideo trains motion control: leave --motion on"),
     (["--ref_mode", "presence", "--ref_rope", "syn"], "--ref_mode presence has its own identity positions"),
+    (["--lora_rank", "1000000", "--init_from", "base.pt"], "--lora_rank 1000000 exceeds the layers' width"),
+    (["--motion", "true", "--max_groups", "1"], "--max_groups 1 must be at least 4"),
+    (["--motion", "true", "--max_groups", "-3"], "--max_groups -3 must be at least 4"),
+    (["--curriculum", "true", "--stage", "3"], "drop --stage 3"),
+    (["--recipe", "dreamvideo", "--stage", "1", "--reward_model", "requirements.txt"], "this run never reaches it"),
+    (["--config", "full", "--data", "shards/*.pt", "--reward_model", "requirements.txt"], "scores toy-world pixels"),
+    (["--seed", str(2 ** 70)], "--seed must be in 0 .. 2**63 - 1"),
+    (["--out_dir", "README.md/run"], "README.md is a file, so no folder can be made under it"),
 ]
 
 
@@ -52,7 +60,7 @@ def test_an_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsys):
 
 BAD_SAMPLE_FLAGS = [
     (["--steps", "-1"], "--steps must be at least 1"),
-    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--seed", "-1"], "--seed must be in 0 .. 2**63 - 1"),
     (["--shift", "0"], "--shift must be positive"),
     (["--guidance", "loud"], "argument --guidance: invalid choice"),
     (["--keep_source", "ture"], "expected true/false, got 'ture'"),
@@ -142,8 +150,19 @@ def files(tmp_path_factory):
     torch.save(dict(ckpt, model_config=dict(ckpt["model_config"], heads=5)), d / "bad_heads.pt")
     torch.save(dict(ckpt, world_config=dict(ckpt["world_config"], colour=1)), d / "unknown_world.pt")
     nan = {k: torch.full_like(v, float("nan")) for k, v in ckpt["ema"].items()}
-    torch.save(dict(ckpt, ema=nan, model=nan), d / "nan.pt")
+    import checkpoint   # a diverged run's checkpoint: NaN weights, with their (valid) checksums
+    torch.save(dict(ckpt, ema=nan, model=nan, checksums=checkpoint.tensor_checksums(dict(model=nan, ema=nan))),
+               d / "nan.pt")
     torch.save(dict(ckpt, model=[1, 2]), d / "not_tensors.pt")
+    torch.save(dict(ckpt, world_config=dict(ckpt["world_config"], image_size=30)), d / "world_30px.pt")
+    torch.save(dict(ckpt, world_config=dict(ckpt["world_config"], n_mels=41)), d / "world_41_mels.pt")
+    torch.save(dict(ckpt, step="10"), d / "step_text.pt")
+    blob = bytearray((d / "run" / "ckpt.pt").read_bytes())   # 20 flipped bytes inside a weight's data
+    weight = ckpt["model"]["layers.0.video.ffn.0.weight"].contiguous().numpy().tobytes()
+    at = blob.find(weight[:64]) + 100
+    blob[at:at + 20] = bytes(b ^ 0xFF for b in blob[at:at + 20])
+    (d / "flipped.pt").write_bytes(bytes(blob))
+    (d / "a_file").write_text("not a folder")
     return d
 
 
@@ -155,7 +174,8 @@ BAD_SAMPLE_INPUTS = [  # (what is wrong, flags, a fragment of the one line)
     ("missing wav", dict(ref_audio="nowhere.wav"), "no such file"),
     ("9000x9000 png", dict(ref_image="huge.png"), "the image is 9000x9000"),
     ("truncated png", dict(ref_image="cut.png"), "not a readable image"),
-    ("caption without a line", dict(caption="the one in red <sub1>: red shirt."), "has no spoken line"),
+    ("two voices for one subject", dict(ref_audio=["voice.wav", "voice.wav"]),
+     "names 1 subject (<sub1>) but 2 --ref_audio were given"),
     ("anchor inside a line", dict(caption="a <sub1>: red. <S> ku <sub1> ta <E>"), "<sub1> inside a line"),
     ("100,000-character caption", dict(caption="a <sub1>: red. <S> " + "ka " * 33000 + "<E>"), "the limit is 2,000"),
     ("checkpoint without world_config", dict(ckpt="no_world.pt"), "lacks 'world_config'"),
@@ -164,23 +184,35 @@ BAD_SAMPLE_INPUTS = [  # (what is wrong, flags, a fragment of the one line)
     ("checkpoint of NaN weights", dict(ckpt="nan.pt"), "holds NaN or inf"),
     ("checkpoint whose model is not tensors", dict(ckpt="not_tensors.pt"), "is not a dict of tensors"),
     ("a run folder as --ckpt", dict(ckpt="run"), "is a folder with no .safetensors"),
+    ("checkpoint whose frames its patches do not tile", dict(ckpt="world_30px.pt"), "--image_size 30 must be a multiple"),
+    ("checkpoint whose mels are not its audio channels", dict(ckpt="world_41_mels.pt"), "must equal --n_mels 41"),
+    ("checkpoint whose step is text", dict(ckpt="step_text.pt"), "its 'step' is a str, not a int"),
+    ("checkpoint with 20 flipped bytes", dict(ckpt="flipped.pt"), "does not match its checksum"),
+    ("absurd guidance", dict(extra=["--cfg_video", "1e30", "--cfg_audio", "1e30"]), "came out NaN/inf or absurdly large"),
+    ("a 70-bit seed", dict(extra=["--seed", str(2 ** 70)]), "--seed must be in 0 .. 2**63 - 1"),
+    ("--demo with a caption", dict(extra=["--demo"]), "--demo samples the built-in case"),
+    ("--out_dir under a file", dict(out="a_file/out"), "is a file, so no folder can be made under it"),
 ]
 
 
 @pytest.mark.parametrize("what, flags, message", BAD_SAMPLE_INPUTS, ids=[c[0] for c in BAD_SAMPLE_INPUTS])
-def test_a_bad_file_stops_sample_py_with_one_line(files, what, flags, message, monkeypatch):
+def test_a_bad_file_stops_sample_py_with_one_line(files, what, flags, message, monkeypatch, capsys):
     import sys
 
     import sample
-    given = dict(ckpt=str(files / "run" / "ckpt.pt"), caption=CAPTION, ref_image="face.png", ref_audio="voice.wav")
+    given = dict(ckpt=str(files / "run" / "ckpt.pt"), caption=CAPTION, ref_image="face.png", ref_audio="voice.wav",
+                 out="out", extra=[])
     given.update(flags)
+    refs = [(flag, p) for flag in ("ref_image", "ref_audio")
+            for p in ([given[flag]] if isinstance(given[flag], str) else given[flag])]
     argv = ["sample.py", "--ckpt", str(files / given["ckpt"]), "--caption", given["caption"], "--steps", "1",
-            "--ref_image", str(files / given["ref_image"]), "--ref_audio", str(files / given["ref_audio"]),
-            "--out_dir", str(files / "out")]
+            *[x for flag, p in refs for x in (f"--{flag}", str(files / p))],
+            "--out_dir", str(files / given["out"]), *given["extra"]]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as done:
         sample.main()
-    line = str(done.value.code)
+    # a bad file or checkpoint ends main() with the line; a bad flag exits 2 after printing it
+    line = done.value.code if isinstance(done.value.code, str) else capsys.readouterr().err.rstrip("\n")
     assert line.startswith("error: ") and message in line and "\n" not in line, line
 
 
@@ -195,6 +227,21 @@ def test_good_files_sample(files, monkeypatch, capsys):
                                       "--ref_audio", str(files / "voice.wav"), "--out_dir", str(files / "out")])
     sample.main()
     assert "wrote" in capsys.readouterr().out and (files / "out" / "index.html").exists()
+
+
+@pytest.mark.parametrize("caption", [CAPTION, "a grey room with dots."], ids=["described subject", "no subject"])
+def test_a_caption_without_reference_files_samples_text_to_audio_video(files, caption, monkeypatch, capsys, tmp_path):
+    """Ovi's own use: a prompt and no references. Each subject is drawn from its description alone (its references
+    absent, as guidance's dropped ones); a caption naming nobody samples too. Before: one line asking for files,
+    and with OCF on, a reshape error for a conditioning with no subjects."""
+    import sys
+
+    import sample
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--ckpt", str(files / "run" / "ckpt.pt"), "--caption", caption,
+                                      "--steps", "1", "--out_dir", str(tmp_path)])
+    sample.main()
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "video.gif").exists()
+    assert not (tmp_path / "ref1.png").exists()                          # no reference to show
 
 
 # ------------------------------------------------------------------------------------------------

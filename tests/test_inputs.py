@@ -50,11 +50,13 @@ def test_every_common_wav_layout_reads_to_the_same_waveform(tmp_path, layout):
     assert wav.shape == (4000,) and torch.allclose(wav, torch.from_numpy(SIGNAL).float(), atol=tolerance)
 
 
-def test_stereo_is_mixed_down_and_a_partial_last_frame_dropped(tmp_path):
+def test_stereo_is_mixed_down_and_a_partial_last_frame_dropped_with_a_note(tmp_path, capsys):
     stereo = np.stack([SIGNAL, -SIGNAL / 2], 1).reshape(-1)         # interleaved L, R
     raw = np.round(stereo * 32767).astype("<i2").tobytes() + b"\x01"  # one stray byte: an odd byte count
     wav = inputs.load_wav(write_wav(tmp_path / "a.wav", raw, inputs.PCM, 16, channels=2), 16000)
     assert torch.allclose(wav, torch.from_numpy(SIGNAL / 4).float(), atol=1e-4)
+    notes = capsys.readouterr().out.splitlines()
+    assert any("1 stray byte(s)" in n for n in notes) and any("mixed down to mono" in n for n in notes)
 
 
 def test_an_odd_rate_resamples_quickly_to_the_right_length(tmp_path):

@@ -4,6 +4,7 @@ equals one rank."""
 import dataclasses
 import os
 
+import pytest
 import torch
 
 import build
@@ -88,3 +89,23 @@ def test_a_lora_checkpoint_cannot_be_the_base_of_another(tmp_path):
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load_base(build.build_model(ADAPTED), str(tmp_path / "l.pt"))
     assert "is a LoRA checkpoint" in str(err.value)
+
+
+def test_adapters_refuse_a_base_that_was_trained_on_since(tmp_path):
+    """A LoRA checkpoint records its base by path and by fingerprint: when that file holds other weights now
+    (trained on since), sampling and resuming stop in one line instead of adapting the wrong weights."""
+    tiny = dict(out_dir=str(tmp_path / "base"), batch_size=2, max_steps=1, progress_every=0, warmup_steps=0)
+    train.train(train.TrainConfig(**tiny), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    base = str(tmp_path / "base" / "ckpt.pt")
+    lora_run = dict(tiny, out_dir=str(tmp_path / "lora"), init_from=base, max_steps=1)
+    train.train(train.TrainConfig(**lora_run), dict(TINY_OVERRIDES, lora_rank=4), TINY_WORLD_OVERRIDES)
+    adapters = str(tmp_path / "lora" / "ckpt.pt")
+    assert checkpoint.load_checkpoint(adapters)["lora_base_fingerprint"] == checkpoint.fingerprint(base)
+    checkpoint.model_from_checkpoint(adapters)                                   # the base as it was: fine
+    train.train(train.TrainConfig(**dict(tiny, max_steps=2)), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)  # trained on
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.model_from_checkpoint(adapters)
+    assert "holds other weights now" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(checkpoint.CheckpointError, match="holds other weights now"):
+        train.train(train.TrainConfig(**dict(lora_run, max_steps=2)), dict(TINY_OVERRIDES, lora_rank=4),
+                    TINY_WORLD_OVERRIDES)

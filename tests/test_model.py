@@ -119,3 +119,20 @@ def test_model_py_is_ovi_alone():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"ocf", "caption", "presence", "motion", "reward", "lora", "seqpar", "recipes", "build"}
+
+
+@pytest.mark.parametrize("extra", [{}, dict(ref_mode="presence"), dict(motion=True)], ids=["concat", "presence", "motion"])
+def test_a_prompt_alone_text_to_audio_video_runs_in_every_mode(extra):
+    """Ovi's own use: a prompt and no subject at all (OCF and MTP-CA on, the full preset's default). Before:
+    `cannot reshape tensor of 0 elements` in ocf.PromptEncoder.reference_tokens."""
+    import caption
+    import data
+    net = random_net(dataclasses.replace(TINY, **extra))
+    batch = tiny_batch(batch_size=1)
+    prompt = data.collate([dict(caption.caption_fields("a grey room with dots."), ref_images=torch.zeros(0, 3, 8, 8),
+                                ref_audio=torch.zeros(0, 16, 40))])
+    cond = Conditioning.from_batch(prompt)
+    assert cond.subjects == 0 and cond.line_mask.shape[1] == 0
+    v, a = net(batch["video"], batch["audio"], torch.tensor([0.5]), cond)
+    (v.square().mean() + a.square().mean()).backward()
+    assert torch.isfinite(v).all() and torch.isfinite(a).all() and net.prompt.ocf.text_in.weight.grad is not None

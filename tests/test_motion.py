@@ -4,6 +4,7 @@ trajectory error score the world's own clips high and a wrong request low."""
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 import build
@@ -211,3 +212,24 @@ def test_motion_switched_on_over_a_base_checkpoint_starts_as_the_base(tmp_path):
         train.start_run(tc, dict(TINY_OVERRIDES, motion=True, ffn=128), TINY_WORLD_OVERRIDES, 0, 1,
                         torch.device("cpu"))
     assert "ffn 64 there, 128 here" in str(err.value)
+
+
+BAD_MOTION = [  # (what is wrong, the subject's entry, a fragment of the one line)
+    ("points as a list", {"box": [0.2, 0.2, 0.6, 1.0], "points": [[0.5, 0.5]]}, "points are a list"),
+    ("an unknown point name", {"box": [0.2, 0.2, 0.6, 1.0], "points": {"mouht": [[0.5, 0.5]] * 8}}, "['mouht']"),
+    ("NaN points", {"box": [0.2, 0.2, 0.6, 1.0], "points": {"mouth": [[float("nan"), 0.5]] * 8}}, "inside the frame"),
+    ("points far outside", {"box": [0.2, 0.2, 0.6, 1.0], "points": {"mouth": [[1e30, 0.5]] * 8}}, "inside the frame"),
+    ("a box with x1 < x0", {"box": [0.6, 0.2, 0.2, 1.0]}, "0 <= x0 < x1 <= 1"),
+]
+
+
+@pytest.mark.parametrize("what, subject, message", BAD_MOTION, ids=[c[0] for c in BAD_MOTION])
+def test_a_bad_motion_request_is_one_line(tmp_path, what, subject, message):
+    """Before: points given as a list raised AttributeError; NaN, 1e30 or misspelled points were taken silently."""
+    import json
+
+    import inputs
+    (tmp_path / "bad.json").write_text(json.dumps({"subjects": [subject]}))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.load_motion(str(tmp_path / "bad.json"), 1, 8)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -79,6 +79,7 @@ def test_a_lirm_file_of_the_earlier_layout_still_loads(tmp_path):
     path = str(tmp_path / "lirm.pt")
     reward.save_lirm(lirm, path)
     saved = torch.load(path, weights_only=True)
+    saved.pop("checksums")                                   # files of that version had none
     saved["model"] = {k.replace(".proj.", ".o.") if k.startswith("trunk.") else k: v for k, v in saved["model"].items()}
     assert any(".o." in k for k in saved["model"] if k.startswith("trunk."))
     torch.save(saved, path)

@@ -79,8 +79,9 @@ BAD_SHARDS = [  # (what is wrong, shard, a fragment of the one line)
     ("span past the text", replaced("speech_spans", torch.tensor([[[2, 9]]]).expand(3, 1, 2)), "span outside"),
     ("empty span", replaced("subject_spans", torch.zeros(3, 2, 2, dtype=torch.long)), "span outside"),
     ("speaker who is not a subject", replaced("line_speaker", torch.full((3, 1), 2)), "outside 0..1"),
-    ("no subjects", tiny_shard(k=0), "0 subject(s)"),
-    ("no lines", tiny_shard(m=0), "0 line(s)"),
+    ("lines without phonemes", replaced("line_phonemes", torch.ones(3, 1, 0, dtype=torch.long)), "0 phonemes"),
+    ("reference voices of no frames", replaced("ref_audio", torch.randn(3, 2, 0, 20)), "0 latent frames"),
+    ("a prompt of no real token", replaced("text_mask", torch.zeros(3, 7, dtype=torch.bool)), "no real text token"),
 ]
 
 
@@ -128,3 +129,19 @@ def test_latents_the_patches_do_not_tile_are_named(tmp_path):
     torch.save(s, tmp_path / "s.pt")
     with pytest.raises(shards.ShardError, match="do not tile; encode frames whose sides are multiples of 32"):
         shards.LatentShards.load(str(tmp_path / "s.pt"), shards.ShardSpec())
+
+
+@pytest.mark.parametrize("extra", [{}, dict(ref_mode="presence"), dict(motion=True)], ids=["concat", "presence", "motion"])
+def test_footage_without_identities_or_speech_trains(tmp_path, extra):
+    """Ovi's own data: clips with a prompt and no subject (no references) and no spoken line. Before: refused
+    ("0 subject(s)"), and with OCF on the model could not have taken them anyway."""
+    import train
+    shard = tiny_shard(n=2, k=0, m=0)
+    shard["text_emb"] = torch.randn(2, 7, 16)                   # the small model's prompt width
+    shards.write_shard(str(tmp_path / "s.pt"), shard, shards.ShardSpec(48, 20, 16))
+    sizes = dict(dim=32, layers=2, heads=2, ffn=48, audio_stem_hidden=24, text_dim=16, ocf_dim=16, ocf_heads=2,
+                 phoneme_layers=1, ocf_layers=1)
+    tc = train.TrainConfig(config="full", data=str(tmp_path / "s.pt"), out_dir=str(tmp_path / "run"), batch_size=2,
+                           max_steps=2, interleave_audio=0, progress_every=0, warmup_steps=0)
+    out = train.train(tc, dict(sizes, **extra), {})
+    assert out["step"] == 2 and all(torch.isfinite(torch.tensor(out["losses"])))

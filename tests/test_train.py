@@ -157,3 +157,36 @@ def test_a_checkpoint_from_before_the_removed_switches_loads_unless_it_used_them
     with pytest.raises(checkpoint.CheckpointError, match="trained with --precond edm") as err:
         checkpoint.config_from_checkpoint(dict(model_config=dict(fields, precond="edm")), "old.pt")
     assert "\n" not in str(err.value)
+
+
+def test_a_bad_flag_under_torchrun_is_said_once_by_rank_0(tmp_path):
+    """Every rank checks the flags and stops, but only rank 0 says why: before, each of the N ranks printed it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "train.py",
+           "--seq_parallel", "2", "--ref_mode", "presence", "--out_dir", str(tmp_path / "run")]
+    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=120)
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error: --seq_parallel")]
+    assert done.returncode != 0 and len(said) == 1, done.stderr[-2000:]
+
+
+def test_resuming_with_flags_for_another_model_is_one_line(tmp_path):
+    """--config small (or a rank-16 LoRA) over an --out_dir holding a toy run: before, the run's own model
+    silently won; now the resume refuses in one line and names the difference."""
+    tc = train.TrainConfig(out_dir=str(tmp_path), batch_size=2, max_steps=1, progress_every=0)
+    train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        train.train(dataclasses.replace(tc, max_steps=2), dict(TINY_OVERRIDES, dim=64), TINY_WORLD_OVERRIDES)
+    assert "holds a run of another model (--dim 32 there, 64 asked)" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(checkpoint.CheckpointError, match="another world"):
+        train.train(dataclasses.replace(tc, max_steps=2), TINY_OVERRIDES, dict(TINY_WORLD_OVERRIDES, scene="single"))
+    assert train.train(dataclasses.replace(tc, max_steps=2), TINY_OVERRIDES, TINY_WORLD_OVERRIDES)["step"] == 2
+
+
+def test_a_time_capped_run_says_the_cap_stopped_it(tmp_path, monkeypatch, capsys):
+    """--max_minutes before --max_steps: the last line says the time cap stopped the run and cut the cosine."""
+    monkeypatch.setattr(sys, "argv", ["train.py", "--out_dir", str(tmp_path), "--batch_size", "2", "--max_steps", "50",
+                                      "--max_minutes", "0.0001", "--log_every", "1", "--progress_every", "0",
+                                      *[f"--{k}={v}" for k, v in {**TINY_OVERRIDES, **TINY_WORLD_OVERRIDES}.items()]])
+    train.main()
+    out = capsys.readouterr().out
+    assert "done: step 1," in out and "note: --max_minutes 0.0001 stopped the run at step 1 of 50" in out
