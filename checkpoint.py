@@ -333,10 +333,14 @@ def load_base(net: TwinTower, path: str, log=print, ckpt: dict | None = None) ->
     base = ckpt["model"]
     held = {n for n, _ in net.named_parameters() if n in base}
     fresh = {n for n, _ in net.named_parameters()} - held
-    lacking = sorted(n for n in fresh if not (net.is_addition(n) or lora.is_adapter(n)))
-    if lacking:  # a backbone tensor the checkpoint should hold: not the same model
-        raise CheckpointError(f"{path}: lacks tensor '{lacking[0]}' ({len(lacking)} missing): saved by another "
-                              "model layout")
+    with torch.device("meta"):  # what the checkpoint's own model holds: all of it must be there
+        saved = {n for n, _ in build_model(config_from_checkpoint(ckpt, path)).named_parameters()}
+    # fresh may be only what the command line adds (a paper's modules, adapters); a tensor the saved model has
+    # -- backbone or addition -- missing from the file means a damaged or foreign checkpoint
+    lacking = sorted(n for n in fresh if n in saved or not (net.is_addition(n) or lora.is_adapter(n)))
+    if lacking:
+        raise CheckpointError(f"{path}: lacks tensor '{lacking[0]}' ({len(lacking)} missing): a damaged checkpoint, "
+                              "or one of another model layout")
     load_state(net, base, path, names=held)
     return fresh
 

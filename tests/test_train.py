@@ -190,3 +190,20 @@ def test_a_time_capped_run_says_the_cap_stopped_it(tmp_path, monkeypatch, capsys
     train.main()
     out = capsys.readouterr().out
     assert "done: step 1," in out and "note: --max_minutes 0.0001 stopped the run at step 1 of 50" in out
+
+
+@pytest.mark.parametrize("missing", ["layers.0.video.ffn.0.weight", "prompt.text_encoder.embed.weight"],
+                         ids=["a backbone tensor", "a tensor of an addition the run had"])
+def test_init_from_a_checkpoint_missing_a_tensor_is_one_line(tmp_path, missing):
+    """Only the modules the command line adds may start fresh over an --init_from checkpoint of ours. Before, a
+    missing tensor of the prompt side (an addition, but one the saved model had) was silently re-initialised."""
+    tc = train.TrainConfig(out_dir=str(tmp_path / "base"), batch_size=2, max_steps=1, progress_every=0)
+    train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    ckpt = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=True)
+    for part in ("model", "ema", "checksums"):
+        ckpt[part] = {k: v for k, v in ckpt[part].items() if not k.endswith(missing)}
+    torch.save(ckpt, tmp_path / "damaged.pt")
+    fine_tune = dataclasses.replace(tc, out_dir=str(tmp_path / "ft"), init_from=str(tmp_path / "damaged.pt"))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        train.train(fine_tune, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    assert f"lacks tensor '{missing}'" in str(err.value) and "\n" not in str(err.value)
