@@ -16,6 +16,7 @@ with the subject regions masked (--source_video, --source_mask); ra2v gets a dri
     python sample.py --ckpt out/toy/ckpt.pt --demo --out_dir out/sample
     python sample.py --ckpt out/toy/ckpt.pt --caption "the one in red <sub1>: ... <sub1> says <S> tamu <E>" \
         --ref_image face.png --ref_audio voice.wav --out_dir out/mine
+    python sample.py --ckpt out/toy/ckpt.pt --caption "..." --out_dir out/t2av   # no references: text-to-audio-video
 
 The case it samples for is cases.py's (a caption and the user's files, the demo, a latent shard); what it writes,
 outputs.py's: video.gif, audio.wav, video.mp4 (with sound, when PyAV is installed), the references, and
