@@ -99,7 +99,7 @@ class TrainConfig:
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
     reward_model: str = ""             # DreamVideo-Omni stage 2 (LIReFL): a LIRM from reward.py; "" = off
     reward_weight: float = 0.1         # lambda_2: L = L_sft + lambda_2 * (-E[r]) (the paper's value is not given)
-    box_loss_weight: float = -1.0      # DreamVideo-Omni's lambda_1: (1 + lambda_1 M) |v - v_hat|^2, M = the boxes (0 = off; -1 = the recipe's: 1 for dreamvideo)
+    box_loss_weight: float = -1.0      # DreamVideo-Omni's lambda_1 in (1 + lambda_1 M_box) |v - v_hat|^2 (0 = off; -1 = the recipe's, dreamvideo: 1)
     masked_loss: bool = True           # DreamID-Omni: exclude where in-pair references were cut from
     seed: int = 0                      # initial weights, data stream and noise
     log_every: int = 10                # steps per log.jsonl record (the only steps that sync with the device)
@@ -604,7 +604,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
     log_path = os.path.join(tc.out_dir, "log.jsonl")
     if rank == 0 and os.path.exists(log_path):
         progress_lib.keep_log_until(log_path, run.step)  # a fresh run starts a fresh log; a resume drops records it will redo
-    logger, next_batch, max_steps, losses = progress_lib.Logger(run, log_path), recipes.StageData(run), recipes.total_steps(tc), []
+    logger, next_batch = progress_lib.Logger(run, log_path), recipes.StageData(run)
+    max_steps, losses = recipes.total_steps(tc), []
     strip = progress_lib.ProgressStrip(run)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # NaN watch (track_divergence)
     start = time.time()
@@ -621,7 +622,8 @@ def train(tc: TrainConfig, model_overrides: dict | None = None, world_overrides:
         logging = run.step % tc.log_every == 0 or run.step == max_steps
         saving = run.step % tc.ckpt_every == 0 or run.step == max_steps
         if logging or saving:  # the only steps that wait for the device
-            progress_lib.check_finite(run, first_bad, lambda step: lr_at(step, tc))  # before anything is written: a diverged run keeps its last good ckpt.pt
+            # before anything is written: a diverged run keeps its last good ckpt.pt
+            progress_lib.check_finite(run, first_bad, lambda step: lr_at(step, tc))
         if logging:
             record = logger.write(plan, lr=lr_at(run.step - 1, tc))
             if record is not None:
