@@ -53,10 +53,10 @@ def field_help(cls) -> dict:
     """{field: its trailing comment} read from the dataclass's source (and its bases': build.ModelConfig is
     composed of each paper's config), so `--help` says what each flag does."""
     found = {}
-    for base in reversed(cls.__mro__):
+    for base in reversed(cls.__mro__):  # bases first: a field redefined in a subclass takes the subclass's comment
         if dataclasses.is_dataclass(base) and base is not object:
             for line in inspect.getsource(base).splitlines():
-                m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+                m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)           # "    name: type = default  # help"
                 if m:
                     found[m.group(1)] = m.group(2).strip()
     return found
@@ -66,8 +66,10 @@ def add_dataclass_flags(parser, cls, defaults_none: bool = False):
     """One flag per field of `cls`, typed like the field, with the field's comment as its help."""
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
+        # annotations are strings under `from __future__ import annotations`; bool needs parse_bool (bool("false") is True)
         kind = parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), None)
         kind = kind or (type(f.default) if f.default is not None else str)
+        # defaults_none: the flag overrides a preset, so "not given" must stay distinguishable from the default
         default = "the preset's" if defaults_none else f.default
         parser.add_argument(f"--{f.name}", type=kind, default=None if defaults_none else f.default,
                             help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))

@@ -344,7 +344,7 @@ class Tower(nn.Module):
 class TwinTower(nn.Module):
     """Ovi's twin tower over [content | references] token streams. Call `init_weights()` after building
     (build.build_model does), or fill it from a checkpoint (checkpoint.py)."""
-    layer = TwinLayer                  # presence.py: its own layer
+    layer_class = TwinLayer            # presence.py swaps in its own
 
     def __init__(self, cfg: OviConfig, prompt: nn.Module | None = None):
         super().__init__()
@@ -366,7 +366,7 @@ class TwinTower(nn.Module):
             self.driving_embed = declare(nn.Linear(cfg.audio_token_dim, d, bias=False), addition=True, zero=True)
         self.video_tower = declare(Tower(cfg, cfg.video_patch_dim), video=True)
         self.audio_tower = Tower(cfg, cfg.audio_token_dim)
-        self.layers = nn.ModuleList(self.layer(cfg, i) for i in range(cfg.layers))
+        self.layers = nn.ModuleList(self.layer_class(cfg, i) for i in range(cfg.layers))
         self._rope_tables = {}  # (layout key) -> cos/sin tables: positions depend only on the shapes
 
     # --- initialisation ------------------------------------------------------------------------------

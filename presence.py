@@ -79,8 +79,8 @@ class PresenceBlock(Block):
     def __init__(self, cfg, decoupled: bool, last: bool):
         super().__init__(cfg)
         self.last = last
-        if decoupled:
-            self.identity = IdentityStream(cfg, last)
+        if decoupled:  # new weights, not Ovi's: trained fully under LoRA, fresh over Ovi's checkpoint
+            self.identity = declare(IdentityStream(cfg, last), addition=True)
 
     def identity_weights(self):
         """The identity stream's weights: its own (decoupled) or the content's (shared)."""
@@ -152,10 +152,7 @@ def content_only(io: TowerInputs) -> TowerInputs:
 
 class PresenceLayer(TwinLayer):
     def make_block(self, cfg, tower: str) -> PresenceBlock:
-        block = PresenceBlock(cfg, getattr(cfg, f"decouple_{tower}"), self.index == cfg.layers - 1)
-        if hasattr(block, "identity"):
-            declare(block.identity, addition=True)
-        return block
+        return PresenceBlock(cfg, getattr(cfg, f"decouple_{tower}"), self.index == cfg.layers - 1)
 
     def layer(self, v, a, ctx: PresenceContext):
         """Asymmetric self-attention, then text / cross-tower attention and the FFN of the content; identity
@@ -182,7 +179,7 @@ class PresenceLayer(TwinLayer):
 
 class PresenceTwinTower(TwinTower):
     """The twin tower with identity streams in place of concatenated references."""
-    layer = PresenceLayer
+    layer_class = PresenceLayer
 
     def __init__(self, cfg, prompt: nn.Module | None = None):
         super().__init__(cfg, prompt)
