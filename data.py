@@ -5,7 +5,8 @@ those can be downloaded here, and a reader should watch the method work in minut
 So this file *generates* that data pipeline in miniature; each mechanism of the papers has something
 real to bind to:
 
-  identity (face)   a 32x32 cartoon person: skin, hair and shirt colour (continuous), hair style,
+  identity (face)   a 32x32 cartoon person: skin tone (continuous), hair and shirt colour (a 12-colour palette,
+                    jittered, so the caption's colour words are true), hair style,
                     face shape, glasses. Every identity is a fresh draw, so test identities are unseen.
   identity (voice)  a source-filter voice: pitch, vocal-tract scale (formant shift), brightness
                     (spectral tilt), prosody (pitch wobble). 16 kHz mono.
@@ -43,7 +44,6 @@ Real data (precomputed latents) is its own concept: shards.py.
 """
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import math
 import os
@@ -134,45 +134,75 @@ def world_problems(cfg: WorldConfig) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 HAIR_STYLES = ["short", "long", "tall"]
 FACE_SHAPES = ["round", "square", "long"]
-COLOUR_NAMES = {  # the named colours captions use; a colour is called by its nearest name
+COLOUR_NAMES = {  # the palette: every hair, shirt and room colour is one of these, so every colour word is true
     "red": (0.85, 0.15, 0.15), "orange": (0.95, 0.55, 0.1), "yellow": (0.95, 0.9, 0.2),
     "green": (0.2, 0.7, 0.25), "teal": (0.1, 0.65, 0.65), "blue": (0.15, 0.3, 0.9),
     "purple": (0.55, 0.2, 0.75), "pink": (0.95, 0.5, 0.7), "brown": (0.45, 0.28, 0.12),
     "black": (0.08, 0.08, 0.08), "grey": (0.55, 0.55, 0.55), "white": (0.92, 0.92, 0.92),
 }
+# Each drawn colour is its palette entry plus a jitter of at most JITTER per channel: colours still vary from
+# person to person, and the nearest palette entry is always the drawn one (the closest two entries, orange
+# and yellow, are 0.36 apart; a jitter moves a colour at most 0.05 * sqrt(3) = 0.09). An earlier world drew any hue
+# and named it by its nearest entry, which called a lime shirt "grey" and a purple room "grey" (issue 24).
+JITTER = 0.05
+ROOM_GREY, ROOM_MIX = np.array([0.62, 0.62, 0.62]), 0.45  # rooms: a palette colour 45% of the way to grey (muted)
+ROOM_COLOURS = [n for n in COLOUR_NAMES if n not in ("black", "white")]  # a black room would hide black hair
 SKIN_LIGHT, SKIN_DARK = np.array([0.98, 0.83, 0.7]), np.array([0.42, 0.26, 0.16])
 
 
 
-def model_fit_problems(mcfg, wcfg: WorldConfig, config: str) -> list[str]:
-    """What a model needs of the toy world it trains on: RGB pixels, mels as its audio channels, and
-    sizes its patches tile exactly (a video token is patch_t x patch_h x patch_w pixels, an audio token
-    audio_patch mel frames; each video frame spans a whole number of mel frames, for lip sync)."""
-    if mcfg.video_channels != 3:
-        return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
-                "(--data 'shards/*.pt', see shards.py), not on the toy world's RGB pixels"]
+def model_fit_problems(mcfg, wcfg: WorldConfig, config: str, codec=None) -> list[str]:
+    """What a model needs of the toy world it trains on: RGB pixels and mels as its channels (or, with the
+    toy's latent codec `codec` (codec.CodecConfig), the codec's latent channels), and sizes its patches tile
+    exactly (a video token is patch_t x patch_h x patch_w pixels or latents, an audio token audio_patch mel
+    frames or latents; each video frame spans a whole number of mel frames, for lip sync)."""
     problems = []
+    pt = ph = pa = 1  # pixels (or mel frames) per model input position: 1, or the codec's patch
+    if codec is not None:
+        pt, ph, _ = codec.video_patch
+        pa = codec.audio_patch
+        for name, want in (("video_channels", codec.video_channels), ("audio_channels", codec.audio_channels)):
+            if getattr(mcfg, name) != want:
+                problems.append(f"--{name} {getattr(mcfg, name)} must equal the codec's latent channels ({want})")
+    elif mcfg.video_channels != 3:
+        return [f"--config {config} models {mcfg.video_channels}-channel video latents: train it on latent shards "
+                "(--data 'shards/*.pt', see shards.py) or on the toy world through its codec (--config mini), not "
+                "on the toy world's RGB pixels"]
+    elif mcfg.audio_channels != wcfg.n_mels:
+        problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
     if not wcfg.anchors and (mcfg.ocf or mcfg.mtp_ca):  # both read the caption's <subk> / <S> spans
         problems.append("--anchors false needs --ocf false --mtp_ca false: OCF and MTP-CA place the prompt by its "
                         "<subk> anchors (DreamID-Omni's ablation row runs without them)")
-    if mcfg.audio_channels != wcfg.n_mels:
-        problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
     for name in ("image_size", "ref_image_size"):
-        if getattr(wcfg, name) % mcfg.patch_h or getattr(wcfg, name) % mcfg.patch_w:
+        if getattr(wcfg, name) % (ph * mcfg.patch_h) or getattr(wcfg, name) % (ph * mcfg.patch_w):
             problems.append(f"--{name} {getattr(wcfg, name)} must be a multiple of --patch_h and --patch_w "
-                            f"({mcfg.patch_h}, {mcfg.patch_w})")
+                            f"({mcfg.patch_h}, {mcfg.patch_w})" + (f" times the codec's {ph}" if ph > 1 else ""))
     if abs(wcfg.clip_seconds * wcfg.fps - wcfg.frames) > 1e-6 or wcfg.sample_rate % (wcfg.fps * wcfg.hop):
         problems.append(f"--clip_seconds x --fps must be whole frames, and --sample_rate a multiple of --fps x --hop "
                         f"(whole mel frames per video frame); got {wcfg.clip_seconds} s, {wcfg.fps} fps, "
                         f"{wcfg.sample_rate} Hz, hop {wcfg.hop}")
-    elif wcfg.frames % mcfg.patch_t:
-        problems.append(f"the clip's {wcfg.frames} frames (--clip_seconds x --fps) must be a multiple of --patch_t {mcfg.patch_t}")
+    elif wcfg.frames % (pt * mcfg.patch_t):
+        problems.append(f"the clip's {wcfg.frames} frames (--clip_seconds x --fps) must be a multiple of --patch_t "
+                        f"{mcfg.patch_t}" + (f" times the codec's {pt}" if pt > 1 else ""))
     for what, n in (("clip", wcfg.mel_frames), ("reference voice", wcfg.ref_mel_frames)):
-        if n % mcfg.audio_patch:
-            problems.append(f"the {what}'s {n} mel frames must be a multiple of --audio_patch {mcfg.audio_patch}")
+        if n % (pa * mcfg.audio_patch):
+            problems.append(f"the {what}'s {n} mel frames must be a multiple of --audio_patch {mcfg.audio_patch}"
+                            + (f" times the codec's {pa}" if pa > 1 else ""))
     if wcfg.ref_audio_seconds > wcfg.clip_seconds:  # a reference voice is cut from another utterance of a clip's length
         problems.append(f"--ref_audio_seconds {wcfg.ref_audio_seconds} must be at most --clip_seconds {wcfg.clip_seconds}")
     return problems
+
+HAIR_COLOURS = [n for n in COLOUR_NAMES if n != "white"]  # white hair on light skin would not read as hair
+SHIRT_COLOURS = [n for n in COLOUR_NAMES if n not in ("black", "brown")]  # a shirt reads against dark hair
+
+
+def palette_colour(rng: np.random.Generator, name: str, toward=None, mix: float = 0.0) -> np.ndarray:
+    """Palette entry `name` (optionally mixed toward `toward`), jittered by at most JITTER per channel."""
+    base = np.asarray(COLOUR_NAMES[name])
+    if toward is not None:
+        base = (1 - mix) * base + mix * toward
+    return np.clip(base + rng.uniform(-JITTER, JITTER, 3), 0, 1).astype(np.float32)
+
 
 def colour_name(rgb) -> str:
     names = list(COLOUR_NAMES)
@@ -195,12 +225,10 @@ class Identity:
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "Identity":
-        def hsv(h, s, v):
-            return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
         return Identity(
             skin=(SKIN_LIGHT + rng.random() * (SKIN_DARK - SKIN_LIGHT)).astype(np.float32),
-            hair=hsv(rng.random(), rng.uniform(0.3, 0.95), rng.uniform(0.15, 0.85)),
-            shirt=hsv(rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.5, 0.95)),
+            hair=palette_colour(rng, HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))]),
+            shirt=palette_colour(rng, SHIRT_COLOURS[rng.integers(len(SHIRT_COLOURS))]),
             hair_style=int(rng.integers(len(HAIR_STYLES))),
             face_shape=int(rng.integers(len(FACE_SHAPES))),
             glasses=bool(rng.random() < 0.35),
@@ -336,9 +364,15 @@ def crop_portrait(frame: np.ndarray, head_xy, radius: float, out_size: int) -> n
     return padded[ys][:, xs]
 
 
+def room_colour_name(rgb) -> str:
+    """The palette name of a room colour: its nearest muted palette entry."""
+    table = np.array([(1 - ROOM_MIX) * np.asarray(COLOUR_NAMES[n]) + ROOM_MIX * ROOM_GREY for n in ROOM_COLOURS])
+    return ROOM_COLOURS[int(np.argmin(((table - np.asarray(rgb)) ** 2).sum(1)))]
+
+
 def sample_room(rng: np.random.Generator) -> dict:
-    hue = rng.random()
-    return dict(colour=np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.1, 0.5), rng.uniform(0.45, 0.9)), np.float32),
+    name = ROOM_COLOURS[rng.integers(len(ROOM_COLOURS))]
+    return dict(colour=palette_colour(rng, name, ROOM_GREY, ROOM_MIX),
                 texture=TEXTURES[rng.integers(len(TEXTURES))], period=int(rng.integers(2, 5)),
                 cutoff_hz=float(rng.uniform(300, 3000)), level=float(rng.uniform(0.002, 0.006)),
                 hum_hz=float(rng.uniform(60, 220)), hum_level=float(rng.uniform(0.002, 0.006)))
@@ -363,7 +397,7 @@ def make_caption(idents, roles, lines, room, anchors: bool = True) -> str:
     name = [f"<sub{k + 1}>" if anchors else labels[k] for k in range(len(idents))]
     parts = [f"{labels[k]} <sub{k + 1}>: {ident.describe()}." if anchors else f"{labels[k]}: {ident.describe()}."
              for k, ident in enumerate(idents)]
-    parts.append(f"a {colour_name(room['colour'])} room with {room['texture']}.")
+    parts.append(f"a {room_colour_name(room['colour'])} room with {room['texture']}.")
     for k, role in enumerate(roles):
         parts.append({"speaker": f"{name[k]} talks.", "silent": f"{name[k]} listens quietly.",
                       "offscreen": f"{name[k]} speaks off screen."}[role])
@@ -418,7 +452,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         mouth_open=torch.from_numpy(mouth_open), speech_activity=torch.from_numpy(activity).float(),
         boxes=torch.from_numpy(boxes), on_screen=torch.tensor([r != "offscreen" for r in roles]),
         trajectories=torch.from_numpy(motion["trajectories"]), camera=torch.from_numpy(motion["camera"]),
-        caption=caption, roles=roles, language=language, cross_pair=bool(cross),
+        caption=caption, roles=roles, language=language, cross_pair=bool(cross), room=room,
         line_times=[(who, start, end) for who, _, start, end in lines], identities=idents, **refs,
     )
     sample.update(caption_fields(caption))
