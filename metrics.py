@@ -14,6 +14,9 @@ generated pixels and mel frames by code that knows how the toy world is made.
   speaker confusion (judge)   confusion: share of lines whose voice is closer to another subject's
                               reference, or whose on-screen speaker's mouth moves less than another's
   caption vocalization        vocalization: recognised phonemes inserted beyond the script, per script phoneme
+  text following (ViCLIP)     text_follow: share of the caption's picture words (room colour and pattern, each
+                              subject's hair and shirt colour) read back from the frames, named by the
+                              world's palette
   AQ / IQ / TF                sharpness: image gradient energy against the world's own clips, min(r, 1/r);
                               flicker: 1 - mean absolute change between consecutive frames
 
@@ -33,9 +36,10 @@ import data
 import speech
 
 METRICS = ("face_sim", "face_cons", "t_sim", "sync_c", "sync_d", "per", "confusion", "vocalization",
-           "sharpness", "flicker")
+           "sharpness", "flicker", "text_follow")
 HIGHER_IS_BETTER = {"face_sim": True, "face_cons": True, "t_sim": True, "sync_c": True, "sync_d": False,
-                    "per": False, "confusion": False, "vocalization": False, "sharpness": True, "flicker": True}
+                    "per": False, "confusion": False, "vocalization": False, "sharpness": True, "flicker": True,
+                    "text_follow": True}
 MOTION_METRICS = ("box_miou", "traj_epe")  # score_motion: the motion subset adds them
 HIGHER_IS_BETTER.update(box_miou=True, traj_epe=False)
 SILENCE = 0  # recogniser class of non-speech frames
@@ -82,14 +86,14 @@ def match(frames: torch.Tensor, rgb: torch.Tensor, weight: torch.Tensor):
 
 
 def face_track(frames: torch.Tensor, ident: data.Identity, n_on_screen: int, size: int):
-    """The best-scoring scale of a subject's sprite: (score (T,), top, left, template)."""
+    """The best-scoring scale of a subject's sprite: (score (T,), top, left, template (rgb, weight, mouth, radius))."""
     base = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(1, min(3, n_on_screen))]        # the world's layout radii
     best = None
     for radius in (0.9 * base, base, 1.1 * base):
         rgb, weight, mouth = sprite_template(ident, radius)
         score, top, left = match(frames, rgb, weight)
         if best is None or score.mean() > best[0].mean():
-            best = (score, top, left, (rgb, weight, mouth))
+            best = (score, top, left, (rgb, weight, mouth, radius))
     return best
 
 
@@ -291,7 +295,8 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
     case: the toy world's sample the clip was asked for (identities, roles, lines, references)."""
     frames = ((video.float() + 1) / 2).clamp(0, 1)             # (T, 3, H, W) in [0, 1], like the renderer
     on_screen = [k for k, r in enumerate(case["roles"]) if r != "offscreen"]
-    out, mouths = score_faces(frames, case, on_screen, world)
+    out, mouths, tracks = score_faces(frames, case, on_screen, world)
+    out.update(score_text_following(frames, case, on_screen, world, tracks))
     out.update(score_words(mel, case, world))
     segments = line_segments(mel, len(case["line_speaker"]))  # the generated lines, in order: where each was spoken
     out.update(score_voices(mel, case, world, segments, mouths))
@@ -301,11 +306,13 @@ def score_clip(video: torch.Tensor, mel: torch.Tensor, case: dict, world: data.W
 
 
 def score_faces(frames, case, on_screen, world):
-    """Face-Sim and Face-Cons of the on-screen subjects, and each one's mouth opening per frame (T,)."""
-    sims, cons, mouths = [], [], {}
+    """Face-Sim and Face-Cons of the on-screen subjects, each one's mouth opening per frame (T,), and where each
+    was found (top (T,), left (T,), radius)."""
+    sims, cons, mouths, tracks = [], [], {}, {}
     for k in on_screen:  # off-screen speakers have no face to find
         ident = case["identities"][k]
-        score, top, left, (rgb, weight, mouth) = face_track(frames, ident, len(on_screen), world.image_size)
+        score, top, left, (rgb, weight, mouth, radius) = face_track(frames, ident, len(on_screen), world.image_size)
+        tracks[k] = (top, left, radius)
         sims.append(score.clamp_min(0).mean().item())
         crops = crop(frames, top, left, *weight.shape)                             # (T, 3, h, w)
         # mean absolute change of the face crop from its average, over the sprite's weighted pixels
@@ -313,7 +320,90 @@ def score_faces(frames, case, on_screen, world):
         cons.append(1 - spread.mean().item())
         mouths[k] = mouth_opening(frames, top, left, mouth, ident.skin)
     return dict(face_sim=float(np.mean(sims)) if sims else float("nan"),
-                face_cons=float(np.mean(cons)) if cons else float("nan")), mouths
+                face_cons=float(np.mean(cons)) if cons else float("nan")), mouths, tracks
+
+
+# ------------------------------------------------------------------------------------------------
+# Text following: does the picture show what the caption says (DreamID-Omni's ViCLIP score, in miniature)
+# ------------------------------------------------------------------------------------------------
+# The caption names the room's colour and pattern and each subject's hair and shirt colour, all from the
+# world's palette (data.COLOUR_NAMES). The judge reads each of them off the frames and names it the way the
+# world names colours; text_follow is the share of the caption's picture words it reads back. Whether the
+# lines are said is PER's business (score_words), so the two are reported side by side.
+
+
+def background(frames: torch.Tensor, case: dict) -> torch.Tensor:
+    """(T, H, W) True where no subject of the case stands in any frame (its boxes, grown by a pixel): where the
+    caption's room must show. A sample that draws people elsewhere covers some of it, and pays for it."""
+    T, _, H, W = frames.shape
+    boxes = case["boxes"].float()
+    boxes = torch.cat([boxes[..., :2] - 1, boxes[..., 2:] + 1], -1) / torch.tensor([W, H, W, H], dtype=torch.float)
+    covered = data.box_masks(boxes, H, W).any(0).any(0)                         # (H, W): any subject, any frame
+    return (~covered)[None].expand(T, H, W)
+
+
+def room_features(frames: torch.Tensor, where: torch.Tensor) -> tuple:
+    """(colour (3,), texture features (2,)) of the pixels `where` (T, H, W): the colour is the 75th percentile
+    per channel (the unshaded half of a striped wall; a dotted wall is mostly unshaded), the texture the mean
+    |change| across columns and across rows between background neighbours, in units of the shading's depth."""
+    pixels = frames.permute(0, 2, 3, 1)[where]                                     # (N, 3)
+    colour = pixels.quantile(0.75, dim=0)
+    depth = 0.18 * colour.mean().clamp_min(0.05)                                   # data.render_room shades by 18%
+    f = frames.mean(1)                                                             # (T, H, W) luminance
+    both_x = where[..., 1:] & where[..., :-1]
+    both_y = where[:, 1:] & where[:, :-1]
+    gx = (f[..., 1:] - f[..., :-1]).abs()[both_x].mean() if both_x.any() else torch.tensor(0.0)
+    gy = (f[:, 1:] - f[:, :-1]).abs()[both_y].mean() if both_y.any() else torch.tensor(0.0)
+    return colour, torch.stack([gx, gy]) / depth
+
+
+def _texture_centroids(size: int) -> torch.Tensor:
+    """(4, 2) mean texture features of each of data.TEXTURES, learned once from 60 rendered rooms each."""
+    key = ("textures", size)
+    if key not in _STATE:
+        rng = np.random.default_rng(54321)
+        rows = []
+        for texture in data.TEXTURES:
+            feats = []
+            for _ in range(60):
+                room = dict(data.sample_room(rng), texture=texture)
+                frame = torch.from_numpy(data.render_room(size, room)).permute(2, 0, 1)[None]
+                feats.append(room_features(frame, torch.ones(1, size, size, dtype=torch.bool))[1])
+            rows.append(torch.stack(feats).mean(0))
+        _STATE[key] = torch.stack(rows)
+    return _STATE[key]
+
+
+def subject_colours(frames, top, left, ident: data.Identity, radius: float) -> tuple:
+    """(hair, shirt) colours read where the subject was found: the median over frames and over the sprite's
+    hair and shirt pixels (of the placement face_track chose)."""
+    rgba, _ = data.render_person(ident, radius)
+    h, w = rgba.shape[:2]
+    crops = crop(frames, top, left, h, w)                                          # (T, 3, h, w)
+    hair = torch.from_numpy(np.all(np.abs(rgba[..., :3] - ident.hair) < 1e-6, -1) & (rgba[..., 3] > 0))
+    shirt = torch.from_numpy(np.all(np.abs(rgba[..., :3] - ident.shirt) < 1e-6, -1) & (rgba[..., 3] > 0))
+    read = lambda m: crops.permute(0, 2, 3, 1)[:, m].reshape(-1, 3).median(0).values  # noqa: E731
+    return read(hair), read(shirt)
+
+
+def score_text_following(frames, case, on_screen, world, tracks) -> dict:
+    """text_follow: share of the caption's picture words (room colour, room pattern, each on-screen subject's
+    hair and shirt colour) that the judge reads back from the frames."""
+    where = background(frames, case)
+    if where.sum() < 0.05 * where.numel():  # the people fill the frame: judge the room over every pixel
+        where = torch.ones_like(where)
+    colour, texture = room_features(frames, where)
+    room = case["room"]
+    checks = [data.room_colour_name(colour.numpy()) == data.room_colour_name(room["colour"]),
+              data.TEXTURES[int(torch.cdist(texture[None], _texture_centroids(world.image_size)).argmin())]
+              == room["texture"]]
+    for k in on_screen:
+        ident = case["identities"][k]
+        top, left, radius = tracks[k]
+        hair, shirt = subject_colours(frames, top, left, ident, radius)
+        checks += [data.colour_name(hair.numpy()) == data.colour_name(ident.hair),
+                   data.colour_name(shirt.numpy()) == data.colour_name(ident.shirt)]
+    return dict(text_follow=float(np.mean(checks)))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -335,7 +425,7 @@ def score_motion(video: torch.Tensor, case: dict, world: data.WorldConfig) -> di
     ious, errors = [], []
     H, W = frames.shape[-2:]
     for k in on_screen:
-        _, top, left, (_, weight, mouth) = face_track(frames, case["identities"][k], len(on_screen), world.image_size)
+        _, top, left, (_, weight, mouth, _) = face_track(frames, case["identities"][k], len(on_screen), world.image_size)
         h, w = weight.shape
         tracked = torch.stack([left.clamp(0, W), top.clamp(0, H), (left + w).clamp(0, W), (top + h).clamp(0, H)], -1)
         ious.append(box_iou(tracked.float(), case["boxes"][k].float()).mean().item())
@@ -472,7 +562,13 @@ def noise(c, other, world):
     return torch.rand(c["video"].shape, generator=g) * 2 - 1, torch.randn(c["audio"].shape, generator=g), c
 
 
-CORRUPTIONS = {"identity swapped": swap_identity, "audio shifted": shift_audio, "wrong speaker": wrong_speaker,
+def other_caption(c, other, world):
+    """The clip scored against another clip's caption (its room, its people's colours): text following must drop."""
+    pick = [k % len(other["roles"]) for k in range(len(c["roles"]))]
+    return c["video"], c["audio"], dict(c, room=other["room"], identities=[other["identities"][k] for k in pick])
+
+
+CORRUPTIONS = {"identity swapped": swap_identity, "other caption": other_caption, "audio shifted": shift_audio, "wrong speaker": wrong_speaker,
                "caption spoken": speak_caption_word, "noise": noise}
 
 

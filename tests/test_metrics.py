@@ -106,3 +106,26 @@ def test_the_voice_judge_tells_a_voice_from_another_on_new_words():
     same = [metrics.voice_similarity(a, b) for a, b in zip(first, second)]
     other = [metrics.voice_similarity(a, b) for i, a in enumerate(first) for j, b in enumerate(second) if i != j]
     assert np.mean(same) > 0.6 and np.mean(other) < 0.25 and np.mean(same) - np.mean(other) > 0.4
+
+
+def test_text_following_reads_the_caption_back_and_drops_under_another_caption(truth):
+    """The judge reads the room's colour and pattern and each subject's hair and shirt colour off the frames:
+    the world's own clip matches its caption almost always; scored against another clip's caption, or as
+    noise, it is near chance."""
+    other = mean_score("single", metrics.other_caption)
+    noise = mean_score("single", metrics.noise)
+    assert truth["single"]["text_follow"] >= 0.75 and truth["dialogue"]["text_follow"] >= 0.75
+    assert other["text_follow"] < truth["single"]["text_follow"] - 0.4
+    assert noise["text_follow"] < truth["single"]["text_follow"] - 0.4
+
+
+def test_every_colour_word_of_a_caption_is_the_colour_drawn():
+    """The palette (data.COLOUR_NAMES): hair, shirt and room colours are named by the entry they were drawn
+    from, so no caption calls a lime shirt grey."""
+    for i in range(40):
+        c = clip("mixed", i)
+        for ident in c["identities"]:
+            assert f"{data.colour_name(ident.hair)} " in c["caption"] and f"{data.colour_name(ident.shirt)} shirt" in c["caption"]
+            for rgb in (ident.hair, ident.shirt):  # the drawn colour sits within the jitter of its named entry
+                assert np.abs(np.asarray(data.COLOUR_NAMES[data.colour_name(rgb)]) - rgb).max() <= data.JITTER + 1e-6
+        assert f"a {data.room_colour_name(c['room']['colour'])} room" in c["caption"]
