@@ -41,6 +41,7 @@ import torch
 import attention
 import build
 import checkpoint
+import codec as codec_lib
 import data
 import metrics
 import precision as precision_lib
@@ -93,9 +94,11 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False, precision=""):
+def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False, precision="",
+                     towers="both"):
     """Median seconds of one full training step (forward, backward, AdamW) of a fresh model, under --precision
-    `precision` ("": the device's default, so bf16 on CUDA and fp32 on the CPU, as in training)."""
+    `precision` ("": the device's default, so bf16 on CUDA and fp32 on the CPU, as in training). towers:
+    both (a joint step), video or audio (that tower alone, as in unimodal pretraining)."""
     torch.manual_seed(0)
     net = build.build_model(cfg).to(device)
     if compile_layers:
@@ -109,7 +112,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
 
     def step():  # exactly what train.py does per optimizer step, minus logging and EMA
         with precision_lib.autocast(device, regime):
-            loss, _ = train.flow_loss(net, batch, tc, gen, device)
+            loss, _ = train.flow_loss(net, batch, tc, gen, device, video=towers != "audio", audio=towers != "video")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -125,7 +128,7 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
 
 
 def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, device="cpu", seed: int = 0,
-            subsets=SUBSETS, shift: float = 3.0, log=print) -> dict:
+            subsets=SUBSETS, shift: float = 3.0, log=print, codec=None) -> dict:
     """Scores per subset and source: {subset: {"model" | "truth" | "noise": {metric: [per-case values]}}}.
 
     Every case is scored three ways on the same references and script: the model's sample (when `net` is
@@ -142,9 +145,9 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
             if net is not None:
                 batch = data.collate([case])  # (its boxes and trajectories are the motion request)
                 # the model sees only what a user gives: caption and cross-pair references, never the clip
-                v, a = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
-                                         batch["audio"].shape, steps=steps, guidance=guidance, seed=seed + i,
-                                         device=device, shift=shift)
+                v, a = sample_lib.sample_pixels(net, Conditioning.from_batch(batch), batch["video"].shape,
+                                                batch["audio"].shape, codec, steps=steps, guidance=guidance,
+                                                seed=seed + i, device=device, shift=shift)
                 clips["model"] = (v[0].cpu(), a[0].cpu())  # (T, 3, H, W) pixels and (T_a, n_mels) mel
             for source, (video, mel) in clips.items():
                 scored = metrics.score_clip(video, mel, case, world)
@@ -276,9 +279,11 @@ def speed_main(args):
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = build.PRESETS[args.config]
-    if cfg.video_channels != 3:  # `full` consumes VAE latents; the toy world makes pixels
-        raise SystemExit("bench.py times the toy world's presets (toy, small); `full` needs latent shards")
+    if args.config == "full":  # `full` consumes VAE latents of real footage; the toy world makes pixels
+        raise SystemExit("bench.py times the toy world's presets (toy, small, mini); `full` needs latent shards")
     world = data.WorldConfig()
+    # mini-Ovi trains on the codec's latents; an untrained codec costs the same as a trained one
+    codec = codec_lib.ToyCodec(codec_lib.CodecConfig(), world.n_mels) if cfg.video_channels != 3 else None
     # what the numbers were measured on travels with them, into the JSON line
     results = dict(config=args.config, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    threads=torch.get_num_threads(), batch_size=args.batch_size)
@@ -287,9 +292,9 @@ def speed_main(args):
     variants = [("eager_sdpa", "sdpa", False), ("eager_math", "math", False)]
     if args.compile:
         variants.append(("compiled_sdpa", "sdpa", True))
-    results.update(bench_training(args, cfg, world, device, variants))
-    results.update(bench_sampling(args, cfg, world, device))
-    results.update(bench_identity_cache(args, cfg, world, device))
+    results.update(bench_training(args, cfg, world, device, variants, codec))
+    results.update(bench_sampling(args, cfg, world, device, codec))
+    results.update(bench_identity_cache(args, cfg, world, device, codec=codec))
     print_speed(results, args, variants)
 
 
@@ -305,19 +310,26 @@ def bench_data(world) -> dict:
     return out
 
 
-def bench_training(args, cfg, world, device, variants) -> dict:
-    """Median training-step time of each variant, as the same fresh model on the same fixed batch."""
+def bench_training(args, cfg, world, device, variants, codec=None) -> dict:
+    """Median training-step time of each variant, as the same fresh model on the same fixed batch; then each
+    tower alone (the steps of unimodal pretraining) and, with a codec, the cost of encoding a batch."""
     batch = data.ToyBatches(world, args.batch_size, seed=0).make_batch(0)  # one fixed batch: time the model, not data
-    # the token counts the FLOP estimate needs are the ones this batch really has (subjects, caption length)
+    out = {}
     clip = dict(frames=world.frames, image_size=world.image_size, mel_frames=world.mel_frames,
                 ref_image_size=world.ref_image_size, ref_mel_frames=world.ref_mel_frames)
+    if codec is not None:  # what the model sees: the latent grid (4x4x4 pixels, 2 mel frames per latent)
+        out["codec_encode_ms"] = 1000 * statistics.median(timed(lambda: codec.encode_batch(batch), 5, 1, device))
+        batch = codec.encode_batch(batch)
+        (pt, ph, _), pa = codec.cfg.video_patch, codec.cfg.audio_patch
+        clip = dict(frames=world.frames // pt, image_size=world.image_size // ph, mel_frames=world.mel_frames // pa,
+                    ref_image_size=world.ref_image_size // ph, ref_mel_frames=world.ref_mel_frames // pa)
+    # the token counts the FLOP estimate needs are the ones this batch really has (subjects, caption length)
     tokens = build.toy_token_counts(cfg, clip, subjects=batch["ref_images"].shape[1],
                                         text_tokens=batch["text_ids"].shape[1])
     tokens["phoneme_tokens"] = batch["line_phonemes"][0].numel()
     flops = build.estimate_flops(cfg, **tokens)  # forward + backward per sample (MFU's numerator)
     tokens_per_sample = tokens["video_tokens"] + tokens["audio_tokens"]  # content tokens: what is generated
     peak = device_peak(device)
-    out = {}
     for name, backend, comp in variants:
         sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, backend, comp)
         out[name] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec,
@@ -327,13 +339,16 @@ def bench_training(args, cfg, world, device, variants) -> dict:
     out["math_over_sdpa"] = out["eager_math"]["ms_per_step"] / out["eager_sdpa"]["ms_per_step"]
     if "compiled_sdpa" in out:
         out["eager_over_compiled"] = out["eager_sdpa"]["ms_per_step"] / out["compiled_sdpa"]["ms_per_step"]
+    for towers in ("video", "audio"):  # unimodal pretraining's steps, each tower alone (recipes.py's ovi)
+        sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, towers=towers)
+        out[f"{towers}_tower_alone"] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec)
     out["train_flops_per_sample"] = flops
     out["peak_memory_mb"] = peak_memory_mb(device)  # after every variant: the largest of them
     return out
 
 
-def bench_sampling(args, cfg, world, device) -> dict:
-    """Seconds per clip, with and without CFG (CFG doubles the batch inside each step)."""
+def bench_sampling(args, cfg, world, device, codec=None) -> dict:
+    """Seconds per clip, with and without CFG (CFG doubles the batch inside each step), decoding included."""
     net = build.build_model(cfg).to(device).eval()  # untrained weights cost the same as trained ones
     cond = Conditioning.from_batch(data.collate([data.make_clip(data.sample_rng(0, 2, 0, 0), world)]))
     shapes = ((1, world.frames, 3, world.image_size, world.image_size), (1, world.mel_frames, world.n_mels))
@@ -341,12 +356,12 @@ def bench_sampling(args, cfg, world, device) -> dict:
     for name, scale in (("sample_s_per_clip_no_cfg", 1.0), ("sample_s_per_clip_cfg", 2.0)):
         start = time.perf_counter()
         guidance = sample_lib.Guidance(mode="plain", cfg_video=scale, cfg_audio=scale)
-        sample_lib.sample(net, cond, *shapes, steps=args.sample_steps, guidance=guidance, device=device)
+        sample_lib.sample_pixels(net, cond, *shapes, codec, steps=args.sample_steps, guidance=guidance, device=device)
         out[name] = time.perf_counter() - start
     return out
 
 
-def bench_identity_cache(args, cfg, world, device, repeats: int = 3) -> dict:
+def bench_identity_cache(args, cfg, world, device, repeats: int = 3, codec=None) -> dict:
     """Identity-as-Presence sampling with the identity keys/values computed once per clip (IdentityCache)
     against recomputing them at every step: median seconds per clip of each, alternated, with the
     released guidance (2 passes), for a one- and a two-subject case; also checks they agree."""
@@ -361,8 +376,8 @@ def bench_identity_cache(args, cfg, world, device, repeats: int = 3) -> dict:
         for _ in range(repeats):
             for cached in (True, False):  # alternated, so a slow spell of the machine hits both alike
                 start = time.perf_counter()
-                result = sample_lib.sample(net, cond, *shapes, steps=args.sample_steps, guidance=guidance,
-                                           device=device, identity_cache=cached)
+                result = sample_lib.sample_pixels(net, cond, *shapes, codec, steps=args.sample_steps,
+                                                  guidance=guidance, device=device, identity_cache=cached)
                 times[cached].append(time.perf_counter() - start)
                 out.setdefault(f"presence_{scene}_results", []).append(result)
         a, b = out.pop(f"presence_{scene}_results")[:2]  # the first cached and the first recomputed clip
@@ -380,6 +395,11 @@ def print_speed(results: dict, args, variants):
         mfu = "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"  # a CPU has no bf16 peak to divide by
         print(f"train {name:14s} {r['ms_per_step']:8.1f} ms/step  {r['samples_per_s']:7.2f} samples/s  "
               f"{r['tokens_per_s']:9.0f} tokens/s  MFU {mfu}")
+    for towers in ("video", "audio"):
+        r = results[f"{towers}_tower_alone"]
+        print(f"train {towers} tower alone {r['ms_per_step']:6.1f} ms/step  {r['samples_per_s']:7.2f} samples/s")
+    if "codec_encode_ms" in results:
+        print(f"codec encode         {results['codec_encode_ms']:8.1f} ms/batch")
     print(f"math / sdpa          {results['math_over_sdpa']:.2f}x step time")
     print(f"peak memory          {results['peak_memory_mb']:.0f} MB")
     print(f"sampling ({args.sample_steps} steps) {results['sample_s_per_clip_no_cfg']:.2f} s/clip, "
@@ -417,7 +437,7 @@ def quality_main(args):
         except checkpoint.CheckpointError as e:  # a run folder from another plan, or a damaged checkpoint
             raise SystemExit(f"error: {e}") from None
     else:
-        shift = 3.0  # read only when a model samples; a checkpoint replaces it with its own
+        shift, codec = 3.0, None  # read only when a model samples; a checkpoint replaces them with its own
         if args.ground_truth:
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
@@ -425,6 +445,7 @@ def quality_main(args):
                 ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
                 net = checkpoint.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
                 world = checkpoint.world_from_checkpoint(ckpt, args.ckpt)  # the world it was trained on
+                codec = checkpoint.codec_from_checkpoint(ckpt, args.ckpt)  # mini-Ovi: samples are latents
             except checkpoint.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
             shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
@@ -432,7 +453,7 @@ def quality_main(args):
         guidance = sample_lib.Guidance(mode=args.guidance)  # one guidance for every model compared: fair rows
         subsets = args.subsets.split(",")
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
-                         subsets=subsets, shift=shift)
+                         subsets=subsets, shift=shift, codec=codec)
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))

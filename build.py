@@ -45,6 +45,11 @@ PRESETS = {
     # learned audio, 80 numbers a token, but its video stayed noise). One layer each for the text encoder,
     # OCF and the phoneme encoder keeps the long character captions cheap.
     "toy": ModelConfig(text_layers=1, ocf_layers=1, phoneme_layers=1),
+    # mini-Ovi: the toy over its own latent codecs (codec.py), as Ovi sits over Wan2.2's and MMAudio's VAEs. A
+    # video token is one latent (16 channels for 4x4x4 pixels), an audio token one latent (16 for 2 mel frames):
+    # the same 256 + 64 tokens per clip as `toy`, each a 16-number target instead of 192 or 80.
+    "mini": ModelConfig(text_layers=1, ocf_layers=1, phoneme_layers=1, video_channels=16, patch_t=1, patch_h=1,
+                        patch_w=1, audio_channels=16, audio_patch=1),
     # one GPU, hours: the same toy world, a wider and deeper twin tower
     "small": ModelConfig(dim=512, layers=12, heads=8, ffn=2048, text_dim=256, text_layers=4),
     # Ovi's size and layout (its released code): 3072 x 30 layers x 24 heads, FFN 14336, over Wan2.2 VAE

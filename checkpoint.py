@@ -191,7 +191,7 @@ def load_checkpoint(path: str, need: tuple = (), verify: bool = True) -> dict:
 # What a run's record holds besides the tensors, by type (load_checkpoint checks them)
 RECORD_TYPES = {"step": int, "rng": torch.Tensor, "stage": int, "optimizer": dict, "model_config": dict,
                 "world_config": dict, "train_config": dict, "lora_base": str, "lora_base_fingerprint": str,
-                "checksums": dict}
+                "checksums": dict, "codec": dict}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,6 +208,8 @@ def tensor_checksums(obj: dict) -> dict:
         for name, t in (obj.get(part) or {}).items():
             raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()  # any dtype, bf16 included
             sums[f"{part}/{name}"] = zlib.crc32(raw)
+    for name, t in ((obj.get("codec") or {}).get("weights") or {}).items():  # mini-Ovi's codec decodes every sample
+        sums[f"codec/{name}"] = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return sums
 
 
@@ -288,10 +290,23 @@ def world_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     import data  # the toy world; only toy checkpoints carry one
     world = dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], path, data.world_problems)
     cfg = config_from_checkpoint(ckpt, path)
-    bad = data.model_fit_problems(cfg, world, "its") if cfg.video_channels == 3 else []
+    latent = codec_from_checkpoint(ckpt, path)
+    bad = data.model_fit_problems(cfg, world, "its", latent.cfg if latent else None) \
+        if cfg.video_channels == 3 or latent else []
     if bad:
         raise CheckpointError(f"{path}: its world does not fit its model ({bad[0]}); not written by train.py")
     return world
+
+
+def codec_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
+    """The toy latent codec a mini-Ovi checkpoint carries (codec.py), or None for pixel and real-data models."""
+    if "codec" not in ckpt:
+        return None
+    import codec  # the toy's codecs; only mini-Ovi checkpoints carry one
+    try:
+        return codec.ToyCodec.from_state(ckpt["codec"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its codec cannot be rebuilt ({type(e).__name__}); not written by train.py") from None
 
 
 def config_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> ModelConfig:
@@ -440,7 +455,8 @@ def run_record(run) -> dict:
     tc, plan = run.tc, recipes.step_plan(run.step, run.tc)
     return dict(step=run.step, rng=torch.get_rng_state(), stage=plan["stage"], model_config=dataclasses.asdict(run.mcfg),
                 world_config=dataclasses.asdict(run.wcfg), train_config=dataclasses.asdict(tc),
-                log_window=run.log_window, **(dict(lora_base=run.lora_base, lora_base_fingerprint=run.lora_fingerprint)
+                log_window=run.log_window, **(dict(codec=run.codec.state()) if run.codec is not None else {}),
+                **(dict(lora_base=run.lora_base, lora_base_fingerprint=run.lora_fingerprint)
                                               if run.mcfg.lora_rank else {}),
                 # for readers and tools: a resume recomputes these from `step` (step_plan)
                 data_position=dict(joint_batches=plan["joint_index"] * tc.grad_accum,

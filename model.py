@@ -154,9 +154,10 @@ class TowerInputs:
 
 @dataclass
 class LayerContext:
-    """The typed input of every TwinLayer: each tower's inputs (video None in an audio-only step)."""
+    """The typed input of every TwinLayer: each tower's inputs (video None in an audio-only step, audio None in
+    a video-only step)."""
     video: TowerInputs | None
-    audio: TowerInputs
+    audio: TowerInputs | None
     text_mask: torch.Tensor | None  # (B, L), None when every prompt token is real
 
 
@@ -280,6 +281,9 @@ class TwinLayer(nn.Module):
         if v is None:  # Omni-Customizer's audio-only step: no video tower, no cross-tower pathway
             a = self.audio.cross_part(self.audio.self_part(a, A), A, None, None, ctx.text_mask)
             return None, self.audio.ffn_part(a, A)
+        if a is None:  # a video-only step (unimodal pretraining, recipes.py's ovi): the video tower alone
+            v = self.video.cross_part(self.video.self_part(v, V), V, None, None, ctx.text_mask)
+            return self.video.ffn_part(v, V), None
         v, a = self.video.self_part(v, V), self.audio.self_part(a, A)
         # both towers read the other's post-self-attention state: compute both before updating either
         a_new = self.audio.cross_part(a, A, v, V, ctx.text_mask)
@@ -520,10 +524,10 @@ class TwinTower(nn.Module):
 
         Args:
             video: (B, T, C, H, W) noisy video, or None for an audio-only step.
-            audio: (B, T_a, C_a) noisy audio (mel frames or latents).
+            audio: (B, T_a, C_a) noisy audio (mel frames or latents), or None for a video-only step.
             t: (B,) flow time in [0, 1] (1 = pure noise).
             cond: the Conditioning (prompt, references and their masks, task inputs).
-        Returns: (video velocity like `video` or None, audio velocity like `audio`).
+        Returns: (video velocity like `video` or None, audio velocity like `audio` or None).
         """
         v, a, ctx = self.prepare(video, audio, t, cond)
         for layer in self.layers:
@@ -533,21 +537,26 @@ class TwinTower(nn.Module):
     def prepare(self, video, audio, t, cond: Conditioning, references: bool = True):
         """The token streams and the LayerContext every layer reads (references: as audio_tokens)."""
         prompt = self.prompt(cond)                                                 # (B, L, text_dim)
-        a, mask_a, n_a, T_r = self.audio_tokens(audio, cond, references)
-        emb_a, e_a = self.audio_tower.timestep(t)
-        v = mask_v = grid = None
-        n_v, ref_hw = 0, (0, 0)
+        a = mask_a = v = mask_v = grid = None
+        n_a = T_r = n_v = 0
+        ref_hw = (0, 0)
+        if audio is not None:
+            a, mask_a, n_a, T_r = self.audio_tokens(audio, cond, references)
         if video is not None:
             v, mask_v, n_v, ref_hw = self.video_tokens(video, cond, references)
             grid = self.video_grid(video.shape)
-        rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, audio.device)
+        device = (audio if audio is not None else video).device
+        rope_v, rope_a = self.rope_tables(grid, cond.subjects, ref_hw, n_a, T_r, device)
         mask_v, mask_a, text_mask = self.needed_masks(cond, mask_v, mask_a)
         if self.sp is not None:  # sequence parallel: this rank's slice of each stream; masks stay whole (keys)
-            a, mask_a, rope_a, n_a = self.sp.shard_stream(a, mask_a, rope_a, n_a)
+            if a is not None:
+                a, mask_a, rope_a, n_a = self.sp.shard_stream(a, mask_a, rope_a, n_a)
             if v is not None:
                 v, mask_v, rope_v, n_v = self.sp.shard_stream(v, mask_v, rope_v, n_v)
-        A = TowerInputs(e_a, emb_a, n_a, mask_a, rope_a, self.audio_tower.text_proj(prompt))
-        V = None
+        A = V = None
+        if audio is not None:
+            emb_a, e_a = self.audio_tower.timestep(t)
+            A = TowerInputs(e_a, emb_a, n_a, mask_a, rope_a, self.audio_tower.text_proj(prompt))
         if video is not None:
             emb_v, e_v = self.video_tower.timestep(t)
             V = TowerInputs(e_v, emb_v, n_v, mask_v, rope_v, self.video_tower.text_proj(prompt))
@@ -573,8 +582,10 @@ class TwinTower(nn.Module):
 
     def outputs(self, v, a, ctx: LayerContext, video, audio):
         """Heads on the content tokens, back to the inputs' shapes (the references' predictions are dropped)."""
-        n_a = audio.shape[1] // self.cfg.audio_patch
-        audio_out = self.head(self.audio_tower, a, ctx.audio, n_a).reshape(audio.shape)   # (B, n_a, p*C_a) -> audio
+        audio_out = None
+        if audio is not None:
+            n_a = audio.shape[1] // self.cfg.audio_patch
+            audio_out = self.head(self.audio_tower, a, ctx.audio, n_a).reshape(audio.shape)  # (B, n_a, p*C_a) -> audio
         if video is None:
             return None, audio_out
         video_tokens = self.head(self.video_tower, v, ctx.video, math.prod(self.video_grid(video.shape)))

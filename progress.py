@@ -83,8 +83,9 @@ def append_row(png_path: str, row) -> None:
 class Progress:
     """The fixed held-out case, and a strip row for the EMA model at a given minute."""
 
-    def __init__(self, out_dir: str, world: data.WorldConfig, shift: float, sample_steps: int = 20):
+    def __init__(self, out_dir: str, world: data.WorldConfig, shift: float, sample_steps: int = 20, codec=None):
         self.out_dir, self.world, self.shift, self.sample_steps = out_dir, world, shift, sample_steps
+        self.codec = codec  # mini-Ovi: sample the codec's latents and decode them (codec.py)
         # the benchmark's first single-subject case: an identity training never sees, cross-pair references
         self.case = data.held_out_case(world, "single", 0)
         self.path = os.path.join(out_dir, "progress.png")
@@ -103,9 +104,10 @@ class Progress:
         w = self.world
         # seed 0 every time: each row starts from the same noise, so rows differ only by the weights
         device = next(net.parameters()).device
-        video, mel = sample_lib.sample(net, Conditioning.from_batch(batch), batch["video"].shape,
-                                       batch["audio"].shape, steps=self.sample_steps, seed=0, shift=self.shift,
-                                       guidance=sample_lib.Guidance(mode="plain"), device=device)  # as bench samples
+        video, mel = sample_lib.sample_pixels(net, Conditioning.from_batch(batch), batch["video"].shape,
+                                              batch["audio"].shape, self.codec, steps=self.sample_steps, seed=0,
+                                              shift=self.shift, guidance=sample_lib.Guidance(mode="plain"),
+                                              device=device)  # as bench samples
         video, mel = video.cpu(), mel.cpu()
         append_row(self.path, row_image(video[0], mel[0], f"minute {minutes:.1f}\nstep {step}\nEMA, CFG, "
                                                           f"{self.sample_steps} steps\n{w.frames} frames: "
@@ -151,7 +153,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 SERIES = {"loss": ("black", "total"), "loss_video": ("blue", "video"), "loss_audio": ("red", "audio"),
-          "loss_audio_only": ("orange", "audio-only steps")}
+          "loss_audio_only": ("orange", "audio-only steps"), "loss_video_only": ("green", "video-only steps")}
 
 
 def plot_losses(log_path: str, png_path: str, size=(720, 400)):
@@ -201,8 +203,10 @@ def plot_losses(log_path: str, png_path: str, size=(720, 400)):
 class Logger:
     """Windows of step statistics kept as device tensors; `write` syncs once, at a log step.
 
-    A record: step, stage, mean losses of the joint steps (total, video, audio), of the audio-only steps,
-    joint samples/s, lr, grad norm, loss by t in quarters (minRF's diagnostic), minutes."""
+    A record: step, stage, mean losses of the joint steps (total, video, audio), of the audio-only steps and
+    of the video-only steps, samples/s of the steps that see video, lr, grad norm, loss by t in quarters
+    (minRF's diagnostic), minutes. A window of unimodal pretraining (recipes.py's ovi stage 1) has no joint
+    steps: its loss, loss_video and loss_audio are then the video-only and audio-only means."""
 
     def __init__(self, run, path: str):
         self.run, self.path, self.start = run, path, time.time()
@@ -216,6 +220,7 @@ class Logger:
         cat = lambda xs, empty: torch.cat(xs).cpu() if xs else empty  # noqa: E731
         return dict(joint=torch.stack(self.joint).cpu() if self.joint else torch.zeros(0, 3),
                     audio_only=torch.stack(self.audio_only).cpu() if self.audio_only else torch.zeros(0),
+                    video_only=torch.stack(self.video_only).cpu() if self.video_only else torch.zeros(0),
                     t=cat(self.t, torch.zeros(0)), per_sample=cat(self.per_sample, torch.zeros(0)),
                     samples=torch.tensor(self.samples),
                     rewards=torch.stack(self.rewards).cpu() if self.rewards else torch.zeros(0))
@@ -224,17 +229,23 @@ class Logger:
         device = self.run.device
         self.joint = list(state["joint"].to(device))           # rows of (loss, loss_video, loss_audio)
         self.audio_only = list(state["audio_only"].to(device))
+        self.video_only = list(state.get("video_only", torch.zeros(0)).to(device))
         self.t = [state["t"].to(device)] if state["t"].numel() else []
         self.per_sample = [state["per_sample"].to(device)] if state["per_sample"].numel() else []
         self.samples = int(state["samples"])
         self.rewards = list(state.get("rewards", torch.zeros(0)).to(device))
 
     def reset(self):
-        self.joint, self.audio_only, self.t, self.per_sample, self.rewards = [], [], [], [], []
+        self.joint, self.audio_only, self.video_only, self.t, self.per_sample, self.rewards = [], [], [], [], [], []
         self.samples, self.window_start, self.grad_norm = 0, time.time(), None
 
     def add(self, out: dict):
-        if out["joint"]:
+        if out.get("video_only"):
+            self.video_only.append(torch.as_tensor(out["loss_video"], device=self.run.device))
+            self.t += out["t"]
+            self.per_sample += out["per_sample"]
+            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
+        elif out["joint"]:
             self.joint.append(torch.stack([torch.as_tensor(out[k], device=self.run.device)
                                            for k in ("loss", "loss_video", "loss_audio")]))
             self.t += out["t"]
@@ -247,9 +258,14 @@ class Logger:
 
     def write(self, plan: dict, lr: float) -> dict | None:
         """Append a record to log.jsonl (rank 0) and reset the window; the one place that reads device values."""
-        if not self.joint:
+        if not (self.joint or self.video_only):
             return None
-        loss, loss_v, loss_a = torch.stack(self.joint).mean(0).tolist()
+        mean = lambda xs: torch.stack(xs).mean().item() if xs else 0.0  # noqa: E731
+        if self.joint:
+            loss, loss_v, loss_a = torch.stack(self.joint).mean(0).tolist()
+        else:  # unimodal pretraining: each tower alone
+            loss_v, loss_a = mean(self.video_only), mean(self.audio_only)
+            loss = loss_v + loss_a
         t = torch.cat(self.t)
         per_sample = torch.cat(self.per_sample).cpu()
         quarter = (t * 4).long().clamp(max=3)
@@ -260,7 +276,9 @@ class Logger:
                                  for b in range(4) if (quarter == b).any()},
                       minutes=(time.time() - self.start) / 60)
         if self.audio_only:
-            record["loss_audio_only"] = torch.stack(self.audio_only).mean().item()
+            record["loss_audio_only"] = mean(self.audio_only)
+        if self.video_only:
+            record["loss_video_only"] = mean(self.video_only)
         if self.rewards:
             record["reward"] = torch.stack(self.rewards).mean().item()
         if self.run.rank == 0:
@@ -278,7 +296,7 @@ class ProgressStrip:
         self.on = run.tc.progress_every > 0 and run.tc.data == "toy"
         self.next_minute = run.tc.progress_every
         if self.on:
-            self.strip = Progress(run.tc.out_dir, run.wcfg, run.tc.t_shift)
+            self.strip = Progress(run.tc.out_dir, run.wcfg, run.tc.t_shift, codec=run.codec)
             if run.rank == 0 and (run.step == 0 or not os.path.exists(self.strip.path)):
                 self.strip.start()  # a fresh run (or a resume without a strip): the truth row first
 

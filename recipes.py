@@ -57,14 +57,27 @@ DREAMVIDEO_STAGES = {
     2: dict(world=MOTION_WORLD, interleave=False, task_mix=None, reward=True,
             teaches="LIReFL: the frozen LIRM scores one-step predictions against the reference (--reward_model)"),
 }
-RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES, "dreamvideo": DREAMVIDEO_STAGES}
+# How Ovi itself was built, the base every paper fine-tunes: its video tower is Wan2.2's (pretrained on video
+# alone) and its audio tower was pretrained on audio alone; then the two were fused and trained jointly.
+# Stage 1 trains each tower alone, alternating a video-only step (text-to-video on the paired clips: no audio
+# tower, no cross-tower pathway) with an audio-only step (text-to-speech on the audio-only corpus, in the
+# paired clips' languages: Ovi's audio tower was pretrained on general speech, not on a second language).
+# Stage 2 fuses them: joint steps, with the audio-only steps continuing (Omni-Customizer's Inter-TTS).
+# Neither stage sets the scene: --scene and the other world flags choose it (the README's main job: single).
+OVI_STAGES = {
+    1: dict(world=dict(lang_b_audio_only=0.1), interleave=True, task_mix=None, towers_alone=True,
+            teaches="unimodal pretraining: text-to-video with the video tower alone, text-to-speech with the audio tower alone"),
+    2: dict(world=dict(lang_b_audio_only=0.1), interleave=True, task_mix=None,
+            teaches="fusion: both towers, the cross-tower pathway, lip sync (audio-only steps continue)"),
+}
+RECIPES = {"omni-customizer": STAGES, "presence": PRESENCE_STAGES, "dreamvideo": DREAMVIDEO_STAGES, "ovi": OVI_STAGES}
 TASKS = ("r2av", "rv2av", "ra2v")
 
 # What each paper's recipe switches on, as that paper does (a flag given on the command line still wins):
 # Identity-as-Presence trains its identity stream; DreamVideo-Omni its motion control, with its references
 # sharing one time index (condition-aware RoPE) and the box-reweighted loss. The paper gives no lambda_1;
 # 1.0 doubles the weight inside the boxes (the rows of docs/ablations.md were trained with it).
-SWITCHES = {"omni-customizer": dict(model={}, train={}),
+SWITCHES = {"omni-customizer": dict(model={}, train={}), "ovi": dict(model={}, train={}),
             "presence": dict(model=dict(ref_mode="presence"), train={}),
             "dreamvideo": dict(model=dict(motion=True, ref_rope="condition"), train=dict(box_loss_weight=1.0))}
 
@@ -115,6 +128,9 @@ def recipe_problems(tc, model_overrides: dict) -> list[str]:
         problems.append("--reward_model scores toy-world pixels; a run on latent shards cannot use it")
     if tc.curriculum and tc.stage:  # one of the two would silently win
         problems.append(f"--curriculum runs every stage of the recipe from 1; drop --stage {tc.stage} (or --curriculum)")
+    if tc.recipe == "ovi" and model_overrides.get("ref_mode", "concat") != "concat":
+        problems.append("--recipe ovi pretrains each tower alone, which the identity stream does not support: "
+                        "leave --ref_mode concat")
     if tc.recipe == "presence" and model_overrides.get("ref_mode", "presence") != "presence":
         problems.append("--recipe presence trains the identity stream: leave --ref_mode presence")
     return problems
@@ -131,7 +147,8 @@ def stage_budgets(tc) -> list[int]:
 
 def step_plan(step: int, tc) -> dict:
     """What optimizer step `step` does, as a pure function of the step (so a resume replays it):
-    its stage, whether it is joint or audio-only, and how many of each the stage has done before it."""
+    its stage, whether it is joint, audio-only or (a stage with towers_alone) video-only, and how many batches
+    of the paired clips and of the audio-only corpus the stage has read before it."""
     stage, start = tc.stage, 0
     if tc.curriculum:
         for stage, budget in enumerate(stage_budgets(tc), start=1):
@@ -143,8 +160,10 @@ def step_plan(step: int, tc) -> dict:
     local = step - start
     period = 1 + interleave                    # one joint step, then `interleave` audio-only steps
     joint_before = -(-local // period)         # joint steps sit at local % period == 0; ceil(local / period)
-    return dict(stage=stage, audio_only=local % period != 0, stage_start=start,
-                joint_index=joint_before, audio_index=local - joint_before)  # batches of each kind consumed so far
+    towers_alone = bool(spec and spec.get("towers_alone"))  # the joint step's place is a video-only step's
+    return dict(stage=stage, audio_only=local % period != 0, video_only=towers_alone and local % period == 0,
+                stage_start=start, joint_index=joint_before,
+                audio_index=local - joint_before)  # batches of each kind consumed so far
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,4 +212,7 @@ class StageData:
             workers = data_workers(tc.workers, self.run.device)
             self.loaders[key] = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                                                  pin_memory=self.run.device.type == "cuda"))
-        return next(self.loaders[key])
+        batch = next(self.loaders[key])
+        if self.run.codec is not None:  # mini-Ovi: the model trains on the codec's latents (codec.py)
+            batch = self.run.codec.encode_batch(batch)
+        return batch

@@ -172,6 +172,17 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     return x_v.clamp(-1, 1) if video_shape[2] == 3 else x_v, x_a  # pixels live in [-1, 1]; latents and mel do not
 
 
+def sample_pixels(net, cond: Conditioning, video_shape, audio_shape, codec=None, **kw):
+    """`sample` in the toy world's pixels and mel. A mini-Ovi model (a `codec`, codec.py) samples the codec's
+    latents instead: its references and task inputs are encoded first and the result is decoded, as Ovi's
+    pipeline encodes with Wan2.2's and MMAudio's VAEs and decodes with them."""
+    if codec is None:
+        return sample(net, cond, video_shape, audio_shape, **kw)
+    video, audio = sample(net, codec.encode_condition(cond), *codec.latent_shapes(video_shape, audio_shape), **kw)
+    with torch.no_grad():
+        return codec.decode_video(video.cpu().float()), codec.decode_audio(audio.cpu().float())
+
+
 def flag_problems(args) -> list[str]:
     """Flag values that cannot make a sample, one line each; checked before any model work (a bad --out_dir
     used to be found only after sampling had finished)."""
@@ -282,8 +293,9 @@ def main():
             print(f"merged {lora.merge(net)} LoRA adapters into their base weights")
     except (InputError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
-    video, audio = sample(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
-                          (1, world.mel_frames, world.n_mels), **run)
+    video, audio = sample_pixels(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
+                                 (1, world.mel_frames, world.n_mels), checkpoint.codec_from_checkpoint(ckpt, args.ckpt),
+                                 **run)
     check_finite_sample(video, audio, args)
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio

@@ -49,6 +49,7 @@ import torch.distributed as dist
 
 import build
 import checkpoint
+import codec as codec_lib
 import data
 import lora
 import model as model_lib
@@ -69,6 +70,8 @@ class TrainConfig:
     config: str = "toy"                # model preset: toy | small | full
     out_dir: str = "out/toy"           # the run's folder: ckpt.pt, log.jsonl, loss.png (a run there resumes)
     data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
+    codec: str = "out/codec.pt"        # a latent model (--config mini) on the toy world reads it through this codec
+                                       # (codec.py): loaded from the file, or trained there first (~2.5 minutes)
     max_steps: int = 100000            # optimizer steps (joint and audio-only alike)
     max_minutes: float = 0.0           # stop (and save) after this much wall time; 0 = no limit
     batch_size: int = 8                # per rank, per micro-step
@@ -93,7 +96,7 @@ class TrainConfig:
     stage: int = 0                     # 0 = the world flags as given; 1-4 = a curriculum stage (STAGES)
     curriculum: bool = False           # run stages 1.. in order, stage_steps each
     recipe: str = "omni-customizer"    # whose stages --stage / --curriculum mean: omni-customizer (1-4) | presence (1-3)
-                                       # | dreamvideo (1 motion SFT, 2 LIReFL)
+                                       # | dreamvideo (1 motion SFT, 2 LIReFL) | ovi (1 each tower alone, 2 fusion)
     stage_steps: str = "300,150,150"   # steps per stage for --curriculum (4 numbers add the omni-task stage)
     init_from: str = ""                # start from these weights: our ckpt.pt (e.g. the previous stage) or Ovi's .safetensors / index
     task_mix: str = "1,0,0"            # R2AV : RV2AV : RA2V per sample (stage 4 uses DreamID-Omni's 4,3,3)
@@ -129,11 +132,12 @@ def sample_t(n: int, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
 
 def rectified_flow(net, x0_v, x0_a, noise_v, noise_a, t, cond):
     """The objective's core (rectified flow, as in Ovi and minRF): x_t = (1 - t) x0 + t noise, and the model
-    predicts the velocity v = noise - x0 of both streams at once (x0_v None: an audio-only step).
-    Returns (predicted video velocity, predicted audio velocity, x_t of the video)."""
-    ta = t[:, None, None]                                                      # (B, 1, 1): audio (B, T_a, C)
-    xt_a = (1 - ta) * x0_a + ta * noise_a
-    xt_v = None
+    predicts the velocity v = noise - x0 of both streams at once (x0_v None: an audio-only step; x0_a None:
+    a video-only step). Returns (predicted video velocity, predicted audio velocity, x_t of the video)."""
+    xt_a = xt_v = None
+    if x0_a is not None:
+        ta = t[:, None, None]                                                  # (B, 1, 1): audio (B, T_a, C)
+        xt_a = (1 - ta) * x0_a + ta * noise_a
     if x0_v is not None:
         tv = t.view(-1, 1, 1, 1, 1)                                            # video (B, T, C, H, W)
         xt_v = (1 - tv) * x0_v + tv * noise_v
@@ -148,8 +152,9 @@ def masked_mse(pred, target, mask, dims, weight=1.0):
 
 
 def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, video: bool = True,
-              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False, reward=None):
-    """Rectified-flow loss on one batch (joint, or audio-only with video=False), with the papers' terms:
+              task_weights=(1.0, 0.0, 0.0), unimodal: bool = False, reward=None, audio: bool = True):
+    """Rectified-flow loss on one batch (joint; audio-only with video=False; video-only with audio=False, the
+    unimodal pretraining of recipes.py's ovi), with the papers' terms:
 
       L = w_a mean_b(a_b MSE_audio) + w_v mean_b(MSE_video with DreamID-Omni's mask M_ref and DreamVideo-Omni's
           box weights 1 + lambda_1 M_box) - lambda_2 E[r]  (LIReFL, with a reward model)
@@ -157,22 +162,25 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
     where a_b = 0 for RA2V samples (given their audio, they generate only the video). Returns (loss, stats):
     per-sample t, task (CPU) and loss_audio, loss_video (detached, on `device`: reading them is a device sync,
     left to the logging steps). Every draw comes from `gen`, in a fixed order, so a resumed run repeats it."""
-    x0_a = batch["audio"].to(device)
-    B = x0_a.shape[0]
+    B = batch["audio"].shape[0]
     t = sample_t(B, tc, gen)
     cond, tasks = step_conditioning(batch, tc, gen, video, task_weights, unimodal, device)
-    noise_a = torch.randn(x0_a.shape, generator=gen).to(device)
-    x0_v = noise_v = None
+    x0_a = noise_a = x0_v = noise_v = None
+    if audio:
+        x0_a = batch["audio"].to(device)
+        noise_a = torch.randn(x0_a.shape, generator=gen).to(device)
     if video:
         x0_v = batch["video"].to(device)
         noise_v = torch.randn(x0_v.shape, generator=gen).to(device)
     weights = loss_weights(batch, tc, tasks, video, device)
     t_dev = t.to(device)
     pred_v, pred_a, xt_v = rectified_flow(net, x0_v, x0_a, noise_v, noise_a, t_dev, cond)
-    loss_a = masked_mse(pred_a, noise_a - x0_a, weights["audio_mask"], (1, 2))          # (B,)
-    audio_weight = weights["audio_weight"]
-    loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
-    stats = dict(t=t, loss_audio=loss_a.detach(), task=tasks)
+    loss, stats = 0.0, dict(t=t, task=tasks)
+    if audio:
+        loss_a = masked_mse(pred_a, noise_a - x0_a, weights["audio_mask"], (1, 2))      # (B,)
+        audio_weight = weights["audio_weight"]
+        loss = tc.audio_loss_weight * (loss_a * audio_weight).sum() / audio_weight.sum().clamp_min(1)
+        stats["loss_audio"] = loss_a.detach()
     if video:
         loss_v = masked_mse(pred_v, noise_v - x0_v, weights["video_mask"], (1, 2, 3, 4), weights["box"])
         loss = loss + tc.video_loss_weight * loss_v.mean()
@@ -329,6 +337,7 @@ class Run:
     lora_base: str = ""               # LoRA: the frozen weights the adapters modify (--init_from when the run began)
     lora_fingerprint: str = ""        # LoRA: checkpoint.fingerprint of that base, recorded with the adapters
     reward: object = None             # LIReFL: the frozen LIRM (reward.py), or None
+    codec: object = None              # a latent model on the toy world: its codec.ToyCodec, or None
 
     @property
     def precision(self) -> str:
@@ -414,6 +423,26 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(net, mesh=mesh, mp_policy=mp)
     return net.to_empty(device=device)
+
+
+def run_codec(tc: TrainConfig, mcfg, wcfg, saved: dict | None, rank: int, world: int):
+    """The toy's latent codec of a latent model on the toy world (None otherwise): the one a resumed or
+    fine-tuned checkpoint carries (its latents must mean what they meant), else --codec's file, trained
+    there first by rank 0 if it does not exist yet."""
+    if tc.data != "toy" or mcfg.video_channels == 3:
+        return None
+    if saved is not None and "codec" in saved:
+        return codec_lib.ToyCodec.from_state(saved["codec"])
+    if rank == 0:
+        codec = codec_lib.load_or_train(tc.codec, wcfg)
+    if world > 1:
+        dist.barrier()  # rank 0 has written the file
+    if rank != 0:
+        codec = codec_lib.load_codec(tc.codec)
+    bad = data.model_fit_problems(mcfg, wcfg, tc.config, codec.cfg)
+    if bad:
+        raise codec_lib.CodecError(f"--codec {tc.codec}: {bad[0]}")
+    return codec
 
 
 def shard_group_size(tc: TrainConfig, world: int) -> int:
@@ -509,6 +538,7 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         run.lora_fingerprint = (resume or {}).get("lora_base_fingerprint") or checkpoint.fingerprint(run.lora_base)
     if tc.reward_model:
         run.reward = reward_lib.load_lirm(tc.reward_model, wcfg).to(device)
+    run.codec = run_codec(tc, mcfg, wcfg, resume or init, rank, world)
     if resume is not None and "sharded" in resume:  # every rank reads its own shards, in place
         sharded.load(net, run.ema, run.opt, resume["sharded"], resume)
     elif resume is not None:
@@ -550,18 +580,25 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     gen = torch.Generator().manual_seed(hash((tc.seed, run.data_rank, run.step)) % (2 ** 63))
     spec = recipes.stage_spec(tc, plan["stage"]) or {}
     mix = spec.get("task_mix") or tc.task_mix
-    joint = not plan["audio_only"]  # a joint step runs both towers; otherwise the audio tower alone
-    out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint)
+    # a joint step runs both towers; otherwise one tower alone (audio-only: Inter-TTS; video-only: ovi's stage 1)
+    video_only = plan.get("video_only", False)
+    joint = not (plan["audio_only"] or video_only)
+    out = dict(loss=0.0, loss_video=0.0, loss_audio=0.0, t=[], per_sample=[], joint=joint, video_only=video_only)
     for micro in range(tc.grad_accum):
         batch = next_batch(plan)
         with gradient_sync(run, last=micro == tc.grad_accum - 1), precision_lib.autocast(run.device, run.precision):
-            loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=joint,
+            loss, stats = flow_loss(run.wrapped, batch, tc, gen, run.device, video=not plan["audio_only"],
                                     task_weights=[float(x) for x in mix.split(",")], unimodal=spec.get("unimodal", False),
-                                    reward=run.reward if spec.get("reward", True) else None)
+                                    reward=run.reward if spec.get("reward", True) else None, audio=not video_only)
         # gradients add up over micro-steps: average them. Sequence parallel: DDP / FSDP2 average over all
         # ranks, but a group's ranks each hold a share of one sample's gradient, to be summed: x N
         (loss * tc.seq_parallel / tc.grad_accum).backward()
         out["loss"] = out["loss"] + loss.detach() / tc.grad_accum
+        if video_only:
+            out["loss_video"] = out["loss_video"] + stats["loss_video"].mean() / tc.grad_accum
+            out["t"].append(stats["t"])
+            out["per_sample"].append(stats["loss_video"])
+            continue
         out["loss_audio"] = out["loss_audio"] + stats["loss_audio"].mean() / tc.grad_accum
         if joint:
             out["loss_video"] = out["loss_video"] + stats["loss_video"].mean() / tc.grad_accum
@@ -569,14 +606,14 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
             out["per_sample"].append(stats["loss_video"] + stats["loss_audio"])
             if "reward" in stats:  # LIReFL: watch the reward next to the losses (reward hacking shows as both moving)
                 out.setdefault("reward", []).append(stats["reward"].mean())
-    if not joint:  # the cross-tower pathway and the video tower stay exactly as they are
+    if plan["audio_only"]:  # the cross-tower pathway and the video tower stay exactly as they are
         for n, p in run.net.named_parameters():
             if n in run.frozen:
                 p.grad = None
     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(run.net.parameters(), tc.grad_clip)  # before clipping
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
-    update_ema(run, joint)
+    update_ema(run, not plan["audio_only"])
     return out
 
 
@@ -703,8 +740,9 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append(f"--seq_parallel {tc.seq_parallel} must divide the ranks ({world}) and --heads ({mcfg.heads})")
     elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
         problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
-    if tc.data == "toy" and not problems:
-        problems += data.model_fit_problems(mcfg, wcfg, tc.config)
+    if tc.data == "toy" and not problems:  # a latent model reads the toy through the codec train.py would make
+        codec_cfg = codec_lib.CodecConfig() if mcfg.video_channels != 3 else None
+        problems += data.model_fit_problems(mcfg, wcfg, tc.config, codec_cfg)
     return problems + out_dir_problems(tc.out_dir)
 
 
@@ -727,7 +765,7 @@ def main():
     tc, model_overrides, world_overrides = parse_args()
     try:
         out = train(tc, model_overrides, world_overrides)
-    except (checkpoint.CheckpointError, shards.ShardError, progress_lib.Diverged) as e:
+    except (checkpoint.CheckpointError, shards.ShardError, progress_lib.Diverged, codec_lib.CodecError) as e:
         raise SystemExit(f"error: {e}") from None
     except OSError as e:  # a full disk, a folder made read-only during the run: one line, not a traceback
         raise SystemExit(f"error: --out_dir {tc.out_dir}: cannot write ({e.strerror or e}); give a writable folder")

@@ -43,6 +43,31 @@ def test_an_audio_only_step_leaves_video_and_cross_tower_weights_bitwise_unchang
     assert all(not torch.equal(before[n], after[n]) for n in audio)
 
 
+def test_ovi_recipe_trains_each_tower_alone_then_fuses(tmp_path):
+    """recipes.py's ovi: stage 1 alternates a video-only step (the audio tower, its stem and the cross-tower
+    pathway untouched) with an audio-only step; stage 2 runs joint steps. Every record of the log has a loss."""
+    tc = train.TrainConfig(recipe="ovi", curriculum=True, stage_steps="4,2", interleave_audio=1)
+    plans = [recipes.step_plan(s, tc) for s in range(6)]
+    assert [(p["stage"], p["video_only"], p["audio_only"]) for p in plans] == [
+        (1, True, False), (1, False, True), (1, True, False), (1, False, True), (2, False, False), (2, False, True)]
+    snapshots = {}
+
+    def snap(step, net):
+        snapshots[step] = {n: p.detach().clone() for n, p in net.named_parameters()}
+    out = tmp_path / "run"
+    train.train(tiny_train(out, recipe="ovi", curriculum=True, stage_steps="4,2"), TINY_OVERRIDES, WORLD, on_step=snap)
+    before, after = snapshots[2], snapshots[3]  # the third step is video-only (the first runs at lr 0: warm-up)
+    untouched = [n for n in after if n.startswith(("audio_tower.", "audio_stem.")) or ".audio." in n
+                 or "_fusion" in n]
+    moved = ["video_stem.weight", "video_tower.head.weight", "layers.0.video.cross_attn.q.weight"]
+    assert untouched
+    assert all(torch.equal(before[n], after[n]) for n in untouched), "a video-only step moved the audio side"
+    assert all(not torch.equal(before[n], after[n]) for n in moved)
+    records = [json.loads(line) for line in open(out / "log.jsonl")]  # audio-only steps log with the step before
+    assert [r["stage"] for r in records] == [1, 1, 2]
+    assert "loss_video_only" in records[0] and "loss_audio_only" in records[1] and all(r["loss"] > 0 for r in records)
+
+
 def test_step_plan_interleaves_one_to_one_and_counts_batches():
     tc = train.TrainConfig(interleave_audio=1)
     kinds = [recipes.step_plan(s, tc)["audio_only"] for s in range(6)]
