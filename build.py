@@ -43,7 +43,7 @@ PRESETS = {
     # The width must be at least a token's size (4x4x4 RGB = 192 numbers): near t = 1 the target velocity is
     # mostly the input noise itself, which a narrower stream cannot carry through (at width 128 the toy
     # learned audio, 80 numbers a token, but its video stayed noise). One layer each for the text encoder,
-    # OCF and the phoneme encoder keeps the long character captions cheap.
+    # OCF and the phoneme encoder keeps the captions (~130 letter-pair tokens) cheap.
     "toy": ModelConfig(text_layers=1, ocf_layers=1, phoneme_layers=1),
     # mini-Ovi: the toy over its own latent codecs (codec.py), as Ovi sits over Wan2.2's and MMAudio's VAEs. A
     # video token is one latent (16 channels for 4x4x4 pixels), an audio token one latent (16 for 2 mel frames):
@@ -200,10 +200,15 @@ def estimate_flops(cfg: ModelConfig, video_tokens: int, audio_tokens: int, text_
 # data.WorldConfig's default clip (2 s of 32x32 at 8 fps, 128 mel frames, 16x16 reference portraits,
 # 1 s reference voices). Held here so this file need not import the toy world; tests/test_data.py checks it.
 TOY_CLIP = dict(frames=16, image_size=32, mel_frames=128, ref_image_size=16, ref_mel_frames=64)
+# the same clip on mini-Ovi's latent grid (codec.py: 4x4x4 pixels and 2 mel frames per latent)
+TOY_LATENT_CLIP = dict(frames=4, image_size=8, mel_frames=64, ref_image_size=4, ref_mel_frames=32)
 
 
-def toy_token_counts(cfg: ModelConfig, clip: dict = TOY_CLIP, subjects: int = 2, text_tokens: int = 250):
-    """Token counts of one toy sample (for FLOPs and bench); `clip` holds the world's sizes (TOY_CLIP's keys)."""
+def toy_token_counts(cfg: ModelConfig, clip: dict | None = None, subjects: int = 2, text_tokens: int = 130):
+    """Token counts of one toy sample (for FLOPs and bench); `clip` holds the world's sizes (TOY_CLIP's keys;
+    default: the world's clip, on the codec's latent grid for a latent model). 130 text tokens: a mixed scene's
+    caption in letter pairs (caption.py)."""
+    clip = clip or (TOY_CLIP if cfg.video_channels == 3 else TOY_LATENT_CLIP)
     v = (clip["frames"] // cfg.patch_t) * (clip["image_size"] // cfg.patch_h) * (clip["image_size"] // cfg.patch_w)
     a = clip["mel_frames"] // cfg.audio_patch
     rv = subjects * (clip["ref_image_size"] // cfg.patch_h) * (clip["ref_image_size"] // cfg.patch_w)

@@ -11,9 +11,16 @@ A caption says who is in the clip, what each subject looks and sounds like, and 
 
 `parse_caption` reads that structure (token ids, each subject's descriptor span, each line's span,
 speaker and phonemes) and stops with one line (CaptionError) on a caption that breaks it; OCF's SA-MRoPE
-and MTP-CA (ocf.py) and the toy world's batches (data.py) read its spans. The tokenizer is character-
-level: the toy's captions use 33 characters, and `<subk>`, `<S>`, `<E>` are single tokens. Real captions
-are umT5's business (precomputed features, shards.py).
+and MTP-CA (ocf.py) and the toy world's batches (data.py) read its spans. Real captions are umT5's
+business (precomputed features, shards.py). The toy has two tokenizers (the world's --tokenizer):
+
+  chars   one token per character (33 characters); `<subk>`, `<S>`, `<E>` are single tokens
+  pairs   every word cut into letter pairs from its start, the space before a word carried by its first
+          pair ("the one" -> "th" "e" " on" "e"): about half the tokens of chars. The toy's spoken words are
+          CV syllables with an optional final consonant, so their pairs are exactly their syllables
+          ("tuke" -> "tu" "ke"); descriptor words are cut the same way, so descriptors and lines share
+          units and a model can still wrongly speak its descriptors (caption vocalization stays possible
+          and measurable). A small fixed subword vocabulary, in the spirit of umT5's SentencePiece.
 """
 from __future__ import annotations
 
@@ -27,9 +34,15 @@ MAX_SUBJECTS = 4  # the tokenizer knows <sub1>..<sub4>
 SPECIALS = ["<pad>"] + [f"<sub{k}>" for k in range(1, MAX_SUBJECTS + 1)] + ["<S>", "<E>"]
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,:;'-")
 VOCAB = SPECIALS + CHARS
-TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
+LETTERS = CHARS[:26]
+# pairs: the chars vocabulary (same ids), then every letter pair, then each letter and pair after a space
+PAIR_VOCAB = VOCAB + [a + b for a in LETTERS for b in LETTERS] + [" " + a for a in LETTERS] + \
+    [" " + a + b for a in LETTERS for b in LETTERS]
+VOCABS = {"chars": VOCAB, "pairs": PAIR_VOCAB}
+TOKEN_ID = {tok: i for i, tok in enumerate(PAIR_VOCAB)}  # a chars id is the same id in pairs
 PAD_ID, S_ID, E_ID = TOKEN_ID["<pad>"], TOKEN_ID["<S>"], TOKEN_ID["<E>"]
 _SPECIAL_RE = re.compile(r"(<sub\d+>|<S>|<E>)")
+_WORD_RE = re.compile(r" ?[a-z]+|.", re.DOTALL)  # a word with the space before it, or any other character
 
 
 class CaptionError(ValueError):
@@ -39,8 +52,8 @@ class CaptionError(ValueError):
 MAX_CAPTION_CHARS = 2000  # the toy world's longest captions (three subjects, three lines) run to ~500
 
 
-def tokenize(caption: str) -> list[int]:
-    """Character-level ids; `<subk>`, `<S>`, `<E>` are single tokens."""
+def tokenize(caption: str, tokenizer: str = "chars") -> list[int]:
+    """Token ids (chars or pairs, see above); `<subk>`, `<S>`, `<E>` are single tokens."""
     ids = []
     for piece in _SPECIAL_RE.split(caption):  # the split keeps the special tokens as their own pieces
         if _SPECIAL_RE.fullmatch(piece):
@@ -52,15 +65,20 @@ def tokenize(caption: str) -> list[int]:
             if ch not in TOKEN_ID:
                 raise CaptionError(f"caption has the character {ch!r}, which the tokenizer does not know "
                                    f"(allowed: letters, space and {''.join(CHARS[26:]).strip()})")
-            ids.append(TOKEN_ID[ch])
+        if tokenizer == "chars":
+            ids += [TOKEN_ID[ch] for ch in piece.lower()]
+            continue
+        for word in _WORD_RE.findall(piece.lower()):  # " tuke" -> " tu", "ke"; "." -> "."
+            lead = 1 if word.startswith(" ") and len(word) > 1 else 0
+            ids += [TOKEN_ID[word[0 if i == lead else i: i + 2]] for i in range(lead, len(word), 2)]
     return ids
 
 
 def detokenize(ids) -> str:
-    return "".join(VOCAB[i] for i in ids if i != PAD_ID)
+    return "".join(PAIR_VOCAB[i] for i in ids if i != PAD_ID)  # either vocabulary: chars ids mean the same
 
 
-def parse_caption(caption: str) -> dict:
+def parse_caption(caption: str, tokenizer: str = "chars") -> dict:
     """Structure of a caption: token ids, per-subject descriptor spans, and every spoken line.
 
     Descriptor of subject k: from the start of the clause that holds the *first* `<subk>` to the
@@ -70,12 +88,12 @@ def parse_caption(caption: str) -> dict:
     if len(caption) > MAX_CAPTION_CHARS:  # attention is quadratic in tokens: 100,000 characters would run for minutes
         raise CaptionError(f"caption has {len(caption):,} characters; the limit is {MAX_CAPTION_CHARS:,} "
                            "(describe each subject in a clause, then the lines)")
-    ids = tokenize(caption)
+    ids = tokenize(caption, tokenizer)
     subject_spans, lines = {}, []  # subject index -> [start, end); line dicts in caption order
     clause_start, open_line, last_subject = 0, None, None
     period = TOKEN_ID["."]
     for i, tok in enumerate(ids):
-        name = VOCAB[tok]
+        name = PAIR_VOCAB[tok]
         if name.startswith("<sub") and open_line is not None:  # the speaker is named before the line, not in it
             raise CaptionError(f"caption has {name} inside a line <S> ... <E>: name the speaker before the line, "
                                f"e.g. '{name} says <S> ka ta <E>'")
@@ -116,9 +134,9 @@ def parse_caption(caption: str) -> dict:
     return dict(ids=ids, subject_spans=[subject_spans[k] for k in range(n)], lines=lines)
 
 
-def caption_fields(caption: str) -> dict:
+def caption_fields(caption: str, tokenizer: str = "chars") -> dict:
     """Tensors of a caption: token ids, descriptor spans, speech spans, line speakers, phonemes."""
-    parsed = parse_caption(caption)
+    parsed = parse_caption(caption, tokenizer)
     lines = parsed["lines"]
     longest = max([len(ln["phonemes"]) for ln in lines] + [1])
     phonemes = torch.zeros(len(lines), longest, dtype=torch.long)

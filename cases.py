@@ -30,7 +30,7 @@ def prepare_inputs(caption: str, image_paths: list[str], audio_paths: list[str],
     file it is text-to-audio-video (Ovi's own use): each subject is drawn from its description alone, its
     references absent (zeros here, masked out by `toy_case`, as guidance's dropped references are)."""
     try:
-        fields = caption_fields(caption)
+        fields = caption_fields(caption, world.tokenizer)  # the tokenizer the model was trained with
     except CaptionError as e:
         raise InputError(f"--caption: {e}") from None
     n = len(fields["subject_spans"])

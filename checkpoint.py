@@ -288,7 +288,10 @@ def world_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     """The toy world a checkpoint was trained on, checked like the flags: its own limits, and (a pixel model)
     that its model's patches tile its frames and its audio channels are its mels."""
     import data  # the toy world; only toy checkpoints carry one
-    world = dataclass_from_checkpoint(data.WorldConfig, ckpt["world_config"], path, data.world_problems)
+    fields = ckpt["world_config"]
+    if isinstance(fields, dict) and "tokenizer" not in fields:  # written before the pair tokenizer: characters
+        fields = dict(fields, tokenizer="chars")
+    world = dataclass_from_checkpoint(data.WorldConfig, fields, path, data.world_problems)
     cfg = config_from_checkpoint(ckpt, path)
     latent = codec_from_checkpoint(ckpt, path)
     bad = data.model_fit_problems(cfg, world, "its", latent.cfg if latent else None) \

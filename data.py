@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 import speech  # the toy's speech: phonemes, languages, voices, log-mel
-from caption import PAD_ID, caption_fields, tokenize
+from caption import PAD_ID, VOCABS, caption_fields, tokenize
 from conditioning import box_masks
 
 # ------------------------------------------------------------------------------------------------
@@ -85,6 +85,7 @@ class WorldConfig:
     camera_pan: float = 0.0       # a clip's camera pans sideways: the room and everyone in it shift together
     anchors: bool = True          # <subk> anchors tie descriptors and lines to reference k (DreamID-Omni's
                                   # structured captions); False: the model reads people named by label alone
+    tokenizer: str = "pairs"      # caption tokens (caption.py): pairs (letter pairs, half the tokens) | chars
 
     @property
     def frames(self) -> int:
@@ -127,6 +128,8 @@ def world_problems(cfg: WorldConfig) -> list[str]:
             problems.append(f"--{name} is a probability, in [0, 1]; got {getattr(cfg, name)}")
     if cfg.scene not in SCENES:
         problems.append(f"--scene must be one of {', '.join(SCENES)}, got {cfg.scene!r}")
+    if cfg.tokenizer not in VOCABS:
+        problems.append(f"--tokenizer must be one of {', '.join(VOCABS)}, got {cfg.tokenizer!r}")
     return problems
 
 # ------------------------------------------------------------------------------------------------
@@ -170,6 +173,9 @@ def model_fit_problems(mcfg, wcfg: WorldConfig, config: str, codec=None) -> list
                 "on the toy world's RGB pixels"]
     elif mcfg.audio_channels != wcfg.n_mels:
         problems.append(f"--audio_channels {mcfg.audio_channels} must equal --n_mels {wcfg.n_mels} (the toy's audio is its mel)")
+    vocab = len(VOCABS.get(wcfg.tokenizer, ()))
+    if mcfg.text_layers > 0 and mcfg.text_vocab < vocab:
+        problems.append(f"--text_vocab {mcfg.text_vocab} is smaller than --tokenizer {wcfg.tokenizer}'s {vocab} tokens")
     if not wcfg.anchors and (mcfg.ocf or mcfg.mtp_ca):  # both read the caption's <subk> / <S> spans
         problems.append("--anchors false needs --ocf false --mtp_ca false: OCF and MTP-CA place the prompt by its "
                         "<subk> anchors (DreamID-Omni's ablation row runs without them)")
@@ -455,9 +461,9 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
         caption=caption, roles=roles, language=language, cross_pair=bool(cross), room=room,
         line_times=[(who, start, end) for who, _, start, end in lines], identities=idents, **refs,
     )
-    sample.update(caption_fields(caption))
+    sample.update(caption_fields(caption, cfg.tokenizer))
     if not cfg.anchors:  # the prompt the model reads; spans stay the anchored caption's (OCF/MTP-CA need anchors)
-        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False)))
+        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False), cfg.tokenizer))
     return sample
 
 
@@ -598,9 +604,9 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
                   ref_image_mask=torch.zeros(1, dtype=torch.bool),
                   caption=caption, language=language, identities=[ident], roles=["offscreen"],
                   speech_activity=torch.from_numpy(energy[:, : cfg.mel_frames * 2].reshape(1, -1, 2).mean(-1)).float())
-    sample.update(caption_fields(caption))
+    sample.update(caption_fields(caption, cfg.tokenizer))
     if not cfg.anchors:  # as make_clip: the same sentences, the voice named by what it is instead of <sub1>
-        sample["text_ids"] = torch.tensor(tokenize(f"a voice: {voice}. the voice says <S> {text} <E>"))
+        sample["text_ids"] = torch.tensor(tokenize(f"a voice: {voice}. the voice says <S> {text} <E>", cfg.tokenizer))
     return sample
 
 

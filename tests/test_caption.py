@@ -41,4 +41,38 @@ def test_bad_captions_stop_with_one_clear_line(text, message):
 
 def test_the_models_token_tables_are_the_tokenizers():
     cfg = build.PRESETS["toy"]
-    assert cfg.text_vocab == len(caption.VOCAB) and cfg.phoneme_vocab == speech.N_PHONEME_IDS
+    assert cfg.text_vocab == len(caption.PAIR_VOCAB) and cfg.phoneme_vocab == speech.N_PHONEME_IDS
+    assert caption.PAIR_VOCAB[:len(caption.VOCAB)] == caption.VOCAB  # a chars id means the same in pairs
+
+
+def test_pairs_halve_the_tokens_and_keep_the_structure():
+    """The pair tokenizer: words cut into letter pairs (a spoken CV syllable is one token), the text and every
+    span the same as with characters, about half the tokens on the world's captions."""
+    import data
+    text = "the one in red <sub1>: black short hair. <sub1> says <S> tuke lon <E>"
+    pieces = [caption.PAIR_VOCAB[i] for i in caption.tokenize(text, "pairs")]
+    assert pieces[-7:] == ["<S>", " tu", "ke", " lo", "n", " ", "<E>"]
+    for tok in ("chars", "pairs"):
+        parsed = caption.parse_caption(text, tok)
+        assert caption.detokenize(parsed["ids"]) == text
+        a, b = parsed["subject_spans"][0]
+        assert caption.detokenize(parsed["ids"][a:b]) == "the one in red <sub1>: black short hair."
+        assert parsed["lines"][0]["text"] == "tuke lon"
+    lengths = {tok: sum(len(caption.tokenize(data.make_clip(data.sample_rng(0, 0, 0, i), data.WorldConfig())["caption"],
+                                             tok)) for i in range(10)) for tok in ("chars", "pairs")}
+    assert lengths["pairs"] < 0.6 * lengths["chars"]
+
+
+def test_a_checkpoint_from_before_the_pair_tokenizer_reads_characters():
+    """A world config without `tokenizer` was written when captions were characters: it is read as chars, and
+    its 40-token model fits; a 40-token model asked to read pairs is one line."""
+    import dataclasses
+    import build
+    import checkpoint
+    import data
+    old_world = {k: v for k, v in dataclasses.asdict(data.WorldConfig()).items() if k != "tokenizer"}
+    old_model = dataclasses.asdict(dataclasses.replace(build.PRESETS["toy"], text_vocab=40))
+    world = checkpoint.world_from_checkpoint(dict(world_config=old_world, model_config=old_model))
+    assert world.tokenizer == "chars"
+    bad = data.model_fit_problems(dataclasses.replace(build.PRESETS["toy"], text_vocab=40), data.WorldConfig(), "toy")
+    assert len(bad) == 1 and "--text_vocab 40" in bad[0] and "pairs" in bad[0]
