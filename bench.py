@@ -206,6 +206,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile per layer")
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tokenizer", default="pairs", choices=["pairs", "chars"], help="the captions' tokens (caption.py)")
     # --- quality ---
     parser.add_argument("--gpu_check", action="store_true",
                         help="the GPU self-check (gpucheck.py): fp32 vs bf16 vs compiled, SDPA kernels, step time, "
@@ -281,11 +282,11 @@ def speed_main(args):
     cfg = build.PRESETS[args.config]
     if args.config == "full":  # `full` consumes VAE latents of real footage; the toy world makes pixels
         raise SystemExit("bench.py times the toy world's presets (toy, small, mini); `full` needs latent shards")
-    world = data.WorldConfig()
+    world = data.WorldConfig(tokenizer=args.tokenizer)
     # mini-Ovi trains on the codec's latents; an untrained codec costs the same as a trained one
     codec = codec_lib.ToyCodec(codec_lib.CodecConfig(), world.n_mels) if cfg.video_channels != 3 else None
     # what the numbers were measured on travels with them, into the JSON line
-    results = dict(config=args.config, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = dict(config=args.config, tokenizer=args.tokenizer, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    threads=torch.get_num_threads(), batch_size=args.batch_size)
     results.update(bench_data(world))
     # the math backend is the readable reference; SDPA is the fused kernel every real run uses
@@ -388,7 +389,8 @@ def bench_identity_cache(args, cfg, world, device, repeats: int = 3, codec=None)
 
 def print_speed(results: dict, args, variants):
     """The speed report, one line per measurement, then every number as one JSON line."""
-    print(f"device {results['device']} ({results['threads']} threads), preset {args.config}, batch {args.batch_size}")
+    print(f"device {results['device']} ({results['threads']} threads), preset {args.config}, batch {args.batch_size}, "
+          f"{args.tokenizer} tokenizer")
     print(f"data generation      {results['data_clips_per_s']:7.1f} clips/s   audio-only {results['data_audio_only_per_s']:.1f}/s")
     for name, _, _ in variants:
         r = results[name]

@@ -76,7 +76,7 @@ class OviConfig:
     text_dim: int = 128            # prompt feature width (umT5-XXL: 4096)
     text_layers: int = 2           # layers of the toy text encoder; 0 = text arrives as precomputed features
     text_heads: int = 4            # heads of the toy text encoder
-    text_vocab: int = 40           # the toy tokenizer's size, len(caption.VOCAB) (tests/test_caption.py checks)
+    text_vocab: int = 1418         # the toy tokenizer's size, len(caption.PAIR_VOCAB) (tests/test_caption.py checks)
     # references and task inputs (DreamID-Omni)
     ref_rope: str = "plain"        # plain | syn (Syn-RoPE, DreamID-Omni) | condition (DreamVideo-Omni): where references sit
     syn_margin: float = 150.0      # Syn-RoPE's temporal margin between identities
@@ -209,7 +209,9 @@ class CrossAttention(SelfAttention):
         # the other tower's keys and values: the "fusion" weights (1.13B of Ovi's 11.7B); an audio-only step
         # has no other tower, so it leaves them untouched in both directions
         self.pre_attn_norm_fusion = declare(LayerNorm32(d, eps=cfg.eps), video=True)  # affine, on the other tower
-        self.k_fusion, self.v_fusion = declare(nn.Linear(d, d), video=True), declare(nn.Linear(d, d), video=True)
+        # v_fusion starts at zero (our choice; Ovi's release does not say how its fusion began): the other tower
+        # then adds nothing at first, so towers pretrained alone (recipes.py's ovi) start fusion unchanged
+        self.k_fusion, self.v_fusion = declare(nn.Linear(d, d), video=True), declare(nn.Linear(d, d), video=True, zero=True)
         self.norm_k_fusion = declare(RMSNorm32(d, eps=cfg.eps), video=True)
 
     def forward(self, x, own: TowerInputs, other_x, other: TowerInputs | None, text_mask):

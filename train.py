@@ -429,12 +429,12 @@ def run_codec(tc: TrainConfig, mcfg, wcfg, saved: dict | None, rank: int, world:
     """The toy's latent codec of a latent model on the toy world (None otherwise): the one a resumed or
     fine-tuned checkpoint carries (its latents must mean what they meant), else --codec's file, trained
     there first by rank 0 if it does not exist yet."""
-    if tc.data != "toy" or mcfg.video_channels == 3:
+    if tc.data != "toy" or mcfg.video_channels == 3 or tc.config == "full":  # full: Wan2.2 / MMAudio latents
         return None
     if saved is not None and "codec" in saved:
         return codec_lib.ToyCodec.from_state(saved["codec"])
-    if rank == 0:
-        codec = codec_lib.load_or_train(tc.codec, wcfg)
+    if rank == 0:  # one cached codec serves every run: trained on the whole world, whatever scene this run reads
+        codec = codec_lib.load_or_train(tc.codec, dataclasses.replace(wcfg, scene="mixed", min_subjects=1, max_subjects=3))
     if world > 1:
         dist.barrier()  # rank 0 has written the file
     if rank != 0:
@@ -741,7 +741,7 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
     elif tc.seq_parallel > 1 and (mcfg.ref_mode == "presence" or tc.compile):
         problems.append("--seq_parallel supports ref_mode concat without --compile (see seqpar.py)")
     if tc.data == "toy" and not problems:  # a latent model reads the toy through the codec train.py would make
-        codec_cfg = codec_lib.CodecConfig() if mcfg.video_channels != 3 else None
+        codec_cfg = codec_lib.CodecConfig() if mcfg.video_channels != 3 and tc.config != "full" else None
         problems += data.model_fit_problems(mcfg, wcfg, tc.config, codec_cfg)
     return problems + out_dir_problems(tc.out_dir)
 
