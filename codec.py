@@ -23,7 +23,8 @@ tolerates small latent errors is one a diffusion sample can use), and a small L2
 bounded (the role of the VAE's KL term). After training, latents are normalised per channel with the mean and
 std over the training clips, as Ovi normalises Wan2.2's ((z - mean) / std, shards.py), so the flow sees unit-
 scale targets. `ToyCodec.encode_batch` turns a whole toy batch (video, references, task inputs, boxes, the
-in-pair reference positions) into the latent batch the model trains on; `decode` turns a sample back.
+in-pair reference positions) into the latent batch the model trains on; `decode_video` and `decode_audio`
+turn a sample back.
 
 `python codec.py --out codec.pt` trains both codecs and prints their held-out round-trip errors; train.py
 does the same on first use (--codec) and caches the file.
