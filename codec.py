@@ -166,6 +166,11 @@ class ToyCodec(nn.Module):
         rows = self.audio.decode(latents)
         return rows.reshape(*latents.shape[:-2], latents.shape[-2] * self.cfg.audio_patch, self.n_mels)
 
+    def pool_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """RV2AV's pixel mask (B, T, 1, H, W) -> the latent grid (B, t, 1, h, w): a latent is regenerated if any
+        of its pixels is."""
+        return F.max_pool3d(mask.transpose(1, 2), self.cfg.video_patch).transpose(1, 2)
+
     # --- whole batches ---
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> dict:
@@ -182,11 +187,8 @@ class ToyCodec(nn.Module):
         if "video" not in batch:  # the audio-only corpus
             return out
         out["video"] = self.encode_video(batch["video"])                          # (B, t, C_v, h, w)
-        if "source_mask" in batch:  # RV2AV: a latent is regenerated if any of its pixels is
-            m = batch["source_mask"]                                              # (B, T, 1, H, W)
-            pooled = F.max_pool3d(m.transpose(1, 2), (pt, ph, pw)).transpose(1, 2)
-            out["source_mask"] = pooled                                           # (B, t, 1, h, w)
-            # train.task_inputs blanks video * (1 - mask): on latents, every latent touching a box
+        if "source_mask" in batch:  # train.task_inputs blanks video * (1 - mask): on latents, every latent touching a box
+            out["source_mask"] = self.pool_mask(batch["source_mask"])             # (B, t, 1, h, w)
         if "ref_frame" in batch:  # an in-pair portrait's frame -> the latent frame holding it
             out["ref_frame"] = torch.where(batch["ref_frame"] >= 0, batch["ref_frame"] // pt, -1)
         scale = torch.tensor([pw, ph, pw, ph], dtype=torch.float)
@@ -204,8 +206,7 @@ class ToyCodec(nn.Module):
         source = cond.source_video
         if source is not None:                                                    # (B, T, 3 + 1, H, W)
             video, mask = source[:, :, :3], source[:, :, 3:]
-            pt, ph, pw = self.cfg.video_patch
-            pooled = F.max_pool3d(mask.transpose(1, 2), (pt, ph, pw)).transpose(1, 2)
+            pooled = self.pool_mask(mask)
             source = torch.cat([self.encode_video(video) * (1 - pooled), pooled], dim=2)  # (B, t, C_v + 1, h, w)
         driving = None if cond.driving_audio is None else self.encode_audio(cond.driving_audio)
         return dataclasses.replace(cond, ref_images=self.encode_images(cond.ref_images),

@@ -240,17 +240,15 @@ class Logger:
         self.samples, self.window_start, self.grad_norm = 0, time.time(), None
 
     def add(self, out: dict):
-        if out.get("video_only"):
-            self.video_only.append(torch.as_tensor(out["loss_video"], device=self.run.device))
+        if out["joint"] or out.get("video_only"):  # the steps that see the paired clips
             self.t += out["t"]
             self.per_sample += out["per_sample"]
             self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
+        if out.get("video_only"):
+            self.video_only.append(torch.as_tensor(out["loss_video"], device=self.run.device))
         elif out["joint"]:
             self.joint.append(torch.stack([torch.as_tensor(out[k], device=self.run.device)
                                            for k in ("loss", "loss_video", "loss_audio")]))
-            self.t += out["t"]
-            self.per_sample += out["per_sample"]
-            self.samples += self.run.tc.batch_size * self.run.tc.grad_accum * self.run.data_world
             self.rewards += out.get("reward", [])
         else:
             self.audio_only.append(torch.as_tensor(out["loss_audio"], device=self.run.device))
