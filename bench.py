@@ -5,7 +5,8 @@
     python bench.py --compile             adds torch.compile per TwinLayer (first step ~100 s on CPU)
     python bench.py --config small --batch_size 32      on a GPU: bf16 autocast, MFU vs the device peak
     python bench.py --gpu_check           the GPU self-check to run first on a new machine (gpucheck.py); with
-                                          --device cpu it rehearses the same checks on the CPU
+                                          --device cpu it rehearses the same checks on the CPU; with
+                                          --config full: Ovi's size, the one-GPU LoRA row (step time, memory)
     python bench.py --quality --ckpt out/toy/ckpt.pt --cases 8     the toy benchmark (metrics.py) on the three
                                           subsets: noise (floor), ground truth (ceiling) and the model (mean +- 95%
                                           interval) per metric on the same cases, and the model's fraction of the

@@ -16,14 +16,23 @@ preset at batch 8) it runs and compares:
   FSDP2       with several local GPUs: train.py under torchrun on all of them (FSDP2, bf16,
               --grad_ckpt, --grad_accum 2), three steps to finite losses
 
+`--config full` checks Ovi's size instead, on a synthetic 5 s clip in the shard format (random latents and
+text features: no weights, no data): the memory plan's one-GPU row (LoRA 64 on the frozen bf16 base,
+--grad_ckpt, batch 1) -- its step time, its peak memory against the plan, the SDPA kernels at Ovi's head
+size, and one forward pass (what each sampling step costs, before guidance doubles it).
+
 It exits non-zero on any mismatch. Without a GPU it says so in one line (exit 1); `--device cpu` runs the
 same checks on the CPU (no memory figures), which is how the tests exercise this file.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +45,7 @@ import build
 import data
 import memory
 import precision
+import shards
 import train
 
 BF16_RTOL = 0.05      # bf16 vs fp32 loss of one step, from the same weights (the CPU tests see < 2%)
@@ -94,6 +104,15 @@ def check_kernels(cfg, batch_size, device) -> tuple[list[str], list[str]]:
     """Every attention call of one bf16 forward (both towers and the prompt side), grouped by (q shape,
     k shape, dtype, masked?): how often it runs and the kernel SDPA picks for it."""
     net, batch = setup(cfg, batch_size, device)
+    with watch_kernels() as (calls, kernels):
+        loss_of(net.to(torch.bfloat16), batch, device, "bf16")
+    return kernel_lines(calls, kernels)
+
+
+@contextlib.contextmanager
+def watch_kernels():
+    """Records every attention call inside the block: (calls, kernels), both keyed by (q shape, k shape,
+    dtype, masked?), counting the calls and naming the SDPA kernel each shape dispatches to."""
     calls, kernels = {}, {}
 
     def record(q, k, v, mask):
@@ -101,7 +120,11 @@ def check_kernels(cfg, batch_size, device) -> tuple[list[str], list[str]]:
         calls[key] = calls.get(key, 0) + 1
         kernels.setdefault(key, sdpa_choice(q, k, v, mask))
     with attention.watching(record):
-        loss_of(net.to(torch.bfloat16), batch, device, "bf16")
+        yield calls, kernels
+
+
+def kernel_lines(calls: dict, kernels: dict) -> tuple[list[str], list[str]]:
+    """The kernels table, and a mismatch for any attention left in fp32 under bf16 autocast."""
     lines, bad = ["kernels:   q shape -> k shape, dtype, mask: SDPA's kernel (calls per forward)"], []
     for (q_shape, k_shape, dtype, masked), count in calls.items():
         kernel = kernels[(q_shape, k_shape, dtype, masked)]
@@ -132,6 +155,105 @@ def check_step(cfg, batch_size, device, steps: int = 5) -> tuple[list[str], list
     return lines, bad
 
 
+# ------------------------------------------------------------------------------------------------
+# Ovi's size (--config full): a synthetic clip through the plan's one-GPU LoRA row
+# ------------------------------------------------------------------------------------------------
+
+# A 5 s clip as the memory plan counts it (build.full_token_counts): 31 latent frames of 44x44 Wan2.2
+# latents (704 px; the patch 2x2 must tile them), 157 MMAudio latents, 512 umT5 tokens, two subjects with a
+# reference image and a 5 s voice each, 40 phonemes per line.
+FULL_CLIP = dict(frames=31, height=44, width=44, audio=157, text=512, subjects=2, ref_audio=157, phonemes=40)
+INIT_STD = 0.01   # random weights: what is measured is time and memory, not what the model says
+
+
+def latent_batch(cfg, clip: dict, seed: int = 0) -> dict:
+    """One sample in the shard format (shards.SHARD_FIELDS): random latents and prompt features, every
+    subject present and described, one line spoken by subject 0."""
+    g = torch.Generator().manual_seed(seed)
+    k, L = clip["subjects"], clip["text"]
+    span = L // (k + 2)  # descriptor spans first, then the line's span: [0, span), [span, 2 span), ...
+    return dict(
+        video=torch.randn(1, clip["frames"], cfg.video_channels, clip["height"], clip["width"], generator=g),
+        audio=torch.randn(1, clip["audio"], cfg.audio_channels, generator=g),
+        text_emb=torch.randn(1, L, cfg.text_dim, generator=g), text_mask=torch.ones(1, L, dtype=torch.bool),
+        ref_images=torch.randn(1, k, cfg.video_channels, clip["height"], clip["width"], generator=g),
+        ref_audio=torch.randn(1, k, clip["ref_audio"], cfg.audio_channels, generator=g),
+        subject_mask=torch.ones(1, k, dtype=torch.bool),
+        subject_spans=torch.tensor([[[i * span, (i + 1) * span] for i in range(k)]]),
+        speech_spans=torch.tensor([[[k * span, (k + 1) * span]]]),
+        line_speaker=torch.zeros(1, 1, dtype=torch.long), line_mask=torch.ones(1, 1, dtype=torch.bool),
+        line_phonemes=torch.randint(1, cfg.phoneme_vocab, (1, 1, clip["phonemes"]), generator=g))
+
+
+def clip_tokens(cfg, clip: dict) -> dict:
+    """The clip's token counts in memory.plan's terms."""
+    frame = (clip["height"] // cfg.patch_h) * (clip["width"] // cfg.patch_w)
+    return dict(video_tokens=clip["frames"] // cfg.patch_t * frame, ref_video_tokens=clip["subjects"] * frame,
+                audio_tokens=clip["audio"] // cfg.audio_patch, text_tokens=clip["text"],
+                ref_audio_tokens=clip["subjects"] * clip["ref_audio"] // cfg.audio_patch)
+
+
+def lora_model(cfg, device):
+    """train.py's model for a LoRA run under --precision bf16 --grad_ckpt: built on the meta device, the frozen
+    base in bf16, then random weights drawn on the device itself (the 11.7B never pass through the CPU)."""
+    tc = train.TrainConfig(precision="bf16", grad_ckpt=True, cond_drop=0.0)
+    net = train.build_model(cfg, tc, world=1, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, INIT_STD, generator=gen)
+    return net, tc
+
+
+def check_latent(cfg, clip: dict, device, lora_rank: int = 64, steps: int = 3) -> tuple[list[str], list[str]]:
+    """The plan's one-GPU LoRA row on one synthetic clip: step time, peak memory vs memory.plan, the kernels
+    one forward picks, and the forward alone (one sampling step's model call)."""
+    cfg = memory.with_lora(cfg, lora_rank)
+    net, tc = lora_model(cfg, device)
+    batch = latent_batch(cfg, clip)
+    trains = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trains, lr=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses = []
+
+    def step():  # what train.py does per optimizer step (minus the EMA, a copy of the adapters)
+        with precision.autocast(device, "bf16"):
+            loss, _ = train.flow_loss(net, batch, tc, gen, device)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    step_s = statistics.median(bench.timed(step, steps, warmup=1, device=device))
+    peak = bench.peak_memory_mb(device) * 2 ** 20 if device.type == "cuda" else None
+
+    def forward():
+        with torch.no_grad(), precision.autocast(device, "bf16"):
+            train.flow_loss(net, batch, tc, gen, device)
+    forward_s = statistics.median(bench.timed(forward, steps, warmup=1, device=device))
+    with watch_kernels() as (calls, kernels):
+        forward()
+    tokens = clip_tokens(cfg, clip)
+    lines = [f"latent:    {sum(p.numel() for p in net.parameters()) / 1e9:.2f}B parameters "
+             f"({sum(p.numel() for p in trains) / 1e6:.1f}M train: LoRA {lora_rank} and the additions), "
+             f"{sum(tokens.values()):,} tokens a sample, batch 1, --grad_ckpt, bf16",
+             f"speed:     train step {step_s:.2f} s (median of {steps}), forward alone {forward_s:.2f} s; "
+             f"losses {', '.join(f'{x:.4f}' for x in losses)}"]
+    bad = [] if all(math.isfinite(x) for x in losses) else [f"a training loss is not finite: {losses}"]
+    part = kernel_lines(calls, kernels)
+    lines, bad = lines + part[0], bad + part[1]
+    if peak is None:
+        return lines + ["memory:    n/a on the CPU"], bad
+    plan = memory.plan(cfg, tokens, gpus=1, batch=1, grad_ckpt=True, bytes_per=2)
+    lines.append(f"memory:    peak {peak / 1e9:.2f} GB allocated, the plan predicts {plan['peak'] / 1e9:.2f} GB "
+                 f"({peak / plan['peak']:.2f}x; its parameters {plan['parameters'] / 1e9:.2f} GB, activations "
+                 f"{plan['activations'] / 1e9:.2f} GB, backward temporaries {plan['backward_temporaries'] / 1e9:.2f} GB)")
+    if peak > PLAN_SLACK * plan["peak"]:
+        bad.append(f"peak memory {peak / 1e9:.2f} GB is over {PLAN_SLACK}x the plan's {plan['peak'] / 1e9:.2f} GB")
+    return lines, bad
+
+
 def check_fsdp(gpus: int) -> tuple[list[str], list[str]]:
     """train.py under torchrun on every local GPU: FSDP2, bf16, checkpointing, accumulation: three steps."""
     out = os.path.join("out", "gpu_check_fsdp")
@@ -154,14 +276,18 @@ def run(config: str = "toy", batch_size: int = 8, device: str = "cuda", compile_
               "`bench.py --gpu_check --device cpu`)")
         return 1
     cfg = build.PRESETS[config]
-    if cfg.video_channels != 3:  # the checks feed the toy world's pixels; latent presets need shards
-        print(f"gpu_check: --config {config} models latents; the check runs the toy world's presets (toy, small)")
+    if cfg.video_channels != 3 and config != "full":  # mini's latents come from the toy codec, trained first
+        print(f"gpu_check: --config {config} models the toy codec's latents; the check runs toy, small and full")
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"gpu_check on {name}, torch {torch.__version__}: --config {config}, batch {batch_size}")
+    print(f"gpu_check on {name}, torch {torch.__version__}: --config {config}, batch {1 if config == 'full' else batch_size}")
+    if config == "full":  # Ovi's size: only the one-GPU LoRA row fits a single GPU (the memory plan)
+        parts = [check_latent(cfg, FULL_CLIP, device)]
+    else:
+        parts = [check_precision(cfg, batch_size, device, compile_too), check_kernels(cfg, batch_size, device),
+                 check_step(cfg, batch_size, device)]
     lines, bad = [], []  # every check runs, then all are printed: one mismatch does not hide the others
-    for part in (check_precision(cfg, batch_size, device, compile_too), check_kernels(cfg, batch_size, device),
-                 check_step(cfg, batch_size, device)):
+    for part in parts:
         lines += part[0]
         bad += part[1]
     if device.type == "cuda" and torch.cuda.device_count() > 1:

@@ -194,7 +194,10 @@ class StageData:
         tc, audio_only = self.run.tc, plan["audio_only"]
         key = (plan["stage"], audio_only)
         if key not in self.loaders:
-            self.loaders.clear()  # a new stage: new streams
+            # a new stage: new streams. Within a stage each kind keeps its own stream (joint or video-only steps
+            # and audio-only steps alternate), so a GPU host's workers start once per stage, not once per step
+            for old in [k for k in self.loaders if k[0] != plan["stage"]]:
+                del self.loaders[old]
             start = (plan["audio_index"] if audio_only else plan["joint_index"]) * tc.grad_accum
             spec = stage_spec(tc, plan["stage"])
             world = dataclasses.replace(self.run.wcfg, **spec["world"]) if spec else self.run.wcfg

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import build
+import memory
 import model
 import precision
 import train
@@ -135,3 +136,17 @@ def test_gpu_check_says_so_in_one_line_without_a_gpu_and_rehearses_on_the_cpu(ca
     assert gpucheck.run("toy", 1, "cpu", compile_too=False) == 0
     out = capsys.readouterr().out
     assert "bfloat16" in out and "samples/s" in out and "all checks agree" in out
+
+
+def test_gpu_check_at_ovis_layout_runs_the_lora_row_on_a_synthetic_clip():
+    """`bench.py --gpu_check --config full`: the one-GPU LoRA row (frozen bf16 base, --grad_ckpt) on a synthetic
+    clip in the shard format; rehearsed here on Ovi's layout at toy width, with finite losses and bf16 attention."""
+    import gpucheck
+    cfg = dataclasses.replace(build.PRESETS["full"], dim=64, layers=2, heads=2, ffn=128, text_dim=32,
+                              audio_stem_hidden=64, ocf_dim=32, ocf_heads=2, phoneme_layers=1)
+    clip = dict(frames=3, height=4, width=4, audio=10, text=12, subjects=2, ref_audio=6, phonemes=5)
+    lines, bad = gpucheck.check_latent(cfg, clip, torch.device("cpu"), lora_rank=4, steps=1)
+    assert bad == [] and "bfloat16" in "\n".join(lines) and "train step" in "\n".join(lines)
+    net, _ = gpucheck.lora_model(memory.with_lora(cfg, 4), torch.device("cpu"))
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # the base as a GPU holds it
