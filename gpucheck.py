@@ -27,7 +27,6 @@ same checks on the CPU (no memory figures), which is how the tests exercise this
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -45,7 +44,6 @@ import build
 import data
 import memory
 import precision
-import shards
 import train
 
 BF16_RTOL = 0.05      # bf16 vs fp32 loss of one step, from the same weights (the CPU tests see < 2%)
