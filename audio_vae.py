@@ -323,6 +323,8 @@ class BigVGAN(nn.Module):
 
     def __init__(self, width: int = BIGVGAN_WIDTH):
         super().__init__()
+        if width % 2 ** len(UPSAMPLE):  # each stage halves the channels: 1536 -> 24
+            raise AudioCodecError(f"BigVGAN's width {width} must divide by {2 ** len(UPSAMPLE)}")
         self.conv_pre = nn.Conv1d(N_MELS, width, 7, padding=3)
         self.ups, self.blocks = nn.ModuleList(), nn.ModuleList()
         for i, (rate, kernel) in enumerate(UPSAMPLE):
@@ -367,11 +369,13 @@ def mmaudio_vae_key(name: str) -> str:
     return ".".join([side] + [rename.get(p, p) for p in rest])
 
 
-def load_mel_vae(path: str, device="cpu", dim: int = HIDDEN) -> MelVAE:
+def load_mel_vae(path: str, device="cpu") -> MelVAE:
     """MMAudio's v1-16.pth -> MelVAE, every MPConv weight normalised as at MMAudio's load. A key missing or a
-    shape that differs stops with one line. (`dim`: the width; tests use a narrow one.)"""
+    shape that differs stops with one line. The width is read from the file (384 released; tests save narrower)."""
     state = read_state(path)
-    vae = MelVAE(dim)
+    if "encoder.conv_in.weight" not in state:  # before building 172M parameters for nothing
+        raise AudioCodecError(f"{path}: no tensor encoder.conv_in.weight; is this MMAudio's 16 kHz VAE (v1-16.pth)?")
+    vae = MelVAE(state["encoder.conv_in.weight"].shape[0])
     ours = {}
     for name, param in vae.state_dict().items():
         key = mmaudio_vae_key(name)
@@ -414,11 +418,13 @@ def fold_weight_norm(state: dict, key: str):
     return None
 
 
-def load_bigvgan(path: str, device="cpu", width: int = BIGVGAN_WIDTH) -> BigVGAN:
-    """MMAudio's best_netG.pt (its 'generator' entry) -> BigVGAN, weight norm folded into plain weights."""
+def load_bigvgan(path: str, device="cpu") -> BigVGAN:
+    """MMAudio's best_netG.pt (its 'generator' entry) -> BigVGAN, weight norm folded into plain weights. The
+    width is read from the file (1536 released)."""
     state = read_state(path)
     state = state.get("generator", state)
-    net = BigVGAN(width)
+    bias = state.get("conv_pre.bias")
+    net = BigVGAN(bias.shape[0] if bias is not None else BIGVGAN_WIDTH)
     ours = {}
     for name, param in net.state_dict().items():
         key = bigvgan_key(name)

@@ -58,7 +58,8 @@ PRESETS = {
     "full": ModelConfig(dim=3072, layers=30, heads=24, ffn=14336, video_channels=48, patch_t=1, patch_h=2,
                         patch_w=2, audio_channels=20, audio_patch=1, audio_stem="conv", audio_stem_hidden=8192,
                         audio_scale=0.19676, text_dim=4096, text_layers=0, task_inputs=False,
-                        ocf_dim=1024, ocf_heads=16, phoneme_layers=4, voice_offset=630.0),
+                        ocf_dim=1024, ocf_heads=16, phoneme_layers=4, voice_offset=630.0,
+                        phoneme_vocab=97),  # real lines: F5-TTS-style characters (caption.REAL_CHAR_VOCAB)
 }
 OVI_PARAMETERS = 11_660_753_108
 

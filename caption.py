@@ -149,3 +149,58 @@ def caption_fields(caption: str, tokenizer: str = "chars") -> dict:
         line_speaker=torch.tensor([ln["speaker"] for ln in lines], dtype=torch.long),
         line_phonemes=phonemes,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Real captions (prepare.py): the same structure read on characters, for umT5's tokens
+# ------------------------------------------------------------------------------------------------
+
+# MTP-CA's phoneme stream for real speech. F5-TTS's text front end is characters (pinyin for Chinese), so
+# the real vocabulary is characters: 0 = padding, 1 = any character outside printable ASCII, then the 95
+# printable ASCII characters (space to '~'), case kept as F5-TTS keeps it. Chinese would need pinyin first
+# (F5-TTS uses pypinyin), which we do not do: such lines read as 1s, and prepare.py says so.
+REAL_CHAR_VOCAB = 2 + 95
+
+
+def character_ids(text: str) -> list[int]:
+    """A real line's characters -> MTP-CA ids (REAL_CHAR_VOCAB of them)."""
+    return [ord(c) - 32 + 2 if 32 <= ord(c) < 127 else 1 for c in text]
+
+
+def text_structure(caption: str) -> dict:
+    """A real caption's structure on its characters, by parse_caption's rules: each subject's descriptor (from
+    the start of the sentence holding its first <subk> to that sentence's '.') and each line <S> ... <E> with its
+    speaker (the subject named last before it). Spans are [start, end) character offsets of `caption`."""
+    marks = [(m.start(), m.end(), m.group()) for m in re.finditer(r"<sub(\d+)>|<S>|<E>|\.", caption)]
+    subjects, lines, clause_start, open_line, last = {}, [], 0, None, None
+    for start, end, mark in marks:
+        if mark.startswith("<sub"):
+            if open_line is not None:
+                raise CaptionError(f"caption has {mark} inside a line <S> ... <E>: name the speaker before the line")
+            last = int(mark[4:-1]) - 1
+            if last not in subjects:
+                stop = caption.find(".", end)
+                subjects[last] = (clause_start, stop + 1 if stop >= 0 else len(caption))
+        elif mark == "<S>":
+            if open_line is not None or last is None:
+                raise CaptionError("caption opens <S> twice, or before any <subk> says who speaks the line")
+            open_line = start
+        elif mark == "<E>":
+            if open_line is None:
+                raise CaptionError("caption has <E> without an opening <S>")
+            text = caption[open_line + 3: start].strip()
+            if not any(c.isalpha() for c in text):
+                raise CaptionError(f"caption has an empty line <S> {text} <E>: give each line some words")
+            lines.append(dict(span=(open_line, end), speaker=last, text=text))
+            open_line = None
+        elif open_line is None:  # a '.' outside a line ends the sentence
+            clause_start = end
+    if open_line is not None:
+        raise CaptionError("caption opens <S> without closing it with <E>")
+    n = max(subjects) + 1 if subjects else 0
+    if any(k not in subjects for k in range(n)) or n > MAX_SUBJECTS:
+        raise CaptionError(f"caption names subjects {sorted(k + 1 for k in subjects)}: number them <sub1>.."
+                           f"<sub{MAX_SUBJECTS}> from 1 without gaps")
+    if not lines:
+        raise CaptionError("caption has no line <S> ... <E>: give what is said")
+    return dict(subject_spans=[subjects[k] for k in range(n)], lines=lines)

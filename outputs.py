@@ -65,25 +65,30 @@ vertical-align:top;margin:0 1.5em 1em 0}} code{{white-space:pre-wrap}}</style>
 
 
 def write_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, world: data.WorldConfig) -> bool:
-    """An .mp4 with sound through PyAV (optional: `pip install av`); False when it is not installed."""
+    """The toy's clip as an .mp4: its 32x32 frames enlarged 8x (nearest) so players show them."""
+    return write_clip_mp4(path, frames, wav, world.fps, world.sample_rate, scale=8)
+
+
+def write_clip_mp4(path: str, frames: np.ndarray, wav: torch.Tensor, fps: int, sample_rate: int, scale: int = 1) -> bool:
+    """An .mp4 (H.264 + AAC) through PyAV (optional: `pip install av`); False when it is not installed.
+    frames (T, H, W, 3) uint8, wav (samples,) in [-1, 1]; H.264 needs even sides after `scale`."""
     try:
         import av
     except ImportError:
         return False
-    scale = 8  # 32x32 frames: enlarge (nearest) so players show them, and H.264 gets even dimensions
     with av.open(path, "w") as container:
-        vstream = container.add_stream("libx264", rate=world.fps)
+        vstream = container.add_stream("libx264", rate=fps)
         vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2] * scale, frames.shape[1] * scale, "yuv420p"
-        astream = container.add_stream("aac", rate=world.sample_rate)
+        astream = container.add_stream("aac", rate=sample_rate)
         for fr in frames:  # (H, W, 3) uint8 each
-            big = np.repeat(np.repeat(fr, scale, 0), scale, 1)  # nearest-neighbour: the toy's pixels stay crisp
+            big = np.repeat(np.repeat(fr, scale, 0), scale, 1) if scale > 1 else fr  # nearest: pixels stay crisp
             for packet in vstream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")):
                 container.mux(packet)
         for packet in vstream.encode():  # flush: the encoder holds frames back for its look-ahead
             container.mux(packet)
         pcm = (wav.numpy()[None] * 32767).astype(np.int16)  # (channels=1, samples), packed s16
         audio_frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        audio_frame.sample_rate = world.sample_rate
+        audio_frame.sample_rate = sample_rate
         for packet in astream.encode(audio_frame):
             container.mux(packet)
         for packet in astream.encode():  # flush the audio encoder the same way

@@ -219,6 +219,12 @@ def parse_args(argv=None):
                         help="--demo: which kind of scene")
     parser.add_argument("--latent_cond", help="real data: a latent shard whose conditioning to sample (writes latents.pt)")
     parser.add_argument("--latent_index", type=int, default=0, help="--latent_cond: which sample of the shard")
+    parser.add_argument("--video_vae", help="latent models: Wan2.2's VAE folder (diffusers): encodes --ref_image, decodes the frames")
+    parser.add_argument("--text_encoder", help="latent models: umT5-XXL folder (transformers): encodes --caption")
+    parser.add_argument("--audio_vae", help="latent models: MMAudio's v1-16.pth: encodes --ref_audio, decodes the sound")
+    parser.add_argument("--vocoder", help="latent models: MMAudio's best_netG.pt (BigVGAN): the sound's waveform")
+    parser.add_argument("--area", type=int, default=720 * 720,
+                        help="latent models with --caption: frame area; the aspect is the first reference image's")
     parser.add_argument("--out_dir", default="out/sample", help="where to write (only our own files are replaced)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda (default when available) or cpu")
@@ -276,7 +282,7 @@ def main():
                keep_source=args.keep_source, precision=regime)
     try:  # every input problem ends here as one line, before any model work
         # real data (Ovi's weights or a latent shard) has no toy world: its own path, which writes latents
-        if checkpoint.is_ovi_checkpoint(args.ckpt) or args.latent_cond:
+        if checkpoint.is_ovi_checkpoint(args.ckpt) or args.latent_cond or args.video_vae or args.text_encoder:
             run["shift"] = args.shift or (trained_shift(None) if checkpoint.is_ovi_checkpoint(args.ckpt)
                                           else trained_shift(checkpoint.load_checkpoint(args.ckpt)))
             run["guidance"] = guidance_for(args, build.PRESETS["full"] if checkpoint.is_ovi_checkpoint(args.ckpt)
@@ -322,20 +328,69 @@ def check_finite_sample(video, audio, args):
 
 
 def sample_latents(args, run: dict):
-    """Real data: sample the conditioning of a latent shard and save the latents (decode them with the
-    Wan2.2 VAE and the MMAudio VAE, which this repository does not ship)."""
-    if not args.latent_cond:
-        raise InputError(f"{args.ckpt} is a latent model (Ovi): give --latent_cond SHARD.pt with the umT5 prompt "
-                         "features and reference latents to sample (shards.py's format)")
-    net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
-                                           dtype=precision_lib.compute_dtype(run["precision"]))
-    cond, video_shape, audio_shape = cases.latent_case(args.latent_cond, args.latent_index, net.cfg)
+    """Real data (Ovi's weights or our `full` checkpoints): the case is a latent shard's sample (--latent_cond) or
+    the user's caption and references encoded with the real encoders (encoders.py); the result is latents.pt and,
+    given the VAEs and the vocoder, video.mp4 with sound."""
+    if not (args.latent_cond or args.caption):
+        raise InputError(f"{args.ckpt} is a latent model (Ovi): give --caption with --ref_image/--ref_audio and "
+                         "the encoders (--video_vae, --text_encoder, --audio_vae), or --latent_cond SHARD.pt")
+    import encoders
+    try:  # the encoders first: a wrong folder fails before the 11.7B model is read
+        enc = encoders.Encoders(args.video_vae, args.text_encoder, args.audio_vae, args.vocoder, device=args.device)
+        net = checkpoint.model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, device=args.device,
+                                               dtype=precision_lib.compute_dtype(run["precision"]))
+        if args.latent_cond:
+            cond, video_shape, audio_shape = cases.latent_case(args.latent_cond, args.latent_index, net.cfg)
+        else:
+            cond, video_shape, audio_shape = real_case(args, enc)
+    except encoders.EncoderError as e:
+        raise InputError(str(e)) from None
     video, audio = sample(net, cond, video_shape, audio_shape, **run)
     check_finite_sample(video, audio, args)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "latents.pt")
     torch.save(dict(video=video[0].cpu(), audio=audio[0].cpu()), path)
     print(f"wrote {path}: video latents {tuple(video.shape[1:])}, audio latents {tuple(audio.shape[1:])}")
+    if enc.video is not None and enc.audio is not None and enc.audio.vocoder is not None:
+        frames = enc.video.decode(video)[0]                                         # (T, 3, H, W) in [0, 1]
+        wave = enc.audio.decode(audio.float())[0].cpu()                             # (samples,) at 16 kHz
+        pixels = (frames.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+        mp4 = os.path.join(args.out_dir, "video.mp4")
+        if not outputs.write_clip_mp4(mp4, pixels, wave, encoders.FPS, encoders.SAMPLE_RATE):
+            raise SystemExit("error: writing .mp4 needs PyAV: pip install -r requirements-real.txt")
+        print(f"wrote {mp4}: {len(pixels)} frames of {pixels.shape[2]}x{pixels.shape[1]} at {encoders.FPS} fps, "
+              f"{wave.numel() / encoders.SAMPLE_RATE:.2f} s of sound")
+    else:
+        print("decode them to video.mp4 by giving --video_vae, --audio_vae and --vocoder")
+
+
+def real_case(args, enc):
+    """The user's caption and references through the real encoders, exactly as prepare.py encodes a clip:
+    (Conditioning, video latent shape, audio latent shape) for Ovi's 5 s clip in the references' aspect bucket."""
+    import caption as caption_lib
+    import encoders
+    import inputs
+    import prepare
+    enc.require("video", "text", "audio")
+    try:
+        structure = caption_lib.text_structure(encoders.clean_prompt(args.caption))
+    except caption_lib.CaptionError as e:
+        raise InputError(f"--caption: {e}") from None
+    k = len(structure["subject_spans"])
+    if len(args.ref_image) != k or len(args.ref_audio) != k:
+        raise InputError(f"--caption names {k} subject(s): give --ref_image and --ref_audio once per subject "
+                         f"(got {len(args.ref_image)} and {len(args.ref_audio)})")
+    width, height = inputs.open_image(args.ref_image[0], "--ref_image").size
+    size = prepare.bucket(height, width, args.area)
+    try:
+        row = prepare.caption_row(enc, args.caption, structure)
+        row.update(prepare.encode_references(enc, args.ref_image, args.ref_audio, size))
+    except prepare.ClipError as e:
+        raise InputError(str(e)) from None
+    batch = {key: value[None] for key, value in row.items()}                         # a batch of one
+    frames = enc.video.latent_frames(encoders.CLIP_FRAMES)
+    video_shape = (1, frames, enc.video.channels, size[0] // enc.video.spatial, size[1] // enc.video.spatial)
+    return Conditioning.from_batch(batch), video_shape, (1, encoders.AUDIO_LATENTS, row["ref_audio"].shape[-1])
 
 
 if __name__ == "__main__":

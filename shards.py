@@ -17,10 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# A shard is one `torch.save`d dict of tensors for N samples (load: weights_only=True). Produce it
-# by encoding video with the Wan2.2 VAE (48 ch, stride 4x16x16), audio with the MMAudio 16 kHz VAE
-# (20 ch, ~31.25 latents/s), the whole prompt with umT5-XXL (4096-d), and references the same way
-# (one latent frame per reference image, the voice clip's audio latents). Spans index the umT5 tokens.
+# A shard is one `torch.save`d dict of tensors for N samples (load: weights_only=True); prepare.py writes
+# them from a folder of clips. Video: the Wan2.2 VAE's posterior mean (48 ch, stride 4x16x16), normalised per
+# channel as Ovi's Wan2_2_VAE does, z = (mu - latents_mean) / latents_std with the 48 means and stds of the
+# VAE's config. Audio: the MMAudio 16 kHz VAE's posterior mean (20 ch, 31.25 latents/s; the VAE normalises its
+# mel input itself, the latents are not normalised further). Text: umT5-XXL over the whole prompt (4096-d,
+# 512 positions, zero past the prompt). References the same way (one latent frame per reference image, the
+# voice clip's audio latents). Spans index the umT5 tokens; line_phonemes are characters (caption.character_ids).
 # Field -> shape, with N samples, C_v/C_a/D_text from ShardSpec, other letters free but equal in a shard.
 SHARD_FIELDS = {
     "video": ("N", "T", "C_v", "H", "W"),           # video latents
@@ -48,7 +51,7 @@ class ShardSpec:
     C_v: int = 48
     C_a: int = 20
     D_text: int = 4096
-    phoneme_vocab: int = 19    # line_phonemes ids are < this (the model's phoneme table)
+    phoneme_vocab: int = 97    # line_phonemes ids are < this: characters (caption.character_ids), as `full` reads them
     patch: tuple = (1, 2, 2)   # the model's video patch (t, h, w) in latents: it must tile T, H, W and H_r, W_r
 
 

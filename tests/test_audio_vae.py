@@ -52,7 +52,7 @@ def test_vae_key_map_is_one_to_one_and_loads_normalised_weights(tmp_path, small_
             "encoder.down.1.block.0.nin_shortcut.weight", "data_mean"} <= set(keys)
     state = released_vae_state(small_vae)
     torch.save(state, tmp_path / "v1-16.pth")
-    loaded = av.load_mel_vae(str(tmp_path / "v1-16.pth"), dim=32)
+    loaded = av.load_mel_vae(str(tmp_path / "v1-16.pth"))
     for w in (loaded.encoder.conv_in.weight, loaded.decoder.levels[0][1].conv2.weight):
         assert torch.allclose(w.flatten(1).norm(dim=1), torch.ones(w.shape[0]), rtol=1e-3)  # norm 1 per output
     x = torch.randn(1, 80, 400)
@@ -82,7 +82,7 @@ def test_bigvgan_loads_a_released_layout_and_keeps_every_tensor(tmp_path):
             released[key] = p
     assert "resblocks.17.activations.5.act.beta" in released and "activation_post.act.alpha" in released
     torch.save({"generator": released}, tmp_path / "best_netG.pt")
-    loaded = av.load_bigvgan(str(tmp_path / "best_netG.pt"), width=64)
+    loaded = av.load_bigvgan(str(tmp_path / "best_netG.pt"))
     mel = torch.randn(1, 80, 6) - 2
     with torch.no_grad():
         assert torch.allclose(loaded(mel), ours(mel), atol=1e-6)
