@@ -91,6 +91,9 @@ class Conditioning:
                                                # t, (x0, y0, x1, y1) as fractions of the frame; zero area = no box
     trajectories: torch.Tensor | None = None   # (B, K, T, P, 2) where subject k's tracked points should be, (x, y)
                                                # fractions of the frame; a point counts where its box is given
+    first_frame: torch.Tensor | None = None    # (B, 1, C, h, w) I2AV (Ovi): the first latent frame, given and kept clean
+    text_audio: torch.Tensor | None = None     # (B, L, D) the audio tower's prompt where it differs from the video
+                                               # tower's: Ovi's negative pass gives each tower its own negative prompt
     full: frozenset = frozenset()              # names of the masks known to be all True, decided on the host
                                                # (`to`): attention then gets no mask and may use flash kernels
 
@@ -173,6 +176,16 @@ class Conditioning:
                                    line_mask=self.line_mask & keep[:, None],
                                    phoneme_mask=self.phoneme_mask & keep[:, None, None],
                                    full=self.full - {"text_mask"})   # no longer known: `to` looks again
+
+    def negative_prompts(self, video: torch.Tensor, audio: torch.Tensor) -> "Conditioning":
+        """Ovi's negative pass: every sample's prompt replaced by encoded negative prompts (L, D), one per tower
+        (e.g. "jitter, bad hands, blur, distortion" for video, "robotic, muffled, echo, distorted" for audio),
+        zero-padded and all attended as Ovi feeds them; the caption's structure dropped as in drop_prompt."""
+        B = self.text.shape[0]
+        empty = self.drop_prompt(torch.ones(B, dtype=torch.bool))
+        expand = lambda x: x.to(self.text.device, self.text.dtype)[None].expand(B, -1, -1)  # noqa: E731
+        return dataclasses.replace(empty, text=expand(video), text_audio=expand(audio),
+                                   text_mask=torch.ones(B, video.shape[0], dtype=torch.bool, device=self.text.device))
 
     def drop_references(self, which: torch.Tensor, images: bool = True, voices: bool = True) -> "Conditioning":
         """Mask the flagged samples' reference images and/or voices out of every attention."""

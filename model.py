@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import zlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -122,19 +123,27 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 
-def modulate(x, shift, scale, n_content):
-    """adaLN in fp32: content tokens [:n] use the noisy-t row of (B, 2, D) shift/scale, refs the clean one."""
+def segments(n_content: int, clean: int = 0):
+    """(start, end, row) of each run of tokens: row 0 = the noisy-t modulation, row 1 = the clean (t = 0) one.
+    Content tokens [clean:n] are noisy; references [n:] are clean, and so are the first `clean` content tokens
+    when image-to-audio-video gives the first latent frame (Ovi's first_frame_is_clean: those tokens at t = 0)."""
+    return ((0, clean, 1), (clean, n_content, 0), (n_content, None, 1)) if clean else \
+        ((0, n_content, 0), (n_content, None, 1))
+
+
+def modulate(x, shift, scale, n_content, clean: int = 0):
+    """adaLN in fp32 with the (B, 2, D) shift/scale rows: each run of tokens takes its row (segments)."""
     x32 = x.float()
-    out = torch.cat([x32[:, :n_content] * (1 + scale[:, :1]) + shift[:, :1],
-                     x32[:, n_content:] * (1 + scale[:, 1:]) + shift[:, 1:]], dim=1)
+    out = torch.cat([x32[:, a:b] * (1 + scale[:, r:r + 1]) + shift[:, r:r + 1]
+                     for a, b, r in segments(n_content, clean)], dim=1)
     return out.to(x.dtype)
 
 
-def gate(y, g, n_content):
+def gate(y, g, n_content, clean: int = 0):
     """Per-segment gate of a residual branch: y (B, S, D) times the fp32 gate g (B, 2, D), in fp32 (Wan:
     `x = x + y * e[2]`), so adding it promotes the residual stream to fp32 under bf16 autocast."""
     y32 = y.float()
-    return torch.cat([y32[:, :n_content] * g[:, :1], y32[:, n_content:] * g[:, 1:]], dim=1)
+    return torch.cat([y32[:, a:b] * g[:, r:r + 1] for a, b, r in segments(n_content, clean)], dim=1)
 
 
 def ffn(cfg) -> nn.Sequential:
@@ -150,6 +159,7 @@ class TowerInputs:
     mask: torch.Tensor | None      # (B, S) key mask, True = real; None when every key is real
     rope: tuple                    # (cos, sin), each (1 or B, S, head_dim / 2)
     text: torch.Tensor             # (B, L, D) the prompt through this tower's projection
+    clean: int = 0                 # leading content tokens that are clean (I2AV's given first frame), modulated at t = 0
 
 
 @dataclass
@@ -247,14 +257,15 @@ class Block(nn.Module):
 
     def self_part(self, x, io: TowerInputs):
         shift, scale, g, _, _, _ = self.mod(io.e)
-        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, io.n), *io.rope, io.mask), g, io.n)
+        return x + gate(self.self_attn(modulate(self.norm1(x), shift, scale, io.n, io.clean), *io.rope, io.mask), g,
+                        io.n, io.clean)
 
     def cross_part(self, x, io: TowerInputs, other_x, other: TowerInputs | None, text_mask):
         return x + self.cross_attn(self.norm3(x), io, other_x, other, text_mask)
 
     def ffn_part(self, x, io: TowerInputs):
         _, _, _, shift, scale, g = self.mod(io.e)
-        return x + gate(self.ffn(modulate(self.norm2(x), shift, scale, io.n)), g, io.n)
+        return x + gate(self.ffn(modulate(self.norm2(x), shift, scale, io.n, io.clean)), g, io.n, io.clean)
 
 
 class TwinLayer(nn.Module):
@@ -521,19 +532,26 @@ class TwinTower(nn.Module):
         return self._rope_tables[key]
 
     # --- the forward pass ----------------------------------------------------------------------------
-    def forward(self, video, audio, t, cond: Conditioning):
+    def forward(self, video, audio, t, cond: Conditioning, skip_layer: int = -1, skip_rows=None):
         """Predict the flow velocity of both streams.
 
         Args:
             video: (B, T, C, H, W) noisy video, or None for an audio-only step.
             audio: (B, T_a, C_a) noisy audio (mel frames or latents), or None for a video-only step.
             t: (B,) flow time in [0, 1] (1 = pure noise).
-            cond: the Conditioning (prompt, references and their masks, task inputs).
+            cond: the Conditioning (prompt, references and their masks, task inputs; I2AV's first frame).
+            skip_layer, skip_rows: Ovi's skip-layer guidance -- the samples flagged in skip_rows (B,) bool skip
+                TwinLayer skip_layer (both towers' block), as Ovi's negative pass skips its slg_layer.
         Returns: (video velocity like `video` or None, audio velocity like `audio` or None).
         """
         v, a, ctx = self.prepare(video, audio, t, cond)
-        for layer in self.layers:
-            v, a = layer(v, a, ctx)
+        for i, layer in enumerate(self.layers):
+            if i == skip_layer and skip_rows is not None:  # skip-layer guidance: these rows pass the layer by
+                v_new, a_new = layer(v, a, ctx)
+                v, a = (None if x is None else torch.where(skip_rows.view(-1, 1, 1), x, y)
+                        for x, y in ((v, v_new), (a, a_new)))
+            else:
+                v, a = layer(v, a, ctx)
         return self.outputs(v, a, ctx, video, audio)
 
     def prepare(self, video, audio, t, cond: Conditioning, references: bool = True):
@@ -558,10 +576,13 @@ class TwinTower(nn.Module):
         A = V = None
         if audio is not None:
             emb_a, e_a = self.audio_tower.timestep(t)
-            A = TowerInputs(e_a, emb_a, n_a, mask_a, rope_a, self.audio_tower.text_proj(prompt))
+            # Ovi's negative pass gives the audio tower its own negative prompt (cond.text_audio)
+            prompt_a = prompt if cond.text_audio is None else self.prompt(dataclasses.replace(cond, text=cond.text_audio))
+            A = TowerInputs(e_a, emb_a, n_a, mask_a, rope_a, self.audio_tower.text_proj(prompt_a))
         if video is not None:
             emb_v, e_v = self.video_tower.timestep(t)
-            V = TowerInputs(e_v, emb_v, n_v, mask_v, rope_v, self.video_tower.text_proj(prompt))
+            clean = math.prod(grid[1:]) if cond.first_frame is not None else 0   # I2AV: one latent frame's tokens
+            V = TowerInputs(e_v, emb_v, n_v, mask_v, rope_v, self.video_tower.text_proj(prompt), clean)
         return v, a, LayerContext(V, A, text_mask)
 
     def needed_masks(self, cond: Conditioning, mask_v, mask_a):

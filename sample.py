@@ -12,6 +12,11 @@ second-order correction. Guidance, per modality, with every pass in one batch:
 Tasks (DreamID-Omni): r2av generates both streams from the references; rv2av also gets a source video
 with the subject regions masked (--source_video, --source_mask); ra2v gets a driving audio track
 (--driving_audio), which is then the clip's sound.
+Ovi's own modes, for latent models: image-to-audio-video (--first_frame: the first latent frame given, kept
+clean, its tokens modulated at t = 0), skip-layer guidance (--slg_layer: the negative pass skips one layer; 11
+for Ovi's weights, as Ovi samples), and Ovi's negative prompts, one per tower ("jitter, bad hands, blur,
+distortion" / "robotic, muffled, echo, distorted"), encoded with --text_encoder or read from prepare.py's
+negative.pt; the real encoders (encoders.py) take --caption and the references to an .mp4 with sound.
 
     python sample.py --ckpt out/toy/ckpt.pt --demo --out_dir out/sample
     python sample.py --ckpt out/toy/ckpt.pt --caption "the one in red <sub1>: ... <sub1> says <S> tamu <E>" \
@@ -48,6 +53,7 @@ from inputs import InputError
 
 
 OVI_SHIFT = 5.0  # Ovi's released sampler (720p)
+OVI_SLG_LAYER = 11  # Ovi's inference_fusion.yaml: the negative pass skips fusion block 11
 
 
 def trained_shift(ckpt: dict | None) -> float:
@@ -80,6 +86,7 @@ class Guidance:
     mc_ref_audio: float = 2.0
     presence_video: float = 4.0     # presence: Identity-as-Presence's released scales; its negative pass
     presence_audio: float = 3.0     # is the empty prompt with the face kept and the voice dropped
+    slg_layer: int = -1             # skip-layer guidance (Ovi: 11): the negative pass skips this TwinLayer; -1 off
 
     def passes(self) -> list[str]:
         """Which conditionings each step evaluates (all in one batch)."""
@@ -105,14 +112,19 @@ class Guidance:
         return v["pos"], a["pos"]  # no guidance: one conditional pass
 
 
-def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
+def conditionings(cond: Conditioning, names: list[str], negative: dict | None = None) -> Conditioning:
     """The conditioning of each guidance pass, concatenated along the batch in the order of `names`.
 
     The negative passes use the very operations training's condition dropout uses (conditioning.py), so
     each asks the model something it was trained on: "neg" = the empty prompt (references kept),
-    "no_video_ref" / "no_audio_ref" = the reference images / voices masked out of every attention."""
+    "no_video_ref" / "no_audio_ref" = the reference images / voices masked out of every attention.
+    negative: real prompts' features {"video": (L, D), "audio": (L, D)} -- Ovi's negative prompts, one per tower
+    -- which replace the empty prompt of "neg"."""
     everyone = torch.ones(cond.batch_size, dtype=torch.bool)  # at sampling, every sample of the pass is dropped
-    make = {"pos": lambda: cond, "neg": lambda: cond.drop_prompt(everyone),
+    if negative is not None:  # every pass then names the audio tower's prompt (the same as the video's but in neg)
+        cond = dataclasses.replace(cond, text_audio=cond.text)
+    make = {"pos": lambda: cond, "neg": lambda: cond.drop_prompt(everyone) if negative is None else
+            cond.negative_prompts(negative["video"], negative["audio"]),
             "no_video_ref": lambda: cond.drop_references(everyone, voices=False),
             "no_audio_ref": lambda: cond.drop_references(everyone, images=False),
             "neg_keep_face": lambda: cond.drop_prompt(everyone).drop_references(everyone, images=False)}
@@ -122,7 +134,7 @@ def conditionings(cond: Conditioning, names: list[str]) -> Conditioning:
 @torch.no_grad()
 def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, shift: float = 3.0,
            guidance: Guidance = Guidance(mode="none"), seed: int = 0, solver: str = "euler", device="cpu",
-           keep_source: bool = True, identity_cache: bool = True, precision: str = ""):
+           keep_source: bool = True, identity_cache: bool = True, precision: str = "", negative: dict | None = None):
     """Generate (video (B, T, C, H, W), audio (B, T_a, C_a)) for the conditioning `cond`.
 
     cond.source_video (B, T, C+1, H, W) makes it RV2AV, cond.driving_audio (B, T_a, C_a) RA2V.
@@ -132,6 +144,10 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     identity_cache (presence models): compute the identity tokens' keys/values once per clip (IdentityCache)
         instead of at every step; the result is the same.
     precision: bf16 | fp32 (precision.py; "" = bf16 on CUDA, fp32 elsewhere): the forward's autocast.
+    negative: Ovi's per-tower negative prompts' features for the "neg" pass (conditionings).
+    cond.first_frame (B, 1, C, h, w) makes it I2AV (Ovi): the first latent frame is set to it before every step
+        and at the end, and the model modulates its tokens at t = 0 (model.segments).
+    guidance.slg_layer >= 0: the negative passes skip that layer (Ovi's skip-layer guidance).
     Deterministic per seed: the noise comes from its own generator.
     """
     device = torch.device(device)
@@ -141,7 +157,10 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     B = video_shape[0]
     names = guidance.passes()  # e.g. ["pos", "neg"]: each step evaluates all of them as one batch
     n = len(names)
-    batched = conditionings(cond, names).to(device)
+    batched = conditionings(cond, names, negative).to(device)
+    skip = dict(skip_layer=guidance.slg_layer, skip_rows=torch.tensor(  # the rows of the negative passes
+        [name.startswith("neg") for name in names], device=device).repeat_interleave(B)) if guidance.slg_layer >= 0 else {}
+    first = cond.first_frame.to(device) if cond.first_frame is not None else None
     regime = precision_lib.resolve(precision, device)
     # presence models take their clip's IdentityCache (filled by the first call); other models take nothing more
     clip_state = dict(cache=presence.IdentityCache()) if identity_cache and net.cfg.ref_mode == "presence" else {}
@@ -149,8 +168,10 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
+        if first is not None:  # I2AV: the given first frame, clean, at every evaluation
+            x_v = torch.cat([first.to(x_v.dtype), x_v[:, 1:]], dim=1)
         with precision_lib.autocast(device, regime):
-            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **clip_state)  # (B * n, ...)
+            v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **clip_state, **skip)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
 
     replace = keep_source and cond.source_video is not None
@@ -169,6 +190,8 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
         x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a  # Euler: dx = v dt, dt < 0
         if replace:  # the kept region follows the source's own path x_t = (1 - t) source + t noise
             x_v = edit * x_v + (1 - edit) * ((1 - s_next) * known + s_next * source_noise)
+    if first is not None:  # and it is what the clip starts with (Ovi resets it after the loop too)
+        x_v = torch.cat([first.to(x_v.dtype), x_v[:, 1:]], dim=1)
     return x_v.clamp(-1, 1) if video_shape[2] == 3 else x_v, x_a  # pixels live in [-1, 1]; latents and mel do not
 
 
@@ -248,8 +271,12 @@ def parse_args(argv=None):
     parser.add_argument("--ref_mode", choices=["concat", "presence"], default=None,
                         help="how the checkpoint takes references (it knows; give it to check)")
     defaults = Guidance()
+    parser.add_argument("--slg_layer", type=int, default=None,
+                        help="skip-layer guidance: the negative pass skips this layer (default: 11 for Ovi's weights, "
+                             "as Ovi samples; off, -1, for ours)")
+    parser.add_argument("--first_frame", help="latent models (I2AV, Ovi's i2v): the clip's first frame, an image")
     for field in dataclasses.fields(Guidance):
-        if field.name != "mode":
+        if field.name not in ("mode", "slg_layer"):
             parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
                                 help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
@@ -271,7 +298,11 @@ def guidance_for(args, mcfg: build.ModelConfig) -> Guidance:
     if args.ref_mode and args.ref_mode != mcfg.ref_mode:
         raise InputError(f"--ref_mode {args.ref_mode}: {args.ckpt} was trained with ref_mode {mcfg.ref_mode}")
     mode = args.guidance or ("presence" if mcfg.ref_mode == "presence" else "plain")
-    return Guidance(mode=mode, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance) if f.name != "mode"})
+    slg = args.slg_layer if args.slg_layer is not None else (OVI_SLG_LAYER if checkpoint.is_ovi_checkpoint(args.ckpt) else -1)
+    if slg >= mcfg.layers:
+        raise InputError(f"--slg_layer {slg}: the model has layers 0..{mcfg.layers - 1}")
+    return Guidance(mode=mode, slg_layer=slg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
+                                                 if f.name not in ("mode", "slg_layer")})
 
 
 def main():
@@ -343,9 +374,12 @@ def sample_latents(args, run: dict):
             cond, video_shape, audio_shape = cases.latent_case(args.latent_cond, args.latent_index, net.cfg)
         else:
             cond, video_shape, audio_shape = real_case(args, enc)
+        negative = negative_prompts(args, enc)
     except encoders.EncoderError as e:
         raise InputError(str(e)) from None
-    video, audio = sample(net, cond, video_shape, audio_shape, **run)
+    if args.first_frame and cond.first_frame is None:
+        raise InputError("--first_frame needs --video_vae and --caption (it is encoded with the clip's references)")
+    video, audio = sample(net, cond, video_shape, audio_shape, negative=negative, **run)
     check_finite_sample(video, audio, args)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "latents.pt")
@@ -364,6 +398,19 @@ def sample_latents(args, run: dict):
         print("decode them to video.mp4 by giving --video_vae, --audio_vae and --vocoder")
 
 
+def negative_prompts(args, enc) -> dict | None:
+    """Ovi's per-tower negative prompts as features: encoded now with --text_encoder, or read from the
+    negative.pt prepare.py wrote beside --latent_cond's shard; None (the empty prompt) without either."""
+    import prepare
+    if enc.text is not None:
+        return {k: enc.text.encode(p)[0] for k, p in prepare.OVI_NEGATIVE.items()}
+    path = os.path.join(os.path.dirname(os.path.abspath(args.latent_cond)), "negative.pt") if args.latent_cond else ""
+    if path and os.path.exists(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return dict(video=saved["video_emb"], audio=saved["audio_emb"])
+    return None
+
+
 def real_case(args, enc):
     """The user's caption and references through the real encoders, exactly as prepare.py encodes a clip:
     (Conditioning, video latent shape, audio latent shape) for Ovi's 5 s clip in the references' aspect bucket."""
@@ -380,17 +427,20 @@ def real_case(args, enc):
     if len(args.ref_image) != k or len(args.ref_audio) != k:
         raise InputError(f"--caption names {k} subject(s): give --ref_image and --ref_audio once per subject "
                          f"(got {len(args.ref_image)} and {len(args.ref_audio)})")
-    width, height = inputs.open_image(args.ref_image[0], "--ref_image").size
+    shaped_by = args.first_frame or args.ref_image[0]   # the frame's aspect: the first frame's, else the first face's
+    width, height = inputs.open_image(shaped_by, "--first_frame" if args.first_frame else "--ref_image").size
     size = prepare.bucket(height, width, args.area)
     try:
         row = prepare.caption_row(enc, args.caption, structure)
         row.update(prepare.encode_references(enc, args.ref_image, args.ref_audio, size))
+        first = enc.video.encode(prepare.reference_image(args.first_frame, size)[None, None]) if args.first_frame else None
     except prepare.ClipError as e:
         raise InputError(str(e)) from None
     batch = {key: value[None] for key, value in row.items()}                         # a batch of one
     frames = enc.video.latent_frames(encoders.CLIP_FRAMES)
     video_shape = (1, frames, enc.video.channels, size[0] // enc.video.spatial, size[1] // enc.video.spatial)
-    return Conditioning.from_batch(batch), video_shape, (1, encoders.AUDIO_LATENTS, row["ref_audio"].shape[-1])
+    cond = dataclasses.replace(Conditioning.from_batch(batch), first_frame=first)   # (1, 1, C, h, w) or None
+    return cond, video_shape, (1, encoders.AUDIO_LATENTS, row["ref_audio"].shape[-1])
 
 
 if __name__ == "__main__":

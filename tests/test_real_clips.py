@@ -150,6 +150,7 @@ def test_tiny_twin_tower_trains_on_the_shards_and_samples_an_mp4_with_sound(worl
            "--ref_image", str(clips / "talk01.sub1.png"), "--ref_audio", str(clips / "talk01.sub1.wav"),
            "--video_vae", str(root / "wan"), "--text_encoder", str(root / "umt5"), "--audio_vae", str(root / "v1-16.pth"),
            "--vocoder", str(root / "best_netG.pt"), "--area", str(AREA), "--steps", "2", "--device", "cpu",
+           "--first_frame", str(clips / "talk01.sub1.png"), "--slg_layer", "1",     # I2AV, skip-layer guidance
            "--out_dir", str(tmp_path / "sample")]
     done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

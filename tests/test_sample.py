@@ -111,3 +111,75 @@ def test_sampling_visits_the_noise_levels_training_trained_at():
         assert (t > level).float().mean() >= 0.5 * (sigmas > level).float().mean(), level
     unshifted = train.sample_t(200_000, train.TrainConfig(t_shift=1.0), torch.Generator().manual_seed(0))
     assert (unshifted > 0.9).float().mean() < 0.1 * (sigmas > 0.9).float().mean()  # the test can fail
+
+
+# --- Ovi's own sampling modes (latent models): I2AV, skip-layer guidance, per-tower negative prompts -----------
+
+def tiny_latent_model_and_case():
+    """A `full`-layout twin tower at toy width (prompt features, Wan-like latents) and one case of it."""
+    import dataclasses
+    import model
+    cfg = dataclasses.replace(build.PRESETS["full"], dim=32, layers=3, heads=2, ffn=48, audio_stem_hidden=24,
+                              text_dim=16, ocf_dim=16, ocf_heads=2, phoneme_layers=1, ocf_layers=1)
+    torch.manual_seed(0)
+    net = perturbed(build.build_model(cfg), scale=0.3).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = dict(text_emb=torch.randn(1, 7, 16, generator=g), text_mask=torch.ones(1, 7, dtype=torch.bool),
+                 ref_images=torch.randn(1, 1, 48, 4, 4, generator=g), ref_audio=torch.randn(1, 1, 5, 20, generator=g),
+                 subject_mask=torch.ones(1, 1, dtype=torch.bool), subject_spans=torch.tensor([[[0, 3]]]),
+                 speech_spans=torch.tensor([[[4, 7]]]), line_speaker=torch.zeros(1, 1, dtype=torch.long),
+                 line_mask=torch.ones(1, 1, dtype=torch.bool), line_phonemes=torch.ones(1, 1, 4, dtype=torch.long))
+    return net, Conditioning.from_batch(batch), model
+
+
+def test_i2av_keeps_the_given_first_frame_and_modulates_it_as_clean():
+    import dataclasses
+    net, cond, model = tiny_latent_model_and_case()
+    first = torch.randn(1, 1, 48, 4, 4)
+    i2av = dataclasses.replace(cond, first_frame=first)
+    video, _ = sample.sample(net, i2av, (1, 3, 48, 4, 4), (1, 10, 20), steps=3, guidance=sample.Guidance(mode="none"))
+    assert torch.equal(video[:, :1], first)                       # the clip starts with exactly the given frame
+    plain, _ = sample.sample(net, cond, (1, 3, 48, 4, 4), (1, 10, 20), steps=3, guidance=sample.Guidance(mode="none"))
+    assert not torch.allclose(video[:, 1:], plain[:, 1:])         # and the rest is generated from it
+    # the clean tokens take the references' (t = 0) modulation row: the simple reference, segment by segment
+    x, shift, scale = torch.randn(2, 9, 4), torch.randn(2, 2, 4), torch.randn(2, 2, 4)
+    rows = [1, 1, 0, 0, 0, 0, 1, 1, 1]                            # 2 clean, 4 noisy content, 3 references
+    want = torch.stack([x[:, i] * (1 + scale[:, r]) + shift[:, r] for i, r in enumerate(rows)], 1)
+    assert torch.allclose(model.modulate(x, shift, scale, n_content=6, clean=2), want)
+
+
+def test_skip_layer_guidance_skips_one_layer_for_the_flagged_rows_only():
+    net, cond, _ = tiny_latent_model_and_case()
+    two = Conditioning.cat([cond, cond])
+    video, audio, t = torch.randn(2, 3, 48, 4, 4), torch.randn(2, 10, 20), torch.full((2,), 0.5)
+    with torch.no_grad():
+        plain = net(video, audio, t, two)
+        skipped = net(video, audio, t, two, skip_layer=1, skip_rows=torch.tensor([False, True]))
+        v, a, ctx = net.prepare(video, audio, t, two)                # the reference: run layers 0 and 2 only
+        for i in (0, 2):
+            v, a = net.layers[i](v, a, ctx)
+        without = net.outputs(v, a, ctx, video, audio)
+    assert torch.equal(skipped[0][0], plain[0][0]) and torch.equal(skipped[1][0], plain[1][0])   # row 0 untouched
+    assert torch.allclose(skipped[0][1], without[0][1], atol=1e-5) and not torch.allclose(skipped[0][1], plain[0][1])
+
+
+def test_ovis_negative_pass_gives_each_tower_its_own_prompt_and_slg_defaults_to_ovis():
+    net, cond, _ = tiny_latent_model_and_case()
+    negative = dict(video=torch.randn(7, 16), audio=torch.randn(7, 16))
+    both = sample.conditionings(cond, ["pos", "neg"], negative)
+    assert torch.equal(both.text[1], negative["video"]) and torch.equal(both.text_audio[1], negative["audio"])
+    assert torch.equal(both.text_audio[0], both.text[0]) and bool(both.text_mask[1].all())  # Ovi: unmasked
+    import dataclasses
+    import types
+    with torch.no_grad():
+        _, _, ctx = net.prepare(torch.randn(2, 3, 48, 4, 4), torch.randn(2, 10, 20), torch.full((2,), 0.5), both)
+        neg = both[1:]
+        own = net.audio_tower.text_proj(net.prompt(dataclasses.replace(neg, text=neg.text_audio)))
+        video_negative = net.audio_tower.text_proj(net.prompt(neg))
+    assert torch.allclose(ctx.audio.text[1:], own) and not torch.allclose(ctx.audio.text[1:], video_negative)
+    args = types.SimpleNamespace(ref_mode=None, guidance=None, slg_layer=None, ckpt="ours.pt",
+                                 **{f.name: 1.0 for f in dataclasses.fields(sample.Guidance)
+                                    if f.name not in ("mode", "slg_layer")})
+    assert sample.guidance_for(args, net.cfg).slg_layer == -1     # ours: off unless asked
+    args.ckpt = "ovi/model.safetensors"                           # Ovi's weights: its inference's layer 11
+    assert sample.guidance_for(args, build.PRESETS["full"]).slg_layer == sample.OVI_SLG_LAYER == 11
