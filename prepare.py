@@ -268,6 +268,12 @@ def done_clips(out: str) -> set:
     return done
 
 
+def clips_of_rank(stems: list[str], done: set, rank: int, world: int) -> list[str]:
+    """This rank's share: every world-th clip of the sorted list, from its rank on, less those already done.
+    The split depends on the folder alone, so a rerun with the same ranks gives each rank the same clips."""
+    return [s for i, s in enumerate(stems) if i % world == rank and s not in done]
+
+
 def flush(out: str, rank: int, size: tuple[int, int], pending: list, counter: dict):
     """Write a bucket's pending rows as one shard (atomically), then record its clips as done."""
     n = counter[size] = counter.get(size, 0) + 1
@@ -301,7 +307,7 @@ def prepare(args) -> dict:
         write_negative(enc, args.out)
     stems = find_clips(args.clips)
     done = done_clips(args.out)
-    mine = [s for i, s in enumerate(stems) if i % world == rank and s not in done]
+    mine = clips_of_rank(stems, done, rank, world)
     pending, counter, skipped, encoded = {}, {}, {}, 0
     for stem in tqdm(mine, desc=f"prepare r{rank}", disable=rank != 0):
         try:

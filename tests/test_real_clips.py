@@ -137,6 +137,12 @@ def test_prepare_resumes_without_redoing_finished_clips(world):
     assert again["encoded"] == 0 and again["already"] == 1 and len(glob.glob(str(world["root"] / "shards" / "shard-*"))) == 1
 
 
+def test_ranks_split_the_clips_without_overlap_and_skip_finished_ones():
+    stems = [f"c{i:02d}" for i in range(7)]
+    shares = [prepare.clips_of_rank(stems, {"c03"}, r, 3) for r in range(3)]
+    assert sorted(sum(shares, [])) == [s for s in stems if s != "c03"] and shares[0] == ["c00", "c06"]
+
+
 def test_tiny_twin_tower_trains_on_the_shards_and_samples_an_mp4_with_sound(world, tmp_path):
     root = world["root"]
     sizes = dict(dim=32, layers=2, heads=2, ffn=48, audio_stem_hidden=24, text_dim=TEXT_DIM, ocf_dim=16, ocf_heads=2,
