@@ -469,15 +469,17 @@ class AudioCodec(nn.Module):
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, S) at 16 kHz -> (B, S // 512, 20)."""
-        return self.vae.encode(self.mel(wave)).transpose(1, 2)
+        """(B, S) at 16 kHz -> (B, S // 512, 20), on the CPU (where shards are assembled)."""
+        wave = wave.to(self.mel.window.device)
+        return self.vae.encode(self.mel(wave)).transpose(1, 2).cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, T_a, 20) -> (B, T_a * 512) waveform at 16 kHz."""
+        """(B, T_a, 20) -> (B, T_a * 512) waveform at 16 kHz, on the CPU."""
         if self.vocoder is None:
             raise AudioCodecError("decoding audio needs the vocoder: give MMAudio's best_netG.pt")
-        return self.vocoder(self.vae.decode(latents.transpose(1, 2)))
+        z = latents.to(self.mel.window.device, torch.float32).transpose(1, 2)
+        return self.vocoder(self.vae.decode(z)).cpu()
 
 
 # ------------------------------------------------------------------------------------------------

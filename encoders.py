@@ -71,7 +71,7 @@ class VideoVAE:
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         x = (frames.to(self.device, self.dtype) * 2 - 1).permute(0, 2, 1, 3, 4)        # (B, 3, T, H, W) in [-1, 1]
         mu = self.vae.encode(x).latent_dist.mean.permute(0, 2, 1, 3, 4).float()       # (B, T', C, h, w)
-        return (mu - self.mean) / self.std
+        return ((mu - self.mean) / self.std).cpu()                                    # shards live on the CPU
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
