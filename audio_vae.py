@@ -67,12 +67,13 @@ class LogMel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) waveform in [-1, 1] at 16 kHz -> (B, 80, S // 256) log10 mel."""
-        pad = (N_FFT - HOP) // 2
-        x = F.pad(wave.clamp(-1, 1).float().unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        pad = (N_FFT - HOP) // 2              # 384 each side: frame i is centred on sample 256 i + 128
+        x = F.pad(wave.clamp(-1, 1).float().unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)  # (B, S + 768)
         spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=N_FFT, window=self.window, center=False,
                           return_complex=True)                                              # (B, 513, frames)
         magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)   # the 1e-9 keeps silence's gradient finite
-        return torch.log10((self.mel_basis @ magnitude).clamp_min(1e-5))
+        # magnitude (not power) mel, log10, floored at 1e-5 (-5): MMAudio's dynamic_range_compression
+        return torch.log10((self.mel_basis @ magnitude).clamp_min(1e-5))                # (B, 80, frames)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ class LogMel(nn.Module):
 
 def pixel_norm(x: torch.Tensor, dim, eps: float = 1e-4) -> torch.Tensor:
     """EDM2's normalize: x scaled to unit root-mean-square over `dim` (eps added to the rms)."""
-    rms = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
-    rms = eps + rms * math.sqrt(rms.numel() / x.numel())
+    rms = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)   # the norm over `dim`, in fp32
+    rms = eps + rms * math.sqrt(rms.numel() / x.numel())   # norm / sqrt(n): n = the size reduced over
     return x / rms.to(x.dtype)
 
 
@@ -113,8 +114,8 @@ class MPConv(nn.Module):
         return (w / math.sqrt(w[0].numel())).to(raw.dtype)
 
     def forward(self, x: torch.Tensor, gain=1.0) -> torch.Tensor:
-        w = self.weight * gain
-        return F.conv1d(x, w, padding=w.shape[-1] // 2)
+        w = self.weight * gain                                 # only the output convs pass a (learned) gain
+        return F.conv1d(x, w, padding=w.shape[-1] // 2)        # "same" padding: (B, C_in, T) -> (B, C_out, T)
 
 
 class ResBlock(nn.Module):
@@ -127,7 +128,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pixel_norm(x, dim=1)                               # over channels, per frame
-        h = self.conv2(mp_silu(self.conv1(mp_silu(x))))
+        h = self.conv2(mp_silu(self.conv1(mp_silu(x))))         # no norm between: EDM2 keeps magnitudes instead
+        # the branch enters with weight 0.3 against the skip's 0.7, rescaled so the sum keeps unit magnitude
         return mp_sum(self.skip(x) if self.skip is not None else x, h, t=0.3)
 
 
@@ -141,10 +143,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, T = x.shape
         y = self.qkv(x).reshape(B, C, 3, T)                   # channel 3c + j is component j of channel c
-        q, k, v = pixel_norm(y, dim=1).unbind(2)               # each (B, C, T)
+        q, k, v = pixel_norm(y, dim=1).unbind(2)               # each (B, C, T), unit rms per frame: cosine logits
         h = F.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None],
                                            v.transpose(1, 2)[:, None])                     # (B, 1, T, C)
-        return mp_sum(x, self.out(h[:, 0].transpose(1, 2)), t=0.3)
+        return mp_sum(x, self.out(h[:, 0].transpose(1, 2)), t=0.3)                        # (B, C, T)
 
 
 class Downsample(nn.Module):
@@ -189,14 +191,15 @@ class Encoder(nn.Module):
         self.gain = nn.Parameter(torch.zeros([]))              # learned output gain, used as 1 + gain
 
     def forward(self, mel):
-        h = self.conv_in(mel)
-        for i, level in enumerate(self.levels):
+        h = self.conv_in(mel)                                  # (B, 384, T)
+        for i, level in enumerate(self.levels):                # widths 384 -> 384 -> 768 -> 1536
             for block in level:
                 h = block(h).clamp(-CLIP_ACT, CLIP_ACT)
             if i == 0:
-                h = self.down(h)
-        for block in self.mid:
+                h = self.down(h)                               # (B, 384, T/2): the only change of rate
+        for block in self.mid:                                 # no clamp between the middle's three blocks
             h = block(h)
+        # (B, 1536, T/2) -> (B, 40, T/2): 20 means, then 20 log-variances
         return self.conv_out(mp_silu(h.clamp(-CLIP_ACT, CLIP_ACT)), gain=self.gain + 1)
 
 
@@ -218,16 +221,16 @@ class Decoder(nn.Module):
         self.gain = nn.Parameter(torch.zeros([]))
 
     def forward(self, z):
-        h = self.conv_in(z)
+        h = self.conv_in(z)                                    # (B, 1536, T/2)
         for block in self.mid:
             h = block(h)
         h = h.clamp(-CLIP_ACT, CLIP_ACT)
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(self.levels):                # widths 1536 -> 768 -> 384
             for block in level:
                 h = block(h).clamp(-CLIP_ACT, CLIP_ACT)
             if i == 1:
-                h = self.up(h)
-        return self.conv_out(mp_silu(h), gain=self.gain + 1)
+                h = self.up(h)                                 # (B, 768, T): back to the mel's frame rate
+        return self.conv_out(mp_silu(h), gain=self.gain + 1)  # (B, 80, T), still normalised (MelVAE undoes it)
 
 
 class MelVAE(nn.Module):
@@ -241,7 +244,7 @@ class MelVAE(nn.Module):
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, 80, T) -> (B, 20, T/2): the mean of the diagonal Gaussian (Ovi's wrapped_encode returns dist.mean)."""
-        moments = self.encoder((mel - self.mel_mean) / self.mel_std)
+        moments = self.encoder((mel - self.mel_mean) / self.mel_std)   # each bin standardised by its data statistics
         return moments[:, :LATENT_CHANNELS]                    # the second half is the log-variance
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -275,9 +278,9 @@ class SnakeBeta(nn.Module):
         super().__init__()
         self.alpha, self.beta = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c))
 
-    def forward(self, x):
-        alpha, beta = self.alpha.exp()[:, None], self.beta.exp()[:, None]
-        return x + torch.sin(x * alpha) ** 2 / (beta + 1e-9)
+    def forward(self, x):                                      # (B, C, T)
+        alpha, beta = self.alpha.exp()[:, None], self.beta.exp()[:, None]   # (C, 1): frequency, inverse magnitude
+        return x + torch.sin(x * alpha) ** 2 / (beta + 1e-9)   # periodic bumps on the identity: good at pitch
 
 
 class AliasFreeSnake(nn.Module):
@@ -289,16 +292,17 @@ class AliasFreeSnake(nn.Module):
         self.register_buffer("filter", kaiser_sinc_filter(0.25, 0.3, size), persistent=False)
         self.size = size
 
-    def forward(self, x):
+    def forward(self, x):                                      # (B, C, T) -> (B, C, T)
         C, k = x.shape[1], self.size
-        f = self.filter.expand(C, -1, -1)
+        f = self.filter.expand(C, -1, -1)                      # the same low-pass for every channel (groups=C)
         pad = k // 2 - 1                                       # upsample: replicate pad, zero-stuff, filter, trim
+        # x2 because zero-stuffing halves the mean; the transposed conv interpolates between samples
         up = 2 * F.conv_transpose1d(F.pad(x, (pad, pad), mode="replicate"), f, stride=2, groups=C)
-        trim = pad * 2 + (k - 2) // 2
-        up = up[..., trim: -(pad * 2 + (k - 1) // 2)]
-        y = self.act(up)
+        trim = pad * 2 + (k - 2) // 2                          # the padding's share at twice the rate, each side
+        up = up[..., trim: -(pad * 2 + (k - 1) // 2)]          # (B, C, 2T)
+        y = self.act(up)                                       # the nonlinearity at twice the rate
         y = F.pad(y, (k // 2 - 1, k // 2), mode="replicate")  # downsample: filter, keep every second sample
-        return F.conv1d(y, f, stride=2, groups=C)
+        return F.conv1d(y, f, stride=2, groups=C)              # (B, C, T)
 
 
 class AMPBlock(nn.Module):
@@ -312,7 +316,7 @@ class AMPBlock(nn.Module):
         self.acts = nn.ModuleList(AliasFreeSnake(c) for _ in range(2 * len(RES_DILATIONS)))
 
     def forward(self, x):
-        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):   # dilations 1, 3, 5: widening receptive fields
             x = x + c2(self.acts[2 * i + 1](c1(self.acts[2 * i](x))))
         return x
 
@@ -329,16 +333,17 @@ class BigVGAN(nn.Module):
         self.ups, self.blocks = nn.ModuleList(), nn.ModuleList()
         for i, (rate, kernel) in enumerate(UPSAMPLE):
             c_in, c_out = width // 2 ** i, width // 2 ** (i + 1)
+            # kernel = 2 x rate, padding (kernel - rate) / 2: exactly `rate` output samples per input sample
             self.ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
             self.blocks.append(nn.ModuleList(AMPBlock(c_out, k) for k in RES_KERNELS))
         self.act_post = AliasFreeSnake(c_out)
         self.conv_post = nn.Conv1d(c_out, 1, 7, padding=3)
 
     def forward(self, mel):
-        x = self.conv_pre(mel)
+        x = self.conv_pre(mel)                                 # (B, 1536, T)
         for up, blocks in zip(self.ups, self.blocks):
-            x = up(x)
-            x = sum(block(x) for block in blocks) / len(blocks)
+            x = up(x)                                          # (B, C / 2, T * rate)
+            x = sum(block(x) for block in blocks) / len(blocks)   # three receptive fields, averaged (MRF)
         return torch.tanh(self.conv_post(self.act_post(x))).squeeze(1)                  # (B, samples)
 
 

@@ -69,12 +69,14 @@ class VideoVAE:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        # Wan's VAE is causal in time: frame 0 alone makes latent frame 0, then each 4 frames one more
         x = (frames.to(self.device, self.dtype) * 2 - 1).permute(0, 2, 1, 3, 4)        # (B, 3, T, H, W) in [-1, 1]
         mu = self.vae.encode(x).latent_dist.mean.permute(0, 2, 1, 3, 4).float()       # (B, T', C, h, w)
         return ((mu - self.mean) / self.std).cpu()                                    # shards live on the CPU
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        # undo Ovi's normalisation first: the decoder was trained on the VAE's raw latents
         z = (latents.to(self.device).float() * self.std + self.mean).permute(0, 2, 1, 3, 4)  # (B, C, T', h, w)
         x = self.vae.decode(z.to(self.dtype)).sample.float()                                # (B, 3, T, H, W)
         return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)
@@ -107,9 +109,9 @@ class TextEncoder:
 
     def tokens(self, text: str) -> dict:
         """The prompt as Ovi tokenizes it: ids, mask and each token's character span in clean_prompt(text)."""
-        out = self.tokenizer([clean_prompt(text)], padding="max_length", truncation=True, max_length=TEXT_LEN,
-                             return_offsets_mapping=True, return_tensors="pt")
-        return out
+        # pad to 512 as Ovi does; a prompt past 512 tokens is cut, and token_spans says so if a span is lost
+        return self.tokenizer([clean_prompt(text)], padding="max_length", truncation=True, max_length=TEXT_LEN,
+                              return_offsets_mapping=True, return_tensors="pt")
 
     @torch.no_grad()
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +119,7 @@ class TextEncoder:
         tok = self.tokens(text)
         mask = tok["attention_mask"].to(self.device)
         feats = self.model(input_ids=tok["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+        # (1, 512, D): Ovi keeps u[:seq_len] and its model zero-pads to 512; zeroing here stores the same thing
         return (feats.float() * mask[..., None]).cpu()[0], mask.bool().cpu()[0]
 
     def token_spans(self, text: str, char_spans: list) -> list:
@@ -125,7 +128,7 @@ class TextEncoder:
         real = [(i, a, b) for i, (a, b) in enumerate(offsets) if b > a]   # padding and </s> have empty offsets
         spans = []
         for a, b in char_spans:
-            inside = [i for i, s, e in real if s < b and e > a]
+            inside = [i for i, s, e in real if s < b and e > a]   # every token that overlaps the span
             if not inside:
                 raise EncoderError(f"the caption's span {clean_prompt(text)[a:b]!r} fell beyond umT5's {TEXT_LEN} "
                                    "tokens: shorten the caption")

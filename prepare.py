@@ -100,9 +100,9 @@ def clip_files(folder: str, stem: str) -> dict:
 
 def bucket(height: int, width: int, area: int) -> tuple[int, int]:
     """The aspect bucket nearest the clip's: (H, W), multiples of 32, H * W about `area` (Ovi's snap to 32)."""
-    aspect = min(ASPECTS, key=lambda a: abs(np.log(a * height / width)))
-    h = max(32, round((area / aspect) ** 0.5 / 32) * 32)
-    w = max(32, round((area * aspect) ** 0.5 / 32) * 32)
+    aspect = min(ASPECTS, key=lambda a: abs(np.log(a * height / width)))   # nearest in ratio, not difference
+    h = max(32, round((area / aspect) ** 0.5 / 32) * 32)   # h * w = area and w / h = aspect, each snapped to 32
+    w = max(32, round((area * aspect) ** 0.5 / 32) * 32)   # (Wan's 16-pixel latents, then the model's 2x2 patch)
     return h, w
 
 
@@ -110,11 +110,12 @@ def fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(..., 3, h, w) in [0, 1] -> (..., 3, H, W): scaled to cover the bucket, then centre-cropped."""
     H, W = size
     h, w = image.shape[-2:]
-    scale = max(H / h, W / w)
+    scale = max(H / h, W / w)                              # cover: the short side fits, the long one is cropped
     nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
-    flat = image.reshape(-1, 3, h, w)
+    flat = image.reshape(-1, 3, h, w)                      # frames, or one image: (N, 3, h, w)
+    # antialias: a 1080p source shrinks ~2.5x to 704, and plain bilinear would alias fine texture
     flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - H) // 2, (nw - W) // 2
+    top, left = (nh - H) // 2, (nw - W) // 2               # the centre
     return flat[..., top: top + H, left: left + W].reshape(*image.shape[:-2], H, W).clamp(0, 1)
 
 
@@ -146,6 +147,7 @@ def read_sound(container) -> torch.Tensor:
     import av
     if not container.streams.audio:
         raise ClipError("the video has no sound track")
+    # FFmpeg's resampler: any rate and layout -> float32 mono at 16 kHz (channels averaged by its downmix)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=encoders.SAMPLE_RATE)
     chunks, n = [], 0
     for frame in container.decode(container.streams.audio[0]):
@@ -160,8 +162,8 @@ def read_sound(container) -> torch.Tensor:
     if wave.numel() < encoders.AUDIO_SAMPLES:
         raise ClipError(f"the sound is {wave.numel() / encoders.SAMPLE_RATE:.2f} s; Ovi's clips need "
                         f"{encoders.AUDIO_SAMPLES / encoders.SAMPLE_RATE:.3f} s")
-    wave = wave[: encoders.AUDIO_SAMPLES]
-    if wave.pow(2).mean().sqrt() < SILENCE_RMS:
+    wave = wave[: encoders.AUDIO_SAMPLES]                      # the clip's first 5.024 s
+    if wave.pow(2).mean().sqrt() < SILENCE_RMS:                # rms over the kept stretch
         raise ClipError("the sound track is silent (below -60 dBFS)")
     return wave
 
@@ -225,8 +227,9 @@ def caption_row(enc: encoders.Encoders, text: str, structure: dict) -> dict:
 
 def encode_references(enc: encoders.Encoders, images: list, voices: list, size: tuple[int, int]) -> dict:
     """Per subject: one latent frame of its image, the audio latents of its voice."""
+    # one image is a one-frame clip: Wan's causal VAE gives it one latent frame, (1, 1, 48, h, w) -> (48, h, w)
     ref_images = torch.stack([enc.video.encode(reference_image(p, size)[None, None])[0, 0] for p in images])
-    ref_audio = torch.stack([enc.audio.encode(reference_voice(p)[None])[0] for p in voices])
+    ref_audio = torch.stack([enc.audio.encode(reference_voice(p)[None])[0] for p in voices])   # (K, 157, 20)
     return dict(ref_images=ref_images, ref_audio=ref_audio, subject_mask=torch.ones(len(images), dtype=torch.bool))
 
 
@@ -249,7 +252,8 @@ def stack_rows(rows: list[dict]) -> dict:
         for p in parts:  # F.pad's list runs from the last dimension backwards
             pad = [x for d in reversed(range(p.ndim)) for x in (0, longest[d] - p.shape[d])]
             padded.append(F.pad(p, pad) if any(pad) else p)
-        value = torch.stack(padded)
+        value = torch.stack(padded)                            # (N, ...) with the longest row's sizes
+        # bf16 halves the disk (umT5's 512 x 4096 features are 4 MB a clip); the loader reads them as fp32
         shard[key] = value.to(torch.bfloat16) if key in shards.FLOAT_FIELDS else value
     return shard
 
@@ -277,6 +281,7 @@ def clips_of_rank(stems: list[str], done: set, rank: int, world: int) -> list[st
 def flush(out: str, rank: int, size: tuple[int, int], pending: list, counter: dict):
     """Write a bucket's pending rows as one shard (atomically), then record its clips as done."""
     n = counter[size] = counter.get(size, 0) + 1
+    # the first clip's stem in the name: a rerun's shards never overwrite an earlier run's
     name = f"shard-r{rank}-{size[0]}x{size[1]}-{n:04d}-{pending[0][0]}.pt"
     checkpoint.save_atomic(stack_rows([row for _, row in pending]), os.path.join(out, name))
     with open(os.path.join(out, f"done-r{rank}.jsonl"), "a") as f:
@@ -316,8 +321,8 @@ def prepare(args) -> dict:
             skipped[stem] = str(e)
             tqdm.write(f"skip {stem}: {e}")
             continue
-        size = tuple(row["video"].shape[-2:])
-        pending.setdefault(size, []).append((stem, row))
+        size = tuple(row["video"].shape[-2:])                  # the bucket, on the latent grid
+        pending.setdefault(size, []).append((stem, row))       # a shard holds one bucket: its shapes agree
         encoded += 1
         if len(pending[size]) == args.per_shard:
             flush(args.out, rank, size, pending[size], counter)
