@@ -54,6 +54,7 @@ from inputs import InputError
 
 OVI_SHIFT = 5.0  # Ovi's released sampler (720p)
 OVI_SLG_LAYER = 11  # Ovi's inference_fusion.yaml: the negative pass skips fusion block 11
+OVI_CFG = dict(cfg_video=4.0, cfg_audio=3.0)  # and its guidance scales (video_/audio_guidance_scale)
 
 
 def trained_shift(ckpt: dict | None) -> float:
@@ -276,7 +277,11 @@ def parse_args(argv=None):
                              "as Ovi samples; off, -1, for ours)")
     parser.add_argument("--first_frame", help="latent models (I2AV, Ovi's i2v): the clip's first frame, an image")
     for field in dataclasses.fields(Guidance):
-        if field.name not in ("mode", "slg_layer"):
+        if field.name in ("cfg_video", "cfg_audio"):  # their default depends on the checkpoint (guidance_for)
+            parser.add_argument(f"--{field.name}", type=float, default=None,
+                                help=f"plain guidance scale ({field.name[4:]}; default {getattr(defaults, field.name)}, "
+                                     f"and Ovi's {OVI_CFG[field.name]} for Ovi's weights)")
+        elif field.name not in ("mode", "slg_layer"):
             parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
                                 help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
@@ -301,8 +306,11 @@ def guidance_for(args, mcfg: build.ModelConfig) -> Guidance:
     slg = args.slg_layer if args.slg_layer is not None else (OVI_SLG_LAYER if checkpoint.is_ovi_checkpoint(args.ckpt) else -1)
     if slg >= mcfg.layers:
         raise InputError(f"--slg_layer {slg}: the model has layers 0..{mcfg.layers - 1}")
-    return Guidance(mode=mode, slg_layer=slg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
-                                                 if f.name not in ("mode", "slg_layer")})
+    ovi = checkpoint.is_ovi_checkpoint(args.ckpt)
+    scales = {name: getattr(args, name) if getattr(args, name) is not None else
+              (OVI_CFG[name] if ovi else getattr(Guidance, name)) for name in OVI_CFG}   # Ovi samples at 4 and 3
+    return Guidance(mode=mode, slg_layer=slg, **scales, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
+                                                           if f.name not in ("mode", "slg_layer", *OVI_CFG)})
 
 
 def main():
@@ -353,9 +361,8 @@ def check_finite_sample(video, audio, args):
     """Stop with one line when the sample holds NaN / inf or values far beyond any data (guidance scales far too
     large, a model that diverged): they would otherwise reach the Griffin-Lim vocoder and fail deep inside it."""
     if not (video.abs().max() < SANE and audio.abs().max() < SANE):  # NaN compares False: caught too
-        raise SystemExit(f"error: the sample came out NaN/inf or absurdly large: guidance scales too large (--cfg_video {args.cfg_video}, "
-                         f"--cfg_audio {args.cfg_audio}, --cfg_video_ref / --cfg_audio_ref) or a model that diverged; "
-                         "nothing was written")
+        raise SystemExit("error: the sample came out NaN/inf or absurdly large: guidance scales too large (--cfg_video, "
+                         "--cfg_audio, --mc_* / --presence_*) or a model that diverged; nothing was written")
 
 
 def sample_latents(args, run: dict):

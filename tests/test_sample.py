@@ -177,9 +177,13 @@ def test_ovis_negative_pass_gives_each_tower_its_own_prompt_and_slg_defaults_to_
         own = net.audio_tower.text_proj(net.prompt(dataclasses.replace(neg, text=neg.text_audio)))
         video_negative = net.audio_tower.text_proj(net.prompt(neg))
     assert torch.allclose(ctx.audio.text[1:], own) and not torch.allclose(ctx.audio.text[1:], video_negative)
-    args = types.SimpleNamespace(ref_mode=None, guidance=None, slg_layer=None, ckpt="ours.pt",
-                                 **{f.name: 1.0 for f in dataclasses.fields(sample.Guidance)
-                                    if f.name not in ("mode", "slg_layer")})
-    assert sample.guidance_for(args, net.cfg).slg_layer == -1     # ours: off unless asked
-    args.ckpt = "ovi/model.safetensors"                           # Ovi's weights: its inference's layer 11
-    assert sample.guidance_for(args, build.PRESETS["full"]).slg_layer == sample.OVI_SLG_LAYER == 11
+    args = types.SimpleNamespace(ref_mode=None, guidance=None, slg_layer=None, ckpt="ours.pt", cfg_video=None,
+                                 cfg_audio=None, **{f.name: 1.0 for f in dataclasses.fields(sample.Guidance)
+                                                    if f.name not in ("mode", "slg_layer", "cfg_video", "cfg_audio")})
+    ours = sample.guidance_for(args, net.cfg)
+    assert ours.slg_layer == -1 and (ours.cfg_video, ours.cfg_audio) == (2.0, 2.0)   # ours: off, our scales
+    args.ckpt = "ovi/model.safetensors"                           # Ovi's weights: as Ovi's inference samples
+    ovi = sample.guidance_for(args, build.PRESETS["full"])
+    assert ovi.slg_layer == sample.OVI_SLG_LAYER == 11 and (ovi.cfg_video, ovi.cfg_audio) == (4.0, 3.0)
+    args.cfg_video = 5.0                                          # a given scale wins
+    assert sample.guidance_for(args, build.PRESETS["full"]).cfg_video == 5.0
