@@ -287,7 +287,8 @@ def speed_main(args):
     # mini-Ovi trains on the codec's latents; an untrained codec costs the same as a trained one
     codec = codec_lib.ToyCodec(codec_lib.CodecConfig(), world.n_mels) if cfg.video_channels != 3 else None
     # what the numbers were measured on travels with them, into the JSON line
-    results = dict(config=args.config, tokenizer=args.tokenizer, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = dict(config=args.config, tokenizer=args.tokenizer,
+                   device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    threads=torch.get_num_threads(), batch_size=args.batch_size)
     results.update(bench_data(world))
     # the math backend is the readable reference; SDPA is the fused kernel every real run uses

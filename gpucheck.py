@@ -170,6 +170,7 @@ def latent_batch(cfg, clip: dict, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     k, L = clip["subjects"], clip["text"]
     span = L // (k + 2)  # descriptor spans first, then the line's span: [0, span), [span, 2 span), ...
+    # every field at Ovi's widths (48 / 20 channels, 4096-d text): the shapes the memory plan counts
     return dict(
         video=torch.randn(1, clip["frames"], cfg.video_channels, clip["height"], clip["width"], generator=g),
         audio=torch.randn(1, clip["audio"], cfg.audio_channels, generator=g),
@@ -195,8 +196,8 @@ def lora_model(cfg, device):
     """train.py's model for a LoRA run under --precision bf16 --grad_ckpt: built on the meta device, the frozen
     base in bf16, then random weights drawn on the device itself (the 11.7B never pass through the CPU)."""
     tc = train.TrainConfig(precision="bf16", grad_ckpt=True, cond_drop=0.0)
-    net = train.build_model(cfg, tc, world=1, device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    net = train.build_model(cfg, tc, world=1, device=device)   # exactly train.py's build: meta, bf16 base, to_empty
+    gen = torch.Generator(device=device).manual_seed(0)      # a generator on the GPU: no 47 GB through the host
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, INIT_STD, generator=gen)
@@ -212,7 +213,7 @@ def check_latent(cfg, clip: dict, device, lora_rank: int = 64, steps: int = 3) -
     trains = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trains, lr=1e-4)
     gen = torch.Generator().manual_seed(1)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the peak from here on: weights, AdamW state, activations, backward temporaries
         torch.cuda.reset_peak_memory_stats(device)
     losses = []
 

@@ -35,9 +35,9 @@ step freezes. build.py puts a configured model together.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -547,9 +547,10 @@ class TwinTower(nn.Module):
         v, a, ctx = self.prepare(video, audio, t, cond)
         for i, layer in enumerate(self.layers):
             if i == skip_layer and skip_rows is not None:  # skip-layer guidance: these rows pass the layer by
+                keep = skip_rows.view(-1, 1, 1)                 # (B, 1, 1): True keeps the layer's input
                 v_new, a_new = layer(v, a, ctx)
-                v, a = (None if x is None else torch.where(skip_rows.view(-1, 1, 1), x, y)
-                        for x, y in ((v, v_new), (a, a_new)))
+                v = None if v is None else torch.where(keep, v, v_new)
+                a = None if a is None else torch.where(keep, a, a_new)
             else:
                 v, a = layer(v, a, ctx)
         return self.outputs(v, a, ctx, video, audio)

@@ -213,15 +213,12 @@ def caption_row(enc: encoders.Encoders, text: str, structure: dict) -> dict:
     """umT5 features and mask, the spans in umT5 tokens, and each line's speaker and characters."""
     clean = encoders.clean_prompt(text)
     emb, mask = enc.text.encode(clean)
-    lines = structure["lines"]
-    subject_spans = enc.text.token_spans(clean, structure["subject_spans"])
-    speech_spans = enc.text.token_spans(clean, [ln["span"] for ln in lines])
-    chars = [caption_lib.character_ids(ln["text"])[:MAX_LINE_CHARS] for ln in lines]
-    phonemes = torch.zeros(len(lines), max(len(c) for c in chars), dtype=torch.long)
-    for m, c in enumerate(chars):
-        phonemes[m, : len(c)] = torch.tensor(c)
-    return dict(text_emb=emb, text_mask=mask, subject_spans=torch.tensor(subject_spans),
-                speech_spans=torch.tensor(speech_spans), line_speaker=torch.tensor([ln["speaker"] for ln in lines]),
+    lines, k = structure["lines"], len(structure["subject_spans"])
+    spans = enc.text.token_spans(clean, structure["subject_spans"] + [ln["span"] for ln in lines])  # one tokenizing
+    phonemes = torch.nn.utils.rnn.pad_sequence(   # (M, P): each line's characters, 0-padded to the longest
+        [torch.tensor(caption_lib.character_ids(ln["text"])[:MAX_LINE_CHARS]) for ln in lines], batch_first=True)
+    return dict(text_emb=emb, text_mask=mask, subject_spans=torch.tensor(spans[:k]), speech_spans=torch.tensor(spans[k:]),
+                line_speaker=torch.tensor([ln["speaker"] for ln in lines]),
                 line_mask=torch.ones(len(lines), dtype=torch.bool), line_phonemes=phonemes)
 
 

@@ -112,6 +112,14 @@ class Guidance:
             return guide(v["pos"], v["neg"], self.cfg_video), guide(a["pos"], a["neg"], self.cfg_audio)
         return v["pos"], a["pos"]  # no guidance: one conditional pass
 
+    def skip(self, names: list[str], batch: int, device) -> dict:
+        """The model's skip-layer arguments for one batch of passes: the negative passes' rows skip slg_layer
+        (Ovi's skip-layer guidance); {} when it is off."""
+        if self.slg_layer < 0:
+            return {}
+        rows = torch.tensor([name.startswith("neg") for name in names], device=device)   # (n,) per pass
+        return dict(skip_layer=self.slg_layer, skip_rows=rows.repeat_interleave(batch))  # (n * B,) passes major
+
 
 def conditionings(cond: Conditioning, names: list[str], negative: dict | None = None) -> Conditioning:
     """The conditioning of each guidance pass, concatenated along the batch in the order of `names`.
@@ -159,9 +167,11 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     names = guidance.passes()  # e.g. ["pos", "neg"]: each step evaluates all of them as one batch
     n = len(names)
     batched = conditionings(cond, names, negative).to(device)
-    skip = dict(skip_layer=guidance.slg_layer, skip_rows=torch.tensor(  # the rows of the negative passes
-        [name.startswith("neg") for name in names], device=device).repeat_interleave(B)) if guidance.slg_layer >= 0 else {}
+    skip = guidance.skip(names, B, device)
     first = cond.first_frame.to(device) if cond.first_frame is not None else None
+
+    def with_first(x):  # I2AV: the given first latent frame, clean, in place of the sample's
+        return x if first is None else torch.cat([first.to(x.dtype), x[:, 1:]], dim=1)
     regime = precision_lib.resolve(precision, device)
     # presence models take their clip's IdentityCache (filled by the first call); other models take nothing more
     clip_state = dict(cache=presence.IdentityCache()) if identity_cache and net.cfg.ref_mode == "presence" else {}
@@ -169,8 +179,7 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
     def velocity(x_v, x_a, sigma):
         """The guided velocity at noise level sigma: every pass in one batch of B * n, then combined."""
         t = torch.full((B * n,), float(sigma), device=device)
-        if first is not None:  # I2AV: the given first frame, clean, at every evaluation
-            x_v = torch.cat([first.to(x_v.dtype), x_v[:, 1:]], dim=1)
+        x_v = with_first(x_v)  # at every evaluation
         with precision_lib.autocast(device, regime):
             v, a = net(x_v.repeat(n, 1, 1, 1, 1), x_a.repeat(n, 1, 1), t, batched, **clip_state, **skip)  # (B * n, ...)
         return guidance.combine(dict(zip(names, v.float().chunk(n))), dict(zip(names, a.float().chunk(n))))
@@ -191,8 +200,7 @@ def sample(net, cond: Conditioning, video_shape, audio_shape, steps: int = 30, s
         x_v, x_a = x_v + (s_next - s) * d_v, x_a + (s_next - s) * d_a  # Euler: dx = v dt, dt < 0
         if replace:  # the kept region follows the source's own path x_t = (1 - t) source + t noise
             x_v = edit * x_v + (1 - edit) * ((1 - s_next) * known + s_next * source_noise)
-    if first is not None:  # and it is what the clip starts with (Ovi resets it after the loop too)
-        x_v = torch.cat([first.to(x_v.dtype), x_v[:, 1:]], dim=1)
+    x_v = with_first(x_v)  # and it is what the clip starts with (Ovi resets it after the loop too)
     return x_v.clamp(-1, 1) if video_shape[2] == 3 else x_v, x_a  # pixels live in [-1, 1]; latents and mel do not
 
 
@@ -232,6 +240,29 @@ def flag_problems(args) -> list[str]:
     return problems
 
 
+def add_guidance_flags(parser):
+    """--guidance, --ref_mode, --slg_layer and one flag per scale of Guidance (cfg_video and cfg_audio default to
+    None: guidance_for fills in ours or Ovi's, by checkpoint)."""
+    parser.add_argument("--guidance", choices=["plain", "multi", "presence", "none"], default=None,
+                        help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form; presence: "
+                             "Identity-as-Presence's (face kept in the negative). Default: presence for a presence "
+                             "checkpoint, else plain")
+    parser.add_argument("--ref_mode", choices=["concat", "presence"], default=None,
+                        help="how the checkpoint takes references (it knows; give it to check)")
+    defaults = Guidance()
+    parser.add_argument("--slg_layer", type=int, default=None,
+                        help="skip-layer guidance: the negative pass skips this layer (default: 11 for Ovi's weights, "
+                             "as Ovi samples; off, -1, for ours)")
+    for field in dataclasses.fields(Guidance):
+        if field.name in OVI_CFG:  # cfg_video, cfg_audio: their default depends on the checkpoint (guidance_for)
+            parser.add_argument(f"--{field.name}", type=float, default=None,
+                                help=f"plain guidance scale ({field.name[4:]}; default {getattr(defaults, field.name)}, "
+                                     f"and Ovi's {OVI_CFG[field.name]} for Ovi's weights)")
+        elif field.name not in ("mode", "slg_layer"):
+            parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
+                                help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
+
+
 def parse_args(argv=None):
     parser = OneLineParser(description="Generate a clip with sound from a caption and references.")
     parser.add_argument("--ckpt", required=True, help="our ckpt.pt (train.py), or Ovi's .safetensors / index / folder")
@@ -247,6 +278,7 @@ def parse_args(argv=None):
     parser.add_argument("--text_encoder", help="latent models: umT5-XXL folder (transformers): encodes --caption")
     parser.add_argument("--audio_vae", help="latent models: MMAudio's v1-16.pth: encodes --ref_audio, decodes the sound")
     parser.add_argument("--vocoder", help="latent models: MMAudio's best_netG.pt (BigVGAN): the sound's waveform")
+    parser.add_argument("--first_frame", help="latent models (I2AV, Ovi's i2v): the clip's first frame, an image")
     parser.add_argument("--area", type=int, default=720 * 720,
                         help="latent models with --caption: frame area; the aspect is the first reference image's")
     parser.add_argument("--out_dir", default="out/sample", help="where to write (only our own files are replaced)")
@@ -265,25 +297,7 @@ def parse_args(argv=None):
     parser.add_argument("--driving_audio", help="ra2v: the sound track to animate (.wav)")
     parser.add_argument("--keep_source", type=parse_bool, default=True,
                         help="rv2av: keep the region outside the mask as the source (replacement); true|false")
-    parser.add_argument("--guidance", choices=["plain", "multi", "presence", "none"], default=None,
-                        help="plain: Ovi's per-modality CFG; multi: DreamID-Omni's 4-pass form; presence: "
-                             "Identity-as-Presence's (face kept in the negative). Default: presence for a presence "
-                             "checkpoint, else plain")
-    parser.add_argument("--ref_mode", choices=["concat", "presence"], default=None,
-                        help="how the checkpoint takes references (it knows; give it to check)")
-    defaults = Guidance()
-    parser.add_argument("--slg_layer", type=int, default=None,
-                        help="skip-layer guidance: the negative pass skips this layer (default: 11 for Ovi's weights, "
-                             "as Ovi samples; off, -1, for ours)")
-    parser.add_argument("--first_frame", help="latent models (I2AV, Ovi's i2v): the clip's first frame, an image")
-    for field in dataclasses.fields(Guidance):
-        if field.name in ("cfg_video", "cfg_audio"):  # their default depends on the checkpoint (guidance_for)
-            parser.add_argument(f"--{field.name}", type=float, default=None,
-                                help=f"plain guidance scale ({field.name[4:]}; default {getattr(defaults, field.name)}, "
-                                     f"and Ovi's {OVI_CFG[field.name]} for Ovi's weights)")
-        elif field.name not in ("mode", "slg_layer"):
-            parser.add_argument(f"--{field.name}", type=float, default=getattr(defaults, field.name),
-                                help=f"guidance scale ({field.name.split('_')[0].replace('cfg', 'plain').replace('mc', 'multi')})")
+    add_guidance_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="the starting noise")
     parser.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--motion", help="DreamVideo-Omni: a JSON of boxes (and points) per subject "
@@ -303,10 +317,10 @@ def guidance_for(args, mcfg: build.ModelConfig) -> Guidance:
     if args.ref_mode and args.ref_mode != mcfg.ref_mode:
         raise InputError(f"--ref_mode {args.ref_mode}: {args.ckpt} was trained with ref_mode {mcfg.ref_mode}")
     mode = args.guidance or ("presence" if mcfg.ref_mode == "presence" else "plain")
-    slg = args.slg_layer if args.slg_layer is not None else (OVI_SLG_LAYER if checkpoint.is_ovi_checkpoint(args.ckpt) else -1)
+    ovi = checkpoint.is_ovi_checkpoint(args.ckpt)  # Ovi's weights sample as Ovi's inference does
+    slg = args.slg_layer if args.slg_layer is not None else (OVI_SLG_LAYER if ovi else -1)
     if slg >= mcfg.layers:
         raise InputError(f"--slg_layer {slg}: the model has layers 0..{mcfg.layers - 1}")
-    ovi = checkpoint.is_ovi_checkpoint(args.ckpt)
     scales = {name: getattr(args, name) if getattr(args, name) is not None else
               (OVI_CFG[name] if ovi else getattr(Guidance, name)) for name in OVI_CFG}   # Ovi samples at 4 and 3
     return Guidance(mode=mode, slg_layer=slg, **scales, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Guidance)
@@ -341,7 +355,7 @@ def main():
     video, audio = sample_pixels(net, cond, (1, world.frames, 3, world.image_size, world.image_size),
                                  (1, world.mel_frames, world.n_mels), checkpoint.codec_from_checkpoint(ckpt, args.ckpt),
                                  **run)
-    check_finite_sample(video, audio, args)
+    check_finite_sample(video, audio)
     if cond.driving_audio is not None:  # RA2V: the sound is the given track
         audio = cond.driving_audio
     motion = None if cond.boxes is None else (cond.boxes[0], cond.trajectories[0])  # drawn over the result
@@ -357,7 +371,7 @@ def main():
 SANE = 1e3  # pixels sit in [-1, 1], normalised log-mels and VAE latents within a few units: far past this is broken
 
 
-def check_finite_sample(video, audio, args):
+def check_finite_sample(video, audio):
     """Stop with one line when the sample holds NaN / inf or values far beyond any data (guidance scales far too
     large, a model that diverged): they would otherwise reach the Griffin-Lim vocoder and fail deep inside it."""
     if not (video.abs().max() < SANE and audio.abs().max() < SANE):  # NaN compares False: caught too
@@ -387,14 +401,14 @@ def sample_latents(args, run: dict):
     if args.first_frame and cond.first_frame is None:
         raise InputError("--first_frame needs --video_vae and --caption (it is encoded with the clip's references)")
     video, audio = sample(net, cond, video_shape, audio_shape, negative=negative, **run)
-    check_finite_sample(video, audio, args)
+    check_finite_sample(video, audio)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "latents.pt")
     torch.save(dict(video=video[0].cpu(), audio=audio[0].cpu()), path)
     print(f"wrote {path}: video latents {tuple(video.shape[1:])}, audio latents {tuple(audio.shape[1:])}")
     if enc.video is not None and enc.audio is not None and enc.audio.vocoder is not None:
         frames = enc.video.decode(video)[0]                                         # (T, 3, H, W) in [0, 1]
-        wave = enc.audio.decode(audio.float())[0].cpu()                             # (samples,) at 16 kHz
+        wave = enc.audio.decode(audio)[0]                                           # (samples,) at 16 kHz
         pixels = (frames.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         mp4 = os.path.join(args.out_dir, "video.mp4")
         if not outputs.write_clip_mp4(mp4, pixels, wave, encoders.FPS, encoders.SAMPLE_RATE):
