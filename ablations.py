@@ -27,6 +27,7 @@ finished run is not trained twice, a crashed one resumes), so a table can be int
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -40,10 +41,12 @@ import build
 import checkpoint
 import data
 import metrics
+import probes
 import recipes
 import reward as reward_lib
 import sample as sample_lib
 import train
+from conditioning import Conditioning
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,22 @@ class Base:
     """The pretrained model the rows fine-tune. Every paper fine-tunes Ovi and adds its own modules; here the
     base plays Ovi: the plain twin tower (no OCF, no MTP-CA, references as concatenated tokens) trained once
     on the mixed world, and each row switches its paper's modules on over it (build.ADDITION_FIELDS). One
-    base for every seed and every table, as one Ovi serves every paper; a seed varies the fine-tuning."""
+    base for every seed and every table, as one Ovi serves every paper; a seed varies the fine-tuning.
+    A base already trained (`--base_ckpt`, e.g. the README's mini-Ovi base) replaces this recipe."""
     steps: int
+    config: str = "toy"        # train.py's --config preset (mini: Ovi's way, over the toy's latent codecs)
     model: dict = field(default_factory=dict)
     world: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    stages: tuple = ()         # a staged recipe (--recipe ovi): each stage's share of the steps
     name: str = "base"
+
+    def stage_steps(self, steps: int) -> dict:
+        """The --stage_steps of a run of `steps` steps: the stages' shares, the last one taking the rest."""
+        if not self.stages:
+            return {}
+        parts = [max(1, round(steps * share)) for share in self.stages[:-1]]
+        return dict(stage_steps=",".join(str(n) for n in parts + [max(1, steps - sum(parts))]))
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class Table:
     train: dict = field(default_factory=dict)   # every row's TrainConfig overrides (likewise)
     base: Base | None = None   # what rows with start="base" fine-tune
     lirm_steps: int = 0        # > 0: a latent identity reward model for LIReFL rows (trained once)
+    probes: tuple = ()         # (subset, probe) pairs printed under the table: why a row moves (probes.py)
 
     @property
     def subsets(self) -> tuple:
@@ -109,9 +123,15 @@ class Table:
 # ------------------------------------------------------------------------------------------------
 # The four tables
 # ------------------------------------------------------------------------------------------------
+# the attention probes of binding (probes.py), read on two-person dialogues
+BINDING = tuple(("dialogue", name) for name in probes.BINDING)
 NO_OCF = dict(ocf=False, mtp_ca=False)   # Ovi's prompt path: the caption alone (Table 2's first row)
-# 600 steps: about 6.5 minutes here, where the toy has faces and voices but no clean speech yet (README)
-BASE = Base(steps=600, model=NO_OCF, world=dict(scene="mixed", cross_pair=0.0))
+# mini-Ovi, built the way Ovi was (docs/experiments.md): the toy's latent codecs, each tower alone for the first
+# 3/8 of the steps, then fusion (recipes.py's ovi), on 1-3 person scenes; no OCF and no MTP-CA, which are
+# Omni-Customizer's additions. 8,000 steps: about 80 minutes on the 2-core CPU. Trained once, cached, and
+# shared by every table (or given ready-made: bench.py --ablate PAPER --base_ckpt out/base_ovi/ckpt.pt).
+BASE = Base(steps=8000, config="mini", model=NO_OCF, world=dict(scene="mixed", cross_pair=0.0),
+            train=dict(recipe="ovi", curriculum=True), stages=(0.375, 0.625))
 OCF_1D = dict(ocf=True, ocf_rope="1d", mtp_ca=False)
 OCF_SA = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=False)
 OMNI = dict(ocf=True, ocf_rope="sa_mrope", mtp_ca=True)
@@ -137,7 +157,8 @@ OMNI_CUSTOMIZER = Table(
         Row("+Curriculum", OMNI, dict(interleave_audio=1, curriculum=True),
             claim=Claim("+Curriculum", "+Inter-TTS", "face_sim", "complex", "without the curriculum faces distort")),
     ),
-    steps=150, cases=4, world=dict(scene="mixed", cross_pair=0.0), base=BASE)
+    steps=150, cases=4, world=dict(scene="mixed", cross_pair=0.0), base=BASE,
+    probes=BINDING + (("tempting", "vocalization"), ("complex", "per_b"), ("complex", "copy")))
 
 SYN = dict(NO_OCF, ref_rope="syn")   # DreamID-Omni has no OCF: the caption, Syn-RoPE and its anchors
 DREAMID_OMNI = Table(
@@ -161,7 +182,7 @@ DREAMID_OMNI = Table(
         Row("joint", SYN, dict(curriculum=False), world=dict(scene="mixed", cross_pair=0.5),
             claim=Claim("Syn-RoPE", "joint", "face_sim", "dialogue", "naive joint training: worse identity")),
     ),
-    steps=200, cases=6, base=BASE)
+    steps=200, cases=6, base=BASE, probes=BINDING + (("dialogue", "copy"),))
 
 PRESENCE_WORLD = dict(scene="mixed", min_subjects=1, cross_pair=0.5)
 PRESENCE = Table(
@@ -178,7 +199,8 @@ PRESENCE = Table(
             claim=Claim("presence", "presence, no id embed", "face_sim", "dialogue",
                         "identity embeddings keep subjects apart")),
     ),
-    steps=300, cases=6, world=PRESENCE_WORLD, model=NO_OCF, base=BASE)
+    steps=300, cases=6, world=PRESENCE_WORLD, model=NO_OCF, base=BASE,
+    probes=(("single", "copy"), ("dialogue", "copy"), ("dialogue", "bind_region_text")))
 
 MOTION = dict(motion=True, ref_rope="condition")
 # stage 1 of --recipe dreamvideo (every subject moves, the camera pans in half the clips); lr 1e-3 as in the
@@ -207,7 +229,8 @@ DREAMVIDEO = Table(
         Row("+LIReFL", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full", share=0.5,
             claim=Claim("+LIReFL", "full", "face_sim", "motion", "LIReFL refines identity details")),
     ),
-    steps=200, cases=6, model=NO_OCF, base=BASE, lirm_steps=600)
+    steps=200, cases=6, model=NO_OCF, base=BASE, lirm_steps=600,
+    probes=(("motion", "reward"), ("motion", "face_sim"), ("motion", "sharpness"), ("motion", "copy")))
 
 TABLES = {t.paper: t for t in (OMNI_CUSTOMIZER, DREAMID_OMNI, PRESENCE, DREAMVIDEO)}
 WATCH = ("sharpness",)  # shown next to every table: what an identity gain could be paid with (reward hacking)
@@ -218,20 +241,34 @@ WATCH = ("sharpness",)  # shown next to every table: what an identity gain could
 # ------------------------------------------------------------------------------------------------
 
 
-def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm: str) -> tuple:
-    """(TrainConfig, model overrides, world overrides) of one row's run; `out_dir` is --out_dir (the base
-    lives at its top, shared by every table; a table's rows under out_dir/PAPER)."""
+def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm: str, base_ckpt: str = "") -> tuple:
+    """(TrainConfig, model overrides, world overrides) of one row's run; `out_dir` is --out_dir (a trained base
+    lives at its top, shared by every table; a table's rows under out_dir/PAPER); `base_ckpt` a base given
+    ready-made (default: the one the table trains there)."""
     overrides = dict(table.train, **row.train)
     if overrides.get("curriculum"):  # the same budget, split like the papers' stages (20K / 10K / 10K)
         # (a curriculum row spends its steps across stages 1-3, whose worlds replace the table's)
         overrides["stage_steps"] = f"{steps // 2},{steps // 4},{steps - steps // 2 - steps // 4}"
     rows_dir = os.path.join(out_dir, table.paper)
-    init = "" if not row.start else base_path(table, out_dir) if row.start == "base" else \
+    init = "" if not row.start else (base_ckpt or base_path(table, out_dir)) if row.start == "base" else \
         os.path.join(rows_dir, slug(row.start), f"seed{seed}", "ckpt.pt")   # a previous row's run, same seed
+    # the base's preset (mini: a latent model; its codec comes with the base's checkpoint, train.run_codec)
+    config = base_config(table, base_ckpt)
     tc = train.TrainConfig(out_dir=os.path.join(rows_dir, slug(row.name), f"seed{seed}"), max_steps=steps, seed=seed,
-                           log_every=25, ckpt_every=steps, progress_every=0, init_from=init,
+                           log_every=25, ckpt_every=steps, progress_every=0, init_from=init, config=config,
                            reward_model=lirm if overrides.get("stage") == 2 else "", **overrides)
-    return tc, dict(table.model, **row.model), dict(table.world, **row.world)
+    return tc, {**base_overrides(base_ckpt), **table.model, **row.model}, dict(table.world, **row.world)
+
+
+def base_overrides(base_ckpt: str) -> dict:
+    """A given base's model fields that differ from its preset (e.g. its sizes): every row asks for them, so a row
+    is the base's model plus the row's additions (train.fine_tune_config refuses anything else)."""
+    if not base_ckpt:
+        return {}
+    saved = checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(base_ckpt, verify=False), base_ckpt)
+    preset = build.PRESETS[base_config(None, base_ckpt)]
+    return {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)
+            if getattr(saved, f.name) != getattr(preset, f.name)}
 
 
 def base_path(table: Table, out_dir: str) -> str:
@@ -239,11 +276,26 @@ def base_path(table: Table, out_dir: str) -> str:
     return os.path.join(out_dir, table.base.name, "ckpt.pt") if table.base else ""
 
 
+def base_config(table: Table | None, base_ckpt: str = "") -> str:
+    """The --config preset of the base: a given checkpoint's own, else the table's base recipe's."""
+    if base_ckpt:
+        return checkpoint.load_checkpoint(base_ckpt, verify=False)["train_config"].get("config", "toy")
+    return table.base.config if table and table.base else "toy"
+
+
+def base_model(table: Table, base_ckpt: str = ""):
+    """The base's ModelConfig: a given checkpoint's, else the table's base recipe's."""
+    if base_ckpt:
+        return checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(base_ckpt, verify=False), base_ckpt)
+    return dataclasses.replace(build.PRESETS[table.base.config], **table.base.model)
+
+
 def train_base(table: Table, budget: float, out_dir: str, log):
     """The base every row fine-tunes, trained once (seed 0) and reused by every table and every rerun."""
     base = table.base
-    tc = train.TrainConfig(out_dir=os.path.dirname(base_path(table, out_dir)), max_steps=max(1, round(base.steps * budget)),
-                           log_every=25, ckpt_every=max(1, round(base.steps * budget)), progress_every=0, **base.train)
+    steps = max(1, round(base.steps * budget))
+    tc = train.TrainConfig(out_dir=os.path.dirname(base_path(table, out_dir)), max_steps=steps, config=base.config,
+                           log_every=25, ckpt_every=steps, progress_every=0, **base.train, **base.stage_steps(steps))
     train_run(tc, dict(base.model), dict(base.world), log)
 
 
@@ -252,19 +304,21 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "row"
 
 
-def check_table(table: Table, steps: int, out_dir: str) -> list[str]:
+def check_table(table: Table, steps: int, out_dir: str, base_ckpt: str = "") -> list[str]:
     """Every row's flags through train.py's own checks, before an hour of training."""
     problems = []
+    config = base_config(table, base_ckpt)
     for row in table.rows:
         if row.share == 0:
             continue
         lirm = os.path.join(out_dir, table.paper, "lirm.pt") if table.lirm_steps else ""
-        tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir, lirm)
+        tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir, lirm, base_ckpt)
         tc = dataclasses.replace(tc, init_from="", reward_model="")  # not trained yet: checked when they are
         problems += [f"{table.paper} row {row.name!r}: {p}" for p in train.config_problems(tc, model, world)
                      if "--reward_model" not in p]
         if row.start == "base":  # what train.py will say of --init_from the base (only additions may differ)
-            asked, base = (dataclasses.replace(build.PRESETS["toy"], **m) for m in (model, table.base.model))
+            base = base_model(table, base_ckpt)
+            asked = dataclasses.replace(build.PRESETS[config], **model)
             problems += [f"{table.paper} row {row.name!r}: --{n} {getattr(base, n)} in the base, {getattr(asked, n)} "
                          "here; give the base's value" for n in train.fine_tune_config(base, asked, model)[1]]
     return problems
@@ -285,10 +339,13 @@ def finished(tc: train.TrainConfig) -> bool:
     return ckpt["step"] >= planned
 
 
-def budget_dir(out_dir: str, budget: float, base_budget: float | None = None) -> str:
+def budget_dir(out_dir: str, budget: float, base_budget: float | None = None, base_ckpt: str = "") -> str:
     """Where a budget's runs live: out_dir itself at --budget 1, out_dir/budgetX otherwise (out_dir/budgetX_baseY
-    with a --base_budget of its own), so a longer table never resumes (or reuses) a shorter table's runs, and
-    rows fine-tuned from one base never meet rows fine-tuned from another."""
+    with a --base_budget of its own; out_dir/budgetX_base-FINGERPRINT over a --base_ckpt), so a longer table
+    never resumes (or reuses) a shorter table's runs, and rows fine-tuned from one base never meet rows
+    fine-tuned from another."""
+    if base_ckpt:  # the weights' own fingerprint: another file with the same weights is the same base
+        return os.path.join(out_dir, f"budget{budget:g}_base-{checkpoint.fingerprint(base_ckpt)[:8]}")
     base_budget = budget if base_budget is None else base_budget
     if budget == 1 and base_budget == 1:
         return out_dir
@@ -315,36 +372,74 @@ def train_lirm(table: Table, out_dir: str, log) -> str:
     return path if table.lirm_steps else ""
 
 
+def nanmean(values) -> float:
+    """The mean of the values that are numbers (a probe is NaN where it does not apply); NaN if none are."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 def score(path: str, world: data.WorldConfig, table: Table, seed: int, cases: int, sample_steps: int,
-          device) -> dict:
-    """{(subset, metric): the mean over the cases} of one checkpoint, for every metric of every scored subset."""
+          device, lirm: str = "", cache_dir: str = "") -> dict:
+    """{(subset, metric): the mean over the cases} of one checkpoint, for every metric of every scored subset,
+    and the table's probes (probes.py; the world's own clips' values as (subset, "truth " + metric)). Cached
+    in cache_dir (a row's folder) for these weights, cases and sampling steps, so a rerun does not sample again."""
+    cache = os.path.join(cache_dir, f"scores-{cases}cases-{sample_steps}steps.json") if cache_dir else ""
+    weights = checkpoint.fingerprint(path)
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("weights") == weights and saved.get("probes") == [list(p) for p in table.probes]:
+            return {(s, m): v for s, m, v in saved["scores"]}
+    ckpt = checkpoint.load_checkpoint(path)
     net = checkpoint.model_from_checkpoint(path, device=device)
+    codec = checkpoint.codec_from_checkpoint(ckpt, path)   # mini-Ovi samples latents and decodes them
+    judge = reward_lib.load_lirm(lirm, world).to(device) if lirm else None
+
+    def probe(case, video, mel, scored):
+        return probes.clip_probes(case, video, mel, scored, world, judge)
     # every row samples with plain guidance, at the noise levels it trained at, with its seed's noise
-    scores = bench.quality(net, world, cases, steps=sample_steps, device=device, seed=1000 * seed,
-                           subsets=table.subsets, shift=sample_lib.trained_shift(checkpoint.load_checkpoint(path)),
-                           log=lambda *_: None)
+    kw = dict(steps=sample_steps, device=device, seed=1000 * seed, shift=sample_lib.trained_shift(ckpt),
+              log=lambda *_: None, codec=codec, probe=probe)
+    scores = bench.quality(net, world, cases, subsets=table.subsets, **kw)
     # one number per (subset, metric) and seed: the seeds, not the cases, are the samples of the verdict
-    return {(s, m): float(np.nanmean(v)) for s, by in scores.items() for m, v in by["model"].items()}
+    out = {(s, m): nanmean(v) for s, by in scores.items() for m, v in by["model"].items()}
+    out.update({(s, "truth " + m): nanmean(v) for s, by in scores.items() for m, v in by["truth"].items()})
+    if any(s == "tempting" for s, _ in table.probes):  # the single cases again, their captions full of names
+        tempting = bench.quality(net, dataclasses.replace(world, nicknames=True), cases, subsets=("single",), **kw)
+        for source, prefix in (("model", ""), ("truth", "truth ")):
+            out.update({("tempting", prefix + m): nanmean(v) for m, v in tempting["single"][source].items()})
+    if any(m in probes.BINDING for _, m in table.probes):
+        out.update({("dialogue", m): v for m, v in
+                    probes.attention_binding(net, world, cases, codec, device, seed=seed).items()})
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(cache + ".tmp", "w") as f:  # written whole or not at all: a crash leaves no half file
+            json.dump(dict(weights=weights, probes=[list(p) for p in table.probes],
+                           scores=[[s, m, v] for (s, m), v in out.items()]), f)
+        os.replace(cache + ".tmp", cache)
+    return out
 
 
 def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int, sample_steps: int, device,
-              log=print, base_budget: float | None = None) -> dict:
+              log=print, base_budget: float | None = None, base_ckpt: str = "") -> dict:
     """Train and score every row with every seed. Returns {row name: {(subset, metric): [value per seed]}}.
-    base_budget scales the base's steps on its own (default: budget, like every row's)."""
+    base_budget scales the base's steps on its own (default: budget, like every row's); base_ckpt: a base
+    trained already (e.g. the README's mini-Ovi base), fine-tuned instead of training the table's."""
     steps = max(1, round(table.steps * budget))
-    out_dir = budget_dir(out_dir, budget, base_budget)
-    if table.base:
+    out_dir = budget_dir(out_dir, budget, base_budget, base_ckpt)
+    if table.base and not base_ckpt:
         train_base(table, budget if base_budget is None else base_budget, out_dir, log)
     lirm = train_lirm(table, os.path.join(out_dir, table.paper), log)
     results = {row.name: {} for row in table.rows}
     for seed in range(seeds):  # seed-major: an interrupted table has whole seeds done, each usable
         for row in table.rows:  # in table order: a row that starts from another row's result comes after it
-            tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm)
+            tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm,
+                                                    base_ckpt)
             path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)  # share 0: as is
             # scored in its own world: the held-out cases keep their people and lines, but e.g. --anchors false
             # changes the prompt they give, exactly as in training
             world = dataclasses.replace(data.WorldConfig(), **world_overrides)
-            for key, value in score(path, world, table, seed, cases, sample_steps, device).items():
+            for key, value in score(path, world, table, seed, cases, sample_steps, device, lirm, tc.out_dir).items():
                 results[row.name].setdefault(key, []).append(value)
             log(f"  {row.name}, seed {seed}: scored")
     return results
@@ -373,7 +468,23 @@ def verdict(claim: Claim, results: dict) -> dict:
         word = "not reproduced"
     else:
         word = "inconclusive"
-    return dict(gain=mean, ci=ci, verdict=word, seeds=len(diffs))
+    return dict(gain=mean, ci=ci, verdict=word, seeds=len(diffs), settle=seeds_to_settle(diffs))
+
+
+def seeds_to_settle(diffs: list[float]) -> int:
+    """How many paired seeds would put the interval clear of 0 if the mean gain and its seed-to-seed spread stayed
+    as measured (the smallest n with t(n - 1) s / sqrt(n) < |mean|); 0 when no number of seeds would (a zero gain,
+    or fewer than 2 seeds to measure a spread), over 1000 reads as "no".
+    It answers "is this a small real effect, or none": longer training changes the gain itself, which no count
+    of seeds predicts."""
+    if len(diffs) < 2 or np.mean(diffs) == 0:
+        return 0
+    mean, spread = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
+    for n in range(2, 1001):
+        t = metrics.T_975[min(n - 1, len(metrics.T_975)) - 1]
+        if t * spread / math.sqrt(n) < mean:
+            return n
+    return 1001
 
 
 def print_table(table: Table, results: dict, header: str) -> dict:
@@ -395,36 +506,112 @@ def print_table(table: Table, results: dict, header: str) -> dict:
             v = verdict(row.claim, results)
             flat[f"{row.name}/verdict"], flat[f"{row.name}/gain"], flat[f"{row.name}/gain_ci"] = \
                 v["verdict"], v["gain"], v["ci"]
+            flat[f"{row.name}/seeds_to_settle"] = v["settle"]
             gain = f"{row.claim.metric} {v['gain']:+.3f} +- {v['ci']:.3f}"
-            cells += f"  {gain:>28s}  {v['verdict']}"
+            # an inconclusive claim: the seeds that would settle it, were the gain and its spread as measured
+            settle = "" if v["verdict"] != "inconclusive" or not v["settle"] else \
+                f" (~{v['settle']} seeds)" if v["settle"] <= 1000 else " (no: gain ~0)"
+            cells += f"  {gain:>28s}  {v['verdict']}{settle}"
         print(f"{row.name:24s}{cells}")
     print("claims (gain = better - worse on the paper's side; 95% interval over paired seeds):")
     for row in table.rows:
         if row.claim:
             c = row.claim
             print(f"  {row.name:22s} {c.better} vs {c.worse} on {c.subset} {c.metric}: {c.says}")
+    flat.update(print_probes(table, results))
+    return flat
+
+
+def print_probes(table: Table, results: dict) -> dict:
+    """The table's probes per row (mean +- 95% interval over seeds), and the world's own clips' values where a
+    probe reads a clip (the attention probes read the model, so they have none: 0.5 there means no binding)."""
+    if not table.probes:
+        return {}
+    print("\nprobes (probes.py: what each mechanism does inside; mean +- 95% interval over seeds):")
+    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>24s}" for s, m in table.probes))
+    flat = {}
+    for row in table.rows:
+        cells = ""
+        for s, m in table.probes:
+            mean, ci = metrics.mean_ci([v for v in results[row.name].get((s, m), []) if not math.isnan(v)],
+                                       student=True)
+            flat[f"{row.name}/probe/{s}/{m}"], flat[f"{row.name}/probe/{s}/{m}_ci"] = mean, ci
+            cells += f"{mean:16.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:16.3f}        "
+        print(f"{row.name:24s}{cells}")
+    truth = [nanmean(next(iter(results.values())).get((s, "truth " + m), [float("nan")])) for s, m in table.probes]
+    print(f"{'the world own clips':24s}" + "".join(f"{v:16.3f}        " for v in truth))
+    flat.update({f"truth/probe/{s}/{m}": v for (s, m), v in zip(table.probes, truth)})
     return flat
 
 
 def ablate(paper: str, seeds: int, budget: float, out_dir: str, cases: int | None, sample_steps: int,
-           device, base_budget: float | None = None) -> dict:
+           device, base_budget: float | None = None, base_ckpt: str = "") -> dict:
     """bench.py --ablate PAPER: the table, its verdicts and its wall time; returns the JSON fields."""
     table = TABLES[paper]
     cases = cases or table.cases  # each table's default is what fits its 90 minutes on 2 CPU cores
     start = time.time()           # the wall time goes into the header and the JSON: the budget is part of the result
     base_budget = budget if base_budget is None else base_budget
     base_steps = max(1, round(table.base.steps * base_budget)) if table.base else 0
+    if base_ckpt:  # a base trained already: its own step count
+        base_steps = checkpoint.load_checkpoint(base_ckpt, verify=False)["step"]
     print(f"{table.source}: {len(table.rows)} rows x {seeds} seeds, {max(1, round(table.steps * budget))} steps "
-          f"per row (--budget {budget:g}) over a base of {base_steps} steps, {cases} cases per subset "
-          f"({', '.join(table.subsets)}); runs in {budget_dir(out_dir, budget, base_budget)}")
+          f"per row (--budget {budget:g}) over a base of {base_steps} steps{' (' + base_ckpt + ')' if base_ckpt else ''}, "
+          f"{cases} cases per subset ({', '.join(table.subsets)}); runs in "
+          f"{budget_dir(out_dir, budget, base_budget, base_ckpt)}")
     print(f"why this miniature: {table.why}")
-    results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device, base_budget=base_budget)
+    results = run_table(table, seeds, budget, out_dir, cases, sample_steps, device, base_budget=base_budget,
+                        base_ckpt=base_ckpt)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     header = (f"\n{table.source}, {max(1, round(table.steps * budget))} steps per row over a {base_steps}-step base, "
               f"{seeds} seeds, {cases} cases "
               f"per subset, {sample_steps} sampling steps; mean +- 95% interval over seeds "
               f"({(time.time() - start) / 60:.1f} min on {where})")
     flat = print_table(table, results, header)
-    flat.update(paper=paper, seeds=seeds, budget=budget, base_steps=base_steps, cases=cases,
+    flat.update(paper=paper, seeds=seeds, budget=budget, base_steps=base_steps, base_ckpt=base_ckpt, cases=cases,
                 minutes=(time.time() - start) / 60)
     return flat
+
+
+# ------------------------------------------------------------------------------------------------
+# A picture of the bases: python ablations.py --strip A/ckpt.pt,B/ckpt.pt --png docs/ablation_base.png
+# ------------------------------------------------------------------------------------------------
+
+
+def draw_bases(paths: list[str], png: str, subset: str = "dialogue", case: int = 0, steps: int = 30,
+               labels: list[str] | None = None):
+    """One strip row per checkpoint (frames and mel of held-out case `case` of `subset`, sampled as the tables score
+    it), then the world's own clip: what the rows of a table start from."""
+    import progress as progress_lib
+    world = data.WorldConfig()
+    held_out = data.held_out_case(world, subset, case)
+    batch = data.collate([held_out])
+    if os.path.exists(png):
+        os.remove(png)  # append_row grows a strip: start a new one
+    for i, path in enumerate(paths):
+        ckpt = checkpoint.load_checkpoint(path)
+        net = checkpoint.model_from_checkpoint(path)
+        video, mel = sample_lib.sample_pixels(net, Conditioning.from_batch(batch), batch["video"].shape,
+                                              batch["audio"].shape, checkpoint.codec_from_checkpoint(ckpt, path),
+                                              steps=steps, guidance=sample_lib.Guidance(mode="plain"), seed=0,
+                                              shift=sample_lib.trained_shift(ckpt))
+        label = labels[i] if labels else f"{path}\nstep {ckpt['step']}"
+        progress_lib.append_row(png, progress_lib.row_image(video[0], mel[0], label))
+    progress_lib.append_row(png, progress_lib.row_image(held_out["video"], held_out["audio"], f"the world's own clip\n{subset} case {case}"))
+
+
+def main():
+    import argparse
+    parser = argparse.ArgumentParser(description="Draw the bases the ablation tables fine-tune (the tables: bench.py --ablate)")
+    parser.add_argument("--strip", required=True, help="comma-separated ckpt.pt files, one row each")
+    parser.add_argument("--labels", default="", help="';'-separated row labels (default: path and step)")
+    parser.add_argument("--png", default="docs/ablation_base.png", help="where the strip is written")
+    parser.add_argument("--subset", default="dialogue", choices=bench.SUBSETS, help="the held-out case's subset")
+    args = parser.parse_args()
+    try:
+        draw_bases(args.strip.split(","), args.png, args.subset, labels=args.labels.split(";") if args.labels else None)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

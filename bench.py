@@ -129,12 +129,13 @@ def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_
 
 
 def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=None, device="cpu", seed: int = 0,
-            subsets=SUBSETS, shift: float = 3.0, log=print, codec=None) -> dict:
+            subsets=SUBSETS, shift: float = 3.0, log=print, codec=None, probe=None) -> dict:
     """Scores per subset and source: {subset: {"model" | "truth" | "noise": {metric: [per-case values]}}}.
 
     Every case is scored three ways on the same references and script: the model's sample (when `net` is
     given), the world's own clip (the ceiling) and noise pixels and mel (the floor, metrics.noise), so the
-    fraction of the way from floor to ceiling is measured, not assumed."""
+    fraction of the way from floor to ceiling is measured, not assumed. probe(case, video, mel, scored) -> dict
+    adds its values to each clip's (the ablation tables' mechanism probes, probes.py)."""
     guidance = guidance or sample_lib.Guidance(mode="plain")
     scores = {}
     for subset in subsets:  # cases are a pure function of (subset, i): every checkpoint sees the same ones
@@ -154,8 +155,10 @@ def quality(net, world: data.WorldConfig, cases: int, steps: int = 30, guidance=
                 scored = metrics.score_clip(video, mel, case, world)
                 if subset == MOTION:  # did the subjects go where they were asked (the case's own boxes)?
                     scored.update(metrics.score_motion(video, case, world))
+                if probe is not None:
+                    scored.update(probe(case, video, mel, scored))
                 for m, value in scored.items():
-                    rows[source][m].append(value)
+                    rows[source].setdefault(m, []).append(value)
         scores[subset] = {source: r for source, r in rows.items() if r["face_sim"]}  # no model: floor and ceiling
         log(f"  scored {subset}: {cases} cases")
     return scores
@@ -228,6 +231,9 @@ def parse_args(argv=None):
     parser.add_argument("--budget", type=float, default=1.0, help="--ablate: training steps x this (1: the CPU tables)")
     parser.add_argument("--base_budget", type=float, default=None,
                         help="--ablate: the shared base's steps x this, on their own (default: --budget)")
+    parser.add_argument("--base_ckpt", default="",
+                        help="--ablate: a base trained already (a ckpt.pt of train.py, e.g. the README's mini-Ovi "
+                             "base); every row fine-tunes it instead of the table training its own")
     parser.add_argument("--seeds", type=int, default=3, help="--ablate: seeds per row (intervals need 3 or more)")
     parser.add_argument("--out_dir", default="out/ablate", help="--ablate: where the rows train (rerunning reuses them)")
     args = parser.parse_args(argv)
@@ -257,7 +263,14 @@ def flag_problems(args) -> list[str]:
     if args.ablate:
         problems += out_dir_problems(args.out_dir)
         import ablations  # it builds on this file's quality(): imported when used, not in a cycle
-        problems += ablations.check_table(ablations.TABLES[args.ablate], 100, args.out_dir)
+        if args.base_ckpt and args.base_budget is not None:
+            problems.append("--base_budget scales the base a table trains itself; a --base_ckpt is trained already")
+        if args.base_ckpt:  # a missing or damaged base is one line now, not after the first row's training
+            try:
+                checkpoint.load_checkpoint(args.base_ckpt)
+            except checkpoint.CheckpointError as e:
+                return problems + [f"--base_ckpt {e}"]
+        problems += ablations.check_table(ablations.TABLES[args.ablate], 100, args.out_dir, args.base_ckpt)
     return problems
 
 
@@ -437,7 +450,7 @@ def quality_main(args):
         import ablations
         try:
             flat = ablations.ablate(args.ablate, args.seeds, args.budget, args.out_dir, args.cases, args.sample_steps,
-                                    device, base_budget=args.base_budget)
+                                    device, base_budget=args.base_budget, base_ckpt=args.base_ckpt)
         except checkpoint.CheckpointError as e:  # a run folder from another plan, or a damaged checkpoint
             raise SystemExit(f"error: {e}") from None
     else:

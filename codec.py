@@ -184,6 +184,7 @@ class ToyCodec(nn.Module):
         if "ref_audio_start" in batch:  # in-pair voice stretches: mel frame -> latent frame
             out["ref_audio_start"] = torch.where(batch["ref_audio_start"] >= 0, batch["ref_audio_start"] // pa, -1)
         out["ref_images"] = self.encode_images(batch["ref_images"])               # (B, K, C_v, h, w)
+        out["ref_pixels"] = batch["ref_images"]  # LIReFL's pixel reward compares the decoded video with these
         if "video" not in batch:  # the audio-only corpus
             return out
         out["video"] = self.encode_video(batch["video"])                          # (B, t, C_v, h, w)

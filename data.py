@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,8 @@ class WorldConfig:
     anchors: bool = True          # <subk> anchors tie descriptors and lines to reference k (DreamID-Omni's
                                   # structured captions); False: the model reads people named by label alone
     tokenizer: str = "pairs"      # caption tokens (caption.py): pairs (letter pairs, half the tokens) | chars
+    nicknames: bool = False       # each descriptor adds "called <a word of language A>": a caption built to tempt
+                                  # caption vocalization (the ablation tables' MTP-CA probe); pictures, sound unchanged
 
     @property
     def frames(self) -> int:
@@ -389,10 +392,18 @@ def sample_room(rng: np.random.Generator) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_caption(idents, roles, lines, room, anchors: bool = True) -> str:
+def nickname(ident: Identity) -> str:
+    """A pronounceable name of language A for a subject, a pure function of its identity (the clip's own
+    random stream is not touched, so a case keeps its people, lines and pictures with or without it)."""
+    rng = np.random.default_rng(zlib.crc32(ident.traits().tobytes()))
+    return speech.make_words(rng, "A", 0.5)
+
+
+def make_caption(idents, roles, lines, room, anchors: bool = True, nicknames: bool = False) -> str:
     """The structured caption (Omni-Customizer Eq. 2): descriptors, scene + actions, then the lines.
     anchors=False (the DreamID-Omni ablation): the same sentences with every `<subk>` replaced by subject k's
-    label, so text alone says who is who and who says what, but nothing ties a person to reference k."""
+    label, so text alone says who is who and who says what, but nothing ties a person to reference k.
+    nicknames=True: each descriptor ends ", called <name>", words a model that speaks its caption would say."""
     shirt_names = [colour_name(p.shirt) for p in idents]
     labels = []
     for k, ident in enumerate(idents):
@@ -401,8 +412,9 @@ def make_caption(idents, roles, lines, room, anchors: bool = True) -> str:
             label += f" with {colour_name(ident.hair)} hair"
         labels.append(label)
     name = [f"<sub{k + 1}>" if anchors else labels[k] for k in range(len(idents))]
-    parts = [f"{labels[k]} <sub{k + 1}>: {ident.describe()}." if anchors else f"{labels[k]}: {ident.describe()}."
-             for k, ident in enumerate(idents)]
+    looks = [ident.describe() + (f", called {nickname(ident)}" if nicknames else "") for ident in idents]
+    parts = [f"{labels[k]} <sub{k + 1}>: {looks[k]}." if anchors else f"{labels[k]}: {looks[k]}."
+             for k in range(len(idents))]
     parts.append(f"a {room_colour_name(room['colour'])} room with {room['texture']}.")
     for k, role in enumerate(roles):
         parts.append({"speaker": f"{name[k]} talks.", "silent": f"{name[k]} listens quietly.",
@@ -450,7 +462,7 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     frames, boxes, heads, radius, motion = render_scene(rng, cfg, roles, idents, room, mouth_open)
     cross = rng.random() < cfg.cross_pair
     refs = make_references(rng, cfg, roles, idents, language, rates, lines, wav, frames, heads, radius, cross)
-    caption = make_caption(idents, roles, lines, room)
+    caption = make_caption(idents, roles, lines, room, nicknames=cfg.nicknames)
     sample = dict(
         video=torch.from_numpy(frames).permute(0, 3, 1, 2).float() * 2 - 1,           # (T, 3, H, W) in [-1, 1]
         audio=speech.wav_to_mel(wav, cfg), wav=wav,                                   # (T_mel, n_mels)
@@ -463,7 +475,8 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     )
     sample.update(caption_fields(caption, cfg.tokenizer))
     if not cfg.anchors:  # the prompt the model reads; spans stay the anchored caption's (OCF/MTP-CA need anchors)
-        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False), cfg.tokenizer))
+        sample["text_ids"] = torch.tensor(tokenize(make_caption(idents, roles, lines, room, anchors=False,
+                                                                nicknames=cfg.nicknames), cfg.tokenizer))
     return sample
 
 

@@ -109,6 +109,14 @@ def declare(module: nn.Module, addition: bool = False, zero: bool = False, video
     return module
 
 
+def small_init(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Mark a module's Linear weights to start from N(0, std) (Wan's text and time embeddings) instead of Xavier."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.init_std = std
+    return module
+
+
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------------
@@ -326,8 +334,14 @@ class Tower(nn.Module):
     def __init__(self, cfg: OviConfig, out_dim: int):
         super().__init__()
         d = cfg.dim
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
-        self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        # Wan's init_weights draws the text and time embeddings' weights from N(0, 0.02), not Xavier. It matters
+        # here: with Xavier weights (about 4x larger) AdamW pushed every hidden unit of the prompt projection far
+        # below zero within ~600 steps, where GELU is flat, so both towers read the same vector for every caption
+        # token and the caption was lost (docs/experiments.md, "the prompt projection died"); from N(0, 0.02)
+        # it stays alive.
+        self.text_proj = small_init(nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"),
+                                                  nn.Linear(d, d)))
+        self.time_embed = small_init(nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d)))
         self.time_proj = declare(nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d)), zero=True)  # adaLN-zero: gates 0
         self.head_norm = LayerNorm32(d, eps=cfg.eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.zeros(1, 2, d))
@@ -393,7 +407,7 @@ class TwinTower(nn.Module):
         | a module with its own `init_param` (LoRA)   | what it returns                               |
         | declared zero (time_proj, heads, the papers' residual paths), every bias | 0                |
         | norms                                       | weight 1, bias 0                              |
-        | embeddings                                  | N(0, 0.02)                                    |
+        | embeddings; Linear weights marked small_init | N(0, 0.02) (Wan's text / time embeddings)    |
         | Block.modulation, Tower.head_modulation     | N(0, 1/dim); the two gate rows 0 (adaLN-zero) |
         | every other Linear / Conv weight            | Xavier uniform                                |
         Each value is drawn from its own generator seeded by (seed, name), so it does not depend on
@@ -411,8 +425,8 @@ class TwinTower(nn.Module):
             return torch.zeros(shape)
         if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             return torch.ones(shape)
-        if isinstance(module, nn.Embedding):
-            return torch.randn(shape, generator=gen) * 0.02
+        if isinstance(module, nn.Embedding) or getattr(module, "init_std", None):
+            return torch.randn(shape, generator=gen) * getattr(module, "init_std", 0.02)
         if leaf in ("modulation", "head_modulation"):
             value = torch.randn(shape, generator=gen) * self.cfg.dim ** -0.5
             if leaf == "modulation":

@@ -21,6 +21,7 @@ step predicts x0_hat = x_t - t v_hat; the frozen LIRM scores it against the refe
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -91,6 +92,20 @@ def lirefl_reward(lirm: LIRM, xt_v, t, pred_v, reference) -> torch.Tensor:
     subtracts lambda_2 * its mean. The gradient flows through v_hat into the generator, not into LIRM."""
     x0_hat = xt_v - t.view(-1, 1, 1, 1, 1) * pred_v                              # (B, T, C, H, W)
     return lirm(x0_hat.float(), reference)
+
+
+class DecodedReward(nn.Module):
+    """A pixel LIRM over a latent model (mini-Ovi): the one-step estimate x0_hat is a latent, so the toy codec's
+    decoder (a frozen copy, on the reward's device) turns it into pixels first, differentiably, and the LIRM
+    scores those against the pixel reference. DreamVideo-Omni's LIRM reads Wan's latents directly through a
+    copy of the video tower; ours is a small pixel model, and the decoder is the bridge."""
+
+    def __init__(self, lirm: LIRM, codec):
+        super().__init__()
+        self.lirm, self.codec = lirm, copy.deepcopy(codec).requires_grad_(False)
+
+    def forward(self, latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return self.lirm(self.codec.decode_video(latents), reference)               # (B, T, 3, H, W) pixels
 
 
 def clip_pool(world: data.WorldConfig, seed: int, stream: int, n: int):

@@ -186,7 +186,8 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
         loss = loss + tc.video_loss_weight * loss_v.mean()
         stats["loss_video"] = loss_v.detach()
         if reward is not None:  # LIReFL (DreamVideo-Omni): L_sft + lambda_2 * (-E[r])
-            r = reward_lib.lirefl_reward(reward, xt_v, t_dev, pred_v, batch["ref_images"][:, 0].to(device))
+            reference = batch.get("ref_pixels", batch["ref_images"])[:, 0]         # mini-Ovi: the pixel portrait
+            r = reward_lib.lirefl_reward(reward, xt_v, t_dev, pred_v, reference.to(device))
             loss = loss - tc.reward_weight * r.mean()
             stats["reward"] = r.detach()
     return loss, stats
@@ -536,9 +537,10 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
     if mcfg.lora_rank:
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
         run.lora_fingerprint = (resume or {}).get("lora_base_fingerprint") or checkpoint.fingerprint(run.lora_base)
-    if tc.reward_model:
-        run.reward = reward_lib.load_lirm(tc.reward_model, wcfg).to(device)
     run.codec = run_codec(tc, mcfg, wcfg, resume or init, rank, world)
+    if tc.reward_model:  # a latent model's reward decodes its estimate first (reward.DecodedReward)
+        lirm = reward_lib.load_lirm(tc.reward_model, wcfg)
+        run.reward = (reward_lib.DecodedReward(lirm, run.codec) if run.codec is not None else lirm).to(device)
     if resume is not None and "sharded" in resume:  # every rank reads its own shards, in place
         sharded.load(net, run.ema, run.opt, resume["sharded"], resume)
     elif resume is not None:
@@ -574,7 +576,7 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     """One optimizer step (grad_accum micro-steps), then the EMA. Returns device tensors (no sync)."""
     tc = run.tc
     for group in run.opt.param_groups:
-        group["lr"] = lr_at(run.step, tc, group["cosine"])
+        group["lr"] = lr_at(run.step, tc, group["cosine"]) * group.get("lr_scale", 1.0)
     # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
     # (the ranks of a sequence group share one sample: the same data rank, the same noise)
     gen = torch.Generator().manual_seed(hash((tc.seed, run.data_rank, run.step)) % (2 ** 63))

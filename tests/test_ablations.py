@@ -117,3 +117,46 @@ def test_a_row_that_changes_more_than_additions_is_refused_before_training(tmp_p
     table = dataclasses.replace(ablations.PRESENCE, model={})
     problems = ablations.check_table(table, 100, str(tmp_path))
     assert problems and all("in the base" in p for p in problems) and any("--ocf False" in p for p in problems)
+
+
+def test_rows_fine_tune_a_given_mini_base_with_its_codec_and_print_their_probes(tmp_path, capsys):
+    """--base_ckpt: a latent (mini) base trained elsewhere; rows take its preset, sizes and codec, are scored
+    through that codec, and the table's probes come out next to the claims (cached, so a rerun samples nothing)."""
+    import codec
+    quick = codec.train_codec(data.WorldConfig(), codec.CodecConfig(clips=8, max_steps=2, video_seconds=1e9,
+                                                                    audio_seconds=1e9, batch=64), log=lambda *_: None)
+    torch.save(quick.state(), tmp_path / "codec.pt")
+    sizes = dict(dim=64, heads=2, ffn=128, layers=1, ocf=False, mtp_ca=False)
+    base = train.train(train.TrainConfig(config="mini", out_dir=str(tmp_path / "base"), codec=str(tmp_path / "codec.pt"),
+                                         max_steps=1, batch_size=2, audio_batch_size=2, log_every=1, progress_every=0),
+                       model_overrides=sizes)["checkpoint"]
+    table = Table(paper="tiny", source="a tiny table", why="the test's", steps=1, cases=1, base=ablations.BASE,
+                  model=dict(ocf=False, mtp_ca=False), train=dict(batch_size=2, interleave_audio=0),
+                  probes=ablations.BINDING + (("dialogue", "copy"),), rows=(
+                      Row("plain"),
+                      Row("syn", dict(ref_rope="syn"), claim=Claim("syn", "plain", "t_sim", "dialogue", "")),
+                  ))
+    assert not ablations.check_table(table, 1, str(tmp_path / "ab"), base)
+    logs = []
+    results = ablations.run_table(table, 1, 1.0, str(tmp_path / "ab"), 1, 2, torch.device("cpu"), log=logs.append,
+                                  base_ckpt=base)
+    assert sum("trained" in line for line in logs) == 2                        # no base trained: the given one
+    run = checkpoint.load_checkpoint(str(next((tmp_path / "ab").glob("budget1_base-*")) / "tiny" / "syn" / "seed0" /
+                                         "ckpt.pt"))
+    assert run["train_config"]["config"] == "mini" and run["model_config"]["dim"] == 64 and "codec" in run
+    for row in results.values():
+        assert 0 <= row[("dialogue", "bind_ref_text")][0] <= 1 and 0 < row[("dialogue", "copy")][0] <= 1
+        assert row[("dialogue", "truth copy")][0] > 0                           # the world's own, for comparison
+    flat = ablations.print_table(table, results, "header")
+    assert "probes" in capsys.readouterr().out and "syn/probe/dialogue/bind_ref_text" in flat
+    logs.clear()
+    again = ablations.run_table(table, 1, 1.0, str(tmp_path / "ab"), 1, 2, torch.device("cpu"), log=logs.append,
+                                base_ckpt=base)
+    assert repr(again) == repr(results) and not any("trained" in line for line in logs)  # runs and scores reused
+
+
+def test_seeds_to_settle_grow_as_the_gain_shrinks_against_its_spread():
+    assert ablations.seeds_to_settle([0.10, 0.12, 0.08]) <= 3                    # already clear of 0 at 3 seeds
+    small, smaller = ablations.seeds_to_settle([0.05, -0.03, 0.04]), ablations.seeds_to_settle([0.02, -0.03, 0.04])
+    assert 3 < small < smaller
+    assert ablations.seeds_to_settle([0.0, 0.0, 0.0]) == 0 and ablations.seeds_to_settle([0.1]) == 0

@@ -57,6 +57,19 @@ def test_zero_init_is_identity_where_it_says_so():
     assert torch.equal(v1, v2)
 
 
+def test_text_and_time_embeddings_start_small_as_in_wan():
+    """Wan draws its text and time embeddings' weights from N(0, 0.02); with Xavier (4x larger here) AdamW drove
+    every hidden unit of the prompt projection below zero, where GELU is flat, and the caption was lost."""
+    net = build.build_model(dataclasses.replace(build.PRESETS["mini"], ocf=False, mtp_ca=False))
+    for tower in (net.video_tower, net.audio_tower):
+        for mlp in (tower.text_proj, tower.time_embed):
+            for layer in (mlp[0], mlp[2]):
+                assert abs(layer.weight.std().item() - 0.02) < 0.002 and layer.bias.abs().max() == 0
+    # the other linear layers keep Xavier's scale, sqrt(2 / (fan_in + fan_out))
+    q = net.layers[0].video.self_attn.q.weight
+    assert abs(q.std().item() - (2 / sum(q.shape)) ** 0.5) < 0.01
+
+
 def test_padded_subjects_change_nothing():
     net = random_net()
     batch = tiny_batch(batch_size=1, scene="single")

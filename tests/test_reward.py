@@ -38,6 +38,32 @@ def test_one_lireFL_step_moves_the_reward_up_on_a_fixed_batch():
     assert after["reward"].mean() > stats["reward"].mean()
 
 
+def test_a_latent_model_s_lirefl_step_decodes_and_moves_the_reward_up():
+    """mini-Ovi predicts codec latents: the pixel LIRM reads the decoded estimate against the pixel reference, and the
+    reward's gradient reaches the generator through the frozen decoder."""
+    import codec
+    import data
+    world = data.WorldConfig()
+    quick = codec.train_codec(world, codec.CodecConfig(clips=8, max_steps=2, video_seconds=1e9, audio_seconds=1e9,
+                                                       batch=64), log=lambda *_: None)
+    net = perturbed(build.build_model(dataclasses.replace(build.PRESETS["mini"], dim=64, heads=2, ffn=128, layers=1,
+                                                          ocf=False, mtp_ca=False)), 0.05)
+    lirm = reward.LIRM(SMALL, frames=world.frames, size=world.image_size, ref_size=world.ref_image_size)
+    judge = reward.DecodedReward(lirm.requires_grad_(False), quick)
+    batch = quick.encode_batch(data.ToyBatches(dataclasses.replace(world, scene="single"), 2).make_batch(0))
+    assert batch["ref_pixels"].shape[-3:] == (3, world.ref_image_size, world.ref_image_size)
+    tc = dataclasses.replace(train.TrainConfig(), video_loss_weight=0.0, audio_loss_weight=0.0, reward_weight=1.0,
+                             cond_drop=0.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    loss, stats = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(1), "cpu", reward=judge)
+    loss.backward()
+    assert not any(p.grad is not None for p in judge.parameters())                 # the reward stays frozen
+    opt.step()
+    with torch.no_grad():
+        _, after = train.flow_loss(net, batch, tc, torch.Generator().manual_seed(1), "cpu", reward=judge)
+    assert after["reward"].mean() > stats["reward"].mean()
+
+
 def save_tiny_lirm(path):
     lirm = reward.LIRM(SMALL, frames=TINY_WORLD.frames, size=TINY_WORLD.image_size, ref_size=TINY_WORLD.ref_image_size)
     torch.save(dict(model=lirm.state_dict(), config=dataclasses.asdict(SMALL),
