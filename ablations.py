@@ -19,7 +19,13 @@ verdict:
 
 A miniature shows a mechanism where the mechanism is decisive: binding in two-person dialogues, caption
 vocalization, language B's phoneme error, identity on cross-pair references, box mIoU on moving people.
-`Table.why` says, for each table, why its training world and its metrics can show its claims.
+`Table.why` says, for each table, why its training world and its metrics can show its claims, and
+`Table.probes` which of probes.py's measurements print under it: what each mechanism does inside the model
+(where the video tower attends, what tempting captions make it say, whether it pastes its references), so a
+reader sees why a row moves or does not.
+
+Every row fine-tunes one base, as every paper fine-tunes Ovi: the table's own (BASE, mini-Ovi, trained once
+and shared) or one trained already, given as `bench.py --ablate PAPER --base_ckpt PATH`.
 
 Everything a table trains lives in --out_dir/PAPER/ROW/seedN and is reused when a table is run again (a
 finished run is not trained twice, a crashed one resumes), so a table can be interrupted and rerun.
@@ -528,7 +534,7 @@ def print_probes(table: Table, results: dict) -> dict:
     if not table.probes:
         return {}
     print("\nprobes (probes.py: what each mechanism does inside; mean +- 95% interval over seeds):")
-    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>24s}" for s, m in table.probes))
+    print(f"{'row':24s}" + "".join(f"{s[:8] + '/' + m:>28s}" for s, m in table.probes))
     flat = {}
     for row in table.rows:
         cells = ""
@@ -536,10 +542,11 @@ def print_probes(table: Table, results: dict) -> dict:
             mean, ci = metrics.mean_ci([v for v in results[row.name].get((s, m), []) if not math.isnan(v)],
                                        student=True)
             flat[f"{row.name}/probe/{s}/{m}"], flat[f"{row.name}/probe/{s}/{m}_ci"] = mean, ci
-            cells += f"{mean:16.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:16.3f}        "
+            cells += f"{mean:20.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:20.3f}        "
         print(f"{row.name:24s}{cells}")
     truth = [nanmean(next(iter(results.values())).get((s, "truth " + m), [float("nan")])) for s, m in table.probes]
-    print(f"{'the world own clips':24s}" + "".join(f"{v:16.3f}        " for v in truth))
+    label = "the world's own clips"
+    print(f"{label:24s}" + "".join(f"{v:20.3f}        " for v in truth))
     flat.update({f"truth/probe/{s}/{m}": v for (s, m), v in zip(table.probes, truth)})
     return flat
 
@@ -607,8 +614,12 @@ def main():
     parser.add_argument("--png", default="docs/ablation_base.png", help="where the strip is written")
     parser.add_argument("--subset", default="dialogue", choices=bench.SUBSETS, help="the held-out case's subset")
     args = parser.parse_args()
+    paths = args.strip.split(",")
+    labels = args.labels.replace("\\n", "\n").split(";") if args.labels else None  # "\n" on the command line: a new line
+    if labels and len(labels) != len(paths):
+        parser.error(f"--labels gives {len(labels)} labels for {len(paths)} checkpoints; give one per checkpoint")
     try:
-        draw_bases(args.strip.split(","), args.png, args.subset, labels=args.labels.split(";") if args.labels else None)
+        draw_bases(paths, args.png, args.subset, labels=labels)
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
 

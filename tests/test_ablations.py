@@ -160,3 +160,15 @@ def test_seeds_to_settle_grow_as_the_gain_shrinks_against_its_spread():
     small, smaller = ablations.seeds_to_settle([0.05, -0.03, 0.04]), ablations.seeds_to_settle([0.02, -0.03, 0.04])
     assert 3 < small < smaller
     assert ablations.seeds_to_settle([0.0, 0.0, 0.0]) == 0 and ablations.seeds_to_settle([0.1]) == 0
+
+
+def test_the_bases_strip_has_a_row_per_checkpoint_and_the_truth(tmp_path):
+    from PIL import Image
+    from tiny import TINY_OVERRIDES
+    base = train.train(train.TrainConfig(out_dir=str(tmp_path / "base"), max_steps=1, batch_size=2, log_every=1,
+                                         progress_every=0, interleave_audio=0),
+                       dict(TINY_OVERRIDES, ocf=False, mtp_ca=False))["checkpoint"]
+    png = str(tmp_path / "bases.png")
+    ablations.draw_bases([base, base], png, steps=2, labels=["one", "two"])
+    one = ablations.draw_bases([base], str(tmp_path / "one.png"), steps=2)
+    assert one is None and Image.open(png).height > Image.open(tmp_path / "one.png").height   # 3 rows against 2
