@@ -271,10 +271,17 @@ def base_overrides(base_ckpt: str) -> dict:
     is the base's model plus the row's additions (train.fine_tune_config refuses anything else)."""
     if not base_ckpt:
         return {}
-    saved = checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(base_ckpt, verify=False), base_ckpt)
-    preset = build.PRESETS[base_config(None, base_ckpt)]
+    config, saved = given_base(base_ckpt)
+    preset = build.PRESETS[config]
     return {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)
             if getattr(saved, f.name) != getattr(preset, f.name)}
+
+
+def given_base(base_ckpt: str) -> tuple:
+    """(--config preset, ModelConfig) of a base trained already, read from its checkpoint (weights not verified
+    here: train.py verifies them when a row loads the base)."""
+    ckpt = checkpoint.load_checkpoint(base_ckpt, verify=False)
+    return ckpt["train_config"].get("config", "toy"), checkpoint.config_from_checkpoint(ckpt, base_ckpt)
 
 
 def base_path(table: Table, out_dir: str) -> str:
@@ -282,17 +289,17 @@ def base_path(table: Table, out_dir: str) -> str:
     return os.path.join(out_dir, table.base.name, "ckpt.pt") if table.base else ""
 
 
-def base_config(table: Table | None, base_ckpt: str = "") -> str:
+def base_config(table: Table, base_ckpt: str = "") -> str:
     """The --config preset of the base: a given checkpoint's own, else the table's base recipe's."""
     if base_ckpt:
-        return checkpoint.load_checkpoint(base_ckpt, verify=False)["train_config"].get("config", "toy")
-    return table.base.config if table and table.base else "toy"
+        return given_base(base_ckpt)[0]
+    return table.base.config if table.base else "toy"
 
 
 def base_model(table: Table, base_ckpt: str = ""):
     """The base's ModelConfig: a given checkpoint's, else the table's base recipe's."""
     if base_ckpt:
-        return checkpoint.config_from_checkpoint(checkpoint.load_checkpoint(base_ckpt, verify=False), base_ckpt)
+        return given_base(base_ckpt)[1]
     return dataclasses.replace(build.PRESETS[table.base.config], **table.base.model)
 
 
@@ -539,8 +546,7 @@ def print_probes(table: Table, results: dict) -> dict:
     for row in table.rows:
         cells = ""
         for s, m in table.probes:
-            mean, ci = metrics.mean_ci([v for v in results[row.name].get((s, m), []) if not math.isnan(v)],
-                                       student=True)
+            mean, ci = metrics.mean_ci(results[row.name].get((s, m), []), student=True)  # NaNs dropped
             flat[f"{row.name}/probe/{s}/{m}"], flat[f"{row.name}/probe/{s}/{m}_ci"] = mean, ci
             cells += f"{mean:20.3f} +- {ci:<5.3f}" if not math.isnan(ci) else f"{mean:20.3f}        "
         print(f"{row.name:24s}{cells}")

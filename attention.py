@@ -41,10 +41,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 def attention_math(q, k, v, mask=None):
     """The reference: softmax(q k^T / sqrt(d) + mask) v, spelled out."""
+    return attention_weights(q, k, mask) @ v
+
+
+def attention_weights(q, k, mask=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask): (B, H, S_q, S_k), each query's weights over the keys (probes.py reads them)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])                  # (B, H, S_q, S_k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))                      # masked keys get weight 0
-    return scores.softmax(dim=-1) @ v
+    return scores.softmax(dim=-1)
 
 
 @contextlib.contextmanager

@@ -399,6 +399,11 @@ def nickname(ident: Identity) -> str:
     return speech.make_words(rng, "A", 0.5)
 
 
+def layout_radius(n_on_screen: int, size: int) -> float:
+    """A head's radius in pixels when n people share the frame side by side (one: a fifth of the frame)."""
+    return size * {1: 0.2, 2: 0.15, 3: 0.12}[max(1, min(3, n_on_screen))]
+
+
 def make_caption(idents, roles, lines, room, anchors: bool = True, nicknames: bool = False) -> str:
     """The structured caption (Omni-Customizer Eq. 2): descriptors, scene + actions, then the lines.
     anchors=False (the DreamID-Omni ablation): the same sentences with every `<subk>` replaced by subject k's
@@ -532,7 +537,7 @@ def render_scene(rng, cfg: WorldConfig, roles, idents, room, mouth_open):
     camera = camera_path(rng, cfg)
     n, size = len(roles), cfg.image_size
     on_screen = [k for k, r in enumerate(roles) if r != "offscreen"]
-    radius = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(len(on_screen), 1)] * rng.uniform(0.9, 1.1)
+    radius = layout_radius(len(on_screen), size) * rng.uniform(0.9, 1.1)
     frames = np.stack([render_room(size, room, int(c)) for c in camera])           # (T, H, W, 3)
     boxes = np.zeros((n, cfg.frames, 4), np.float32)
     heads = np.zeros((n, cfg.frames, 2), np.float32)

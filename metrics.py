@@ -87,7 +87,7 @@ def match(frames: torch.Tensor, rgb: torch.Tensor, weight: torch.Tensor):
 
 def face_track(frames: torch.Tensor, ident: data.Identity, n_on_screen: int, size: int):
     """The best-scoring scale of a subject's sprite: (score (T,), top, left, template (rgb, weight, mouth, radius))."""
-    base = size * {1: 0.2, 2: 0.15, 3: 0.12}[max(1, min(3, n_on_screen))]        # the world's layout radii
+    base = data.layout_radius(n_on_screen, size)
     best = None
     for radius in (0.9 * base, base, 1.1 * base):
         rgb, weight, mouth = sprite_template(ident, radius)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import caption as caption_lib
 import data
 import metrics
+from attention import attention_weights, key_padding
 from conditioning import Conditioning, box_masks, relative_boxes
 
 BINDING = ("bind_ref_text", "bind_region_text", "bind_ref_box")
@@ -66,9 +67,8 @@ def reference_copy(frames: torch.Tensor, case: dict, world: data.WorldConfig) ->
     on_screen = [k for k, r in enumerate(case["roles"]) if r != "offscreen"]
     if not on_screen:
         return float("nan")
-    # a crop_portrait of the clip spans 3.2 head radii; the layout radius depends on how many are on screen
-    radius = world.image_size * {1: 0.2, 2: 0.15, 3: 0.12}[min(3, len(on_screen))]
-    side = max(4, round(3.2 * radius))
+    # a crop_portrait of the clip spans 3.2 head radii
+    side = max(4, round(3.2 * data.layout_radius(len(on_screen), world.image_size)))
     values = []
     for k in on_screen:
         ref = (case["ref_images"][k].float() + 1) / 2                             # (3, r, r) in [0, 1]
@@ -117,11 +117,9 @@ def recording_attention(net, record: list):
 
 
 def attention_probs(q, k, key_mask) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) with the key mask, averaged over heads: (S_q, S_k) of batch row 0."""
-    scores = q[0] @ k[0].transpose(-2, -1) / math.sqrt(q.shape[-1])              # (H, S_q, S_k)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[0, None, None, :].to(scores.device), float("-inf"))
-    return scores.softmax(-1).mean(0)
+    """The attention weights with the key mask, averaged over heads: (S_q, S_k) of batch row 0."""
+    mask = None if key_mask is None else key_padding(key_mask[:1]).to(q.device)  # (1, 1, 1, S_k)
+    return attention_weights(q[:1], k[:1], mask)[0].mean(0)
 
 
 def descriptor_spans(text_ids: torch.Tensor, subjects: int) -> list[tuple]:

@@ -576,7 +576,7 @@ def train_step(run: Run, plan: dict, next_batch) -> dict:
     """One optimizer step (grad_accum micro-steps), then the EMA. Returns device tensors (no sync)."""
     tc = run.tc
     for group in run.opt.param_groups:
-        group["lr"] = lr_at(run.step, tc, group["cosine"]) * group.get("lr_scale", 1.0)
+        group["lr"] = lr_at(run.step, tc, group["cosine"])
     # t, noise and dropout of this step = f(seed, rank, step): distinct per rank, replayed exactly on resume
     # (the ranks of a sequence group share one sample: the same data rank, the same noise)
     gen = torch.Generator().manual_seed(hash((tc.seed, run.data_rank, run.step)) % (2 ** 63))
