@@ -73,6 +73,7 @@ class Row:
     train: dict = field(default_factory=dict)   # TrainConfig overrides (--curriculum true ...)
     world: dict = field(default_factory=dict)   # WorldConfig overrides, for training and for its scored cases
     start: str = "base"        # "base": fine-tune the base | a row's name: that row's result | "": from scratch
+    reward: str = ""           # LIReFL rows: "latent" (the paper's LIRM over the base's features) | "pixel" (decoded)
     share: float = 1.0         # its steps as a share of the table's (0: the start itself is scored)
     claim: Claim | None = None
 
@@ -112,7 +113,7 @@ class Table:
     model: dict = field(default_factory=dict)   # every row's model overrides (a row's own add to them)
     train: dict = field(default_factory=dict)   # every row's TrainConfig overrides (likewise)
     base: Base | None = None   # what rows with start="base" fine-tune
-    lirm_steps: int = 0        # > 0: a latent identity reward model for LIReFL rows (trained once)
+    lirm_steps: int = 0        # > 0: the reward models for LIReFL rows (trained once; the pixel one also judges)
     probes: tuple = ()         # (subset, probe) pairs printed under the table: why a row moves (probes.py)
 
     @property
@@ -231,9 +232,14 @@ DREAMVIDEO = Table(
             claim=Claim("full", "no group-role", "box_miou", "motion", "group and role embeddings are critical")),
         Row("input-only boxes", dict(MOTION, box_injection="input"), MOTION_TRAIN,
             claim=Claim("full", "input-only boxes", "box_miou", "motion", "hierarchical injection is critical")),
-        # continues each seed's "full" run: stage 2 adds the reward, at the README's LIReFL lr
+        # continues each seed's "full" run: stage 2 adds the reward, at the README's LIReFL lr; the paper's LIRM
+        # reads the generator's own features (a frozen copy of the base's video tower, reward.LatentLIRM)
         Row("+LIReFL", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full", share=0.5,
+            reward="latent",
             claim=Claim("+LIReFL", "full", "face_sim", "motion", "LIReFL refines identity details")),
+        # not in the paper: the same with our pixel LIRM over the decoded estimate (the judge of every row's probe)
+        Row("+LIReFL, pixel reward", MOTION, dict(MOTION_TRAIN, stage=2, lr=2e-4, warmup_steps=0), start="full",
+            share=0.5, reward="pixel"),
     ),
     steps=200, cases=6, model=NO_OCF, base=BASE, lirm_steps=600,
     probes=(("motion", "reward"), ("motion", "face_sim"), ("motion", "sharpness"), ("motion", "copy")))
@@ -247,10 +253,10 @@ WATCH = ("sharpness",)  # shown next to every table: what an identity gain could
 # ------------------------------------------------------------------------------------------------
 
 
-def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm: str, base_ckpt: str = "") -> tuple:
+def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirms: dict, base_ckpt: str = "") -> tuple:
     """(TrainConfig, model overrides, world overrides) of one row's run; `out_dir` is --out_dir (a trained base
-    lives at its top, shared by every table; a table's rows under out_dir/PAPER); `base_ckpt` a base given
-    ready-made (default: the one the table trains there)."""
+    lives at its top, shared by every table; a table's rows under out_dir/PAPER); `lirms` the table's reward
+    models by form (lirm_paths); `base_ckpt` a base given ready-made (default: the one the table trains there)."""
     overrides = dict(table.train, **row.train)
     if overrides.get("curriculum"):  # the same budget, split like the papers' stages (20K / 10K / 10K)
         # (a curriculum row spends its steps across stages 1-3, whose worlds replace the table's)
@@ -262,7 +268,7 @@ def row_config(table: Table, row: Row, seed: int, steps: int, out_dir: str, lirm
     config = base_config(table, base_ckpt)
     tc = train.TrainConfig(out_dir=os.path.join(rows_dir, slug(row.name), f"seed{seed}"), max_steps=steps, seed=seed,
                            log_every=25, ckpt_every=steps, progress_every=0, init_from=init, config=config,
-                           reward_model=lirm if overrides.get("stage") == 2 else "", **overrides)
+                           reward_model=lirms.get(row.reward, "") if overrides.get("stage") == 2 else "", **overrides)
     return tc, {**base_overrides(base_ckpt), **table.model, **row.model}, dict(table.world, **row.world)
 
 
@@ -324,8 +330,8 @@ def check_table(table: Table, steps: int, out_dir: str, base_ckpt: str = "") -> 
     for row in table.rows:
         if row.share == 0:
             continue
-        lirm = os.path.join(out_dir, table.paper, "lirm.pt") if table.lirm_steps else ""
-        tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir, lirm, base_ckpt)
+        tc, model, world = row_config(table, row, 0, max(1, round(steps * row.share)), out_dir,
+                                      lirm_paths(table, os.path.join(out_dir, table.paper)), base_ckpt)
         tc = dataclasses.replace(tc, init_from="", reward_model="")  # not trained yet: checked when they are
         problems += [f"{table.paper} row {row.name!r}: {p}" for p in train.config_problems(tc, model, world)
                      if "--reward_model" not in p]
@@ -374,15 +380,36 @@ def train_run(tc: train.TrainConfig, model: dict, world: dict, log) -> str:
     return path
 
 
-def train_lirm(table: Table, out_dir: str, log) -> str:
-    """The frozen reward model LIReFL rows use: one per table, trained on the toy world's exact identities."""
-    path = os.path.join(out_dir, "lirm.pt")
-    if table.lirm_steps and not os.path.exists(path):
+def lirm_paths(table: Table, out_dir: str) -> dict:
+    """{form: file} of the table's reward models (none without LIReFL rows)."""
+    if not table.lirm_steps:
+        return {}
+    return dict(pixel=os.path.join(out_dir, "lirm.pt"), latent=os.path.join(out_dir, "lirm_latent.pt"))
+
+
+def train_lirms(table: Table, out_dir: str, base: str, log) -> dict:
+    """The frozen reward models LIReFL rows use, one of each form per table, trained on the toy world's exact
+    identities: the pixel LIRM, and the paper's LatentLIRM over `base` (the checkpoint the rows fine-tune)."""
+    paths = lirm_paths(table, out_dir)
+    # seed 0 for every row and seed: the reward is the yardstick the LIReFL rows share, not a variable
+    quiet = lambda *_: None  # noqa: E731
+    # the pixel LIRM is always trained: it is every row's independent judge (probes.py)
+    wanted = {"pixel"} | {r.reward for r in table.rows if r.reward}
+    for form, path in paths.items():
+        if os.path.exists(path) or form not in wanted:
+            continue
         start = time.time()
-        # seed 0 for every row and seed: the reward is the yardstick the LIReFL rows share, not a variable
-        reward_lib.save_lirm(reward_lib.train_lirm(table.lirm_steps, log=lambda *_: None), path)
-        log(f"  trained the LIRM ({table.lirm_steps} steps) in {time.time() - start:.0f} s")
-    return path if table.lirm_steps else ""
+        if form == "pixel":
+            model, codec = reward_lib.train_lirm(table.lirm_steps, log=quiet), None
+            reward_lib.save_lirm(model, path)
+        else:
+            backbone, codec = reward_lib.latent_backbone(base)
+            model = reward_lib.train_latent_lirm(backbone, codec, table.lirm_steps, log=quiet)
+            reward_lib.save_latent_lirm(model, path)
+        accuracy = reward_lib.held_out_accuracy(model, codec=codec)
+        log(f"  trained the {form} LIRM ({table.lirm_steps} steps) in {time.time() - start:.0f} s; held-out "
+            f"accuracy {accuracy:.3f}")
+    return paths
 
 
 def nanmean(values) -> float:
@@ -442,17 +469,18 @@ def run_table(table: Table, seeds: int, budget: float, out_dir: str, cases: int,
     out_dir = budget_dir(out_dir, budget, base_budget, base_ckpt)
     if table.base and not base_ckpt:
         train_base(table, budget if base_budget is None else base_budget, out_dir, log)
-    lirm = train_lirm(table, os.path.join(out_dir, table.paper), log)
+    lirms = train_lirms(table, os.path.join(out_dir, table.paper), base_ckpt or base_path(table, out_dir), log)
     results = {row.name: {} for row in table.rows}
     for seed in range(seeds):  # seed-major: an interrupted table has whole seeds done, each usable
         for row in table.rows:  # in table order: a row that starts from another row's result comes after it
-            tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirm,
+            tc, model, world_overrides = row_config(table, row, seed, max(1, round(steps * row.share)), out_dir, lirms,
                                                     base_ckpt)
             path = tc.init_from if row.share == 0 else train_run(tc, model, world_overrides, log)  # share 0: as is
             # scored in its own world: the held-out cases keep their people and lines, but e.g. --anchors false
             # changes the prompt they give, exactly as in training
             world = dataclasses.replace(data.WorldConfig(), **world_overrides)
-            for key, value in score(path, world, table, seed, cases, sample_steps, device, lirm, tc.out_dir).items():
+            for key, value in score(path, world, table, seed, cases, sample_steps, device, lirms.get("pixel", ""),
+                                    tc.out_dir).items():
                 results[row.name].setdefault(key, []).append(value)
             log(f"  {row.name}, seed {seed}: scored")
     return results

@@ -203,7 +203,7 @@ def tensor_checksums(obj: dict) -> dict:
     """{"model/NAME": crc32, "ema/NAME": crc32} of the raw bytes of every weight a checkpoint holds. zlib's crc32
     ran at 3.9 GB/s on one core here: 2 ms for the toy's checkpoint, about 25 s for a full-size model + EMA
     (94 GB in fp32), paid at every save and load of a ckpt.pt (sharded checkpoints are DCP's own business)."""
-    parts = {part: obj.get(part) or {} for part in ("model", "ema")}
+    parts = {part: obj.get(part) or {} for part in ("model", "ema", "backbone")}  # backbone: reward.LatentLIRM's
     parts["codec"] = (obj.get("codec") or {}).get("weights") or {}  # mini-Ovi's codec decodes every sample
     return {f"{part}/{name}": zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             for part, tensors in parts.items() for name, t in tensors.items()}  # raw bytes: any dtype, bf16 included
@@ -378,7 +378,8 @@ def model_from_checkpoint(path: str, use_ema: bool = True, device="cpu", dtype=t
         return net.eval()
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
-    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    # the EMA holds what trained; weights held fixed (--freeze_text) are only in `model`, and did not move
+    state = dict(ckpt["model"], **ckpt["ema"]) if use_ema and ckpt.get("ema") else ckpt["model"]
     check_finite(state, path)
     if cfg.lora_rank:  # adapters and new modules here; the frozen base where training read it from
         if "lora_base" not in ckpt:

@@ -128,6 +128,12 @@ def video_from_patches(rows: torch.Tensor, patch: tuple) -> torch.Tensor:
     return x.permute(0, 1, 4, 5, 2, 6, 3, 7).reshape(B, t * pt, 3, h * ph, w * pw)
 
 
+def latent_frames(x: torch.Tensor, pt: int) -> torch.Tensor:
+    """Per-frame motion conditions (B, K, T, ...) -> one per latent frame (B, K, T/pt, ...): each block of pt frames
+    takes its first frame's box or points, as motion.py reads a temporal patch's first frame."""
+    return x[:, :, ::pt]
+
+
 class ToyCodec(nn.Module):
     """The video and audio codecs together, with the batch-level conversions the training loop needs."""
 
@@ -193,26 +199,30 @@ class ToyCodec(nn.Module):
         if "ref_frame" in batch:  # an in-pair portrait's frame -> the latent frame holding it
             out["ref_frame"] = torch.where(batch["ref_frame"] >= 0, batch["ref_frame"] // pt, -1)
         scale = torch.tensor([pw, ph, pw, ph], dtype=torch.float)
-        if "boxes" in batch:  # pixel boxes -> latent-grid boxes, so relative_boxes keeps the same fractions
-            out["boxes"] = batch["boxes"].float() / scale
+        # pixel boxes -> latent-grid boxes (relative_boxes keeps the same fractions), one per latent frame
+        if "boxes" in batch:
+            out["boxes"] = latent_frames(batch["boxes"].float() / scale, pt)                  # (B, K, t, 4)
         if "trajectories" in batch:
-            out["trajectories"] = batch["trajectories"].float() / scale[:2]
+            out["trajectories"] = latent_frames(batch["trajectories"].float() / scale[:2], pt)  # (B, K, t, P, 2)
         return out
 
     @torch.no_grad()
     def encode_condition(self, cond):
         """A sampling Conditioning over pixels and mel -> the same over latents: references, RV2AV's source
-        video (the masked frames encoded, the mask pooled as in encode_batch), RA2V's driving audio. Boxes
-        and trajectories are fractions of the frame already."""
+        video (the masked frames encoded, the mask pooled as in encode_batch), RA2V's driving audio; boxes
+        and trajectories (fractions of the frame already) keep one frame per latent frame."""
         source = cond.source_video
         if source is not None:                                                    # (B, T, 3 + 1, H, W)
             video, mask = source[:, :, :3], source[:, :, 3:]
             pooled = self.pool_mask(mask)
             source = torch.cat([self.encode_video(video) * (1 - pooled), pooled], dim=2)  # (B, t, C_v + 1, h, w)
         driving = None if cond.driving_audio is None else self.encode_audio(cond.driving_audio)
+        pt = self.cfg.video_patch[0]
+        frames = lambda x: None if x is None else latent_frames(x, pt)  # noqa: E731
         return dataclasses.replace(cond, ref_images=self.encode_images(cond.ref_images),
                                    ref_audio=self.encode_audio(cond.ref_audio), source_video=source,
-                                   driving_audio=driving)
+                                   driving_audio=driving, boxes=frames(cond.boxes),
+                                   trajectories=frames(cond.trajectories))
 
     def latent_shapes(self, video_shape, audio_shape) -> tuple:
         """Pixel shapes (B, T, 3, H, W), (B, T_mel, n_mels) -> the latent shapes the model samples."""

@@ -61,6 +61,7 @@ import reward as reward_lib
 import seqpar
 import sharded
 import shards
+import text as text_lib
 from cli import OneLineParser, add_dataclass_flags, out_dir_problems
 from conditioning import Conditioning, box_masks, relative_boxes
 
@@ -71,6 +72,9 @@ class TrainConfig:
     out_dir: str = "out/toy"           # the run's folder: ckpt.pt, log.jsonl, loss.png (a run there resumes)
     data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
     codec: str = "out/codec.pt"        # a latent model (--config mini) on the toy world reads it through this codec
+    text_init: str = ""                # a fresh run's toy text encoder starts from this file, pretrained on captions
+                                       # alone (text.py, like umT5); made there first (~3 minutes) if missing
+    freeze_text: bool = False          # the toy text encoder does not train (Ovi never trains umT5)
                                        # (codec.py): loaded from the file, or trained there first (~2.5 minutes)
     max_steps: int = 100000            # optimizer steps (joint and audio-only alike)
     max_minutes: float = 0.0           # stop (and save) after this much wall time; 0 = no limit
@@ -186,7 +190,9 @@ def flow_loss(net, batch: dict, tc: TrainConfig, gen: torch.Generator, device, v
         loss = loss + tc.video_loss_weight * loss_v.mean()
         stats["loss_video"] = loss_v.detach()
         if reward is not None:  # LIReFL (DreamVideo-Omni): L_sft + lambda_2 * (-E[r])
-            reference = batch.get("ref_pixels", batch["ref_images"])[:, 0]         # mini-Ovi: the pixel portrait
+            # the reference as the reward reads it: a LatentLIRM the latent frame, a pixel LIRM the portrait
+            latent = isinstance(reward, reward_lib.LatentLIRM)
+            reference = (batch["ref_images"] if latent else batch.get("ref_pixels", batch["ref_images"]))[:, 0]
             r = reward_lib.lirefl_reward(reward, xt_v, t_dev, pred_v, reference.to(device))
             loss = loss - tc.reward_weight * r.mean()
             stats["reward"] = r.detach()
@@ -406,7 +412,7 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
         net = build.build_model(mcfg)
     regime = precision_lib.resolve(tc.precision, device)
     for name, p in net.named_parameters():  # LoRA: the backbone is frozen (before FSDP2 groups the parameters)
-        p.requires_grad_(lora.trains(net, name))
+        p.requires_grad_(lora.trains(net, name) and not (tc.freeze_text and name.startswith("prompt.text_encoder.")))
         if not p.requires_grad:  # and stored in the compute dtype: bf16 (2 B, memory.py) under --precision bf16
             p.data = p.data.to(precision_lib.compute_dtype(regime))
     for layer in net.layers:
@@ -424,6 +430,29 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(net, mesh=mesh, mp_policy=mp)
     return net.to_empty(device=device)
+
+
+def load_text_init(net, tc: TrainConfig, mcfg, wcfg, rank: int, world: int):
+    """--text_init: the toy text encoder pretrained on the world's captions (text.py), made by rank 0 if missing."""
+    if rank == 0:
+        text_lib.load_or_pretrain(tc.text_init, mcfg, dataclasses.replace(wcfg, scene="mixed", min_subjects=1,
+                                                                            max_subjects=3))
+    if world > 1:
+        dist.barrier()
+    state = text_lib.load_text_encoder(tc.text_init, mcfg, wcfg.tokenizer)
+    checkpoint.load_state(net.prompt.text_encoder, state, f"--text_init {tc.text_init}")
+
+
+def reward_model(path: str, wcfg, codec):
+    """LIReFL's frozen reward: the paper's LatentLIRM reads a latent model's estimate as it is; a pixel LIRM reads
+    a pixel model's, or a latent model's decoded (reward.DecodedReward)."""
+    lirm = reward_lib.load_lirm(path, wcfg)
+    if isinstance(lirm, reward_lib.LatentLIRM):
+        if codec is None or lirm.backbone.cfg.video_channels != codec.cfg.video_channels:
+            raise checkpoint.CheckpointError(f"--reward_model {path}: reads the latents of a mini-Ovi model; this run's "
+                                             "video is not on its grid")
+        return lirm
+    return reward_lib.DecodedReward(lirm, codec) if codec is not None else lirm
 
 
 def run_codec(tc: TrainConfig, mcfg, wcfg, saved: dict | None, rank: int, world: int):
@@ -527,6 +556,8 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
     torch.manual_seed(tc.seed)  # the same on every rank (weights come from init_weights' own generators)
     net = build_model(mcfg, tc, world, device)
     fill_weights(net, tc, resume, init)
+    if tc.text_init and resume is None and init is None:  # a fresh run: the pretrained encoder replaces its init
+        load_text_init(net, tc, mcfg, wcfg, rank, world)
     wrapped = net
     if world > 1 and not tc.fsdp:
         # find_unused_parameters: task-input projections (and the video tower in audio-only steps) may idle
@@ -538,9 +569,8 @@ def start_run(tc: TrainConfig, model_overrides, world_overrides, rank: int, worl
         run.lora_base = (resume or {}).get("lora_base", tc.init_from)
         run.lora_fingerprint = (resume or {}).get("lora_base_fingerprint") or checkpoint.fingerprint(run.lora_base)
     run.codec = run_codec(tc, mcfg, wcfg, resume or init, rank, world)
-    if tc.reward_model:  # a latent model's reward decodes its estimate first (reward.DecodedReward)
-        lirm = reward_lib.load_lirm(tc.reward_model, wcfg)
-        run.reward = (reward_lib.DecodedReward(lirm, run.codec) if run.codec is not None else lirm).to(device)
+    if tc.reward_model:
+        run.reward = reward_model(tc.reward_model, wcfg, run.codec).to(device)
     if resume is not None and "sharded" in resume:  # every rank reads its own shards, in place
         sharded.load(net, run.ema, run.opt, resume["sharded"], resume)
     elif resume is not None:
@@ -720,6 +750,10 @@ def config_problems(tc: TrainConfig, model_overrides: dict, world_overrides: dic
         problems.append("--cond_drop and --min_lr_ratio must be in [0, 1], --ema_decay in [0, 1)")
     if tc.config not in build.PRESETS:
         problems.append(f"--config must be one of {', '.join(build.PRESETS)}, got {tc.config!r}")
+    text_layers = model_overrides.get("text_layers", build.PRESETS.get(tc.config, build.PRESETS["toy"]).text_layers)
+    if (tc.text_init or tc.freeze_text) and (text_layers == 0 or tc.data != "toy"):
+        problems.append("--text_init and --freeze_text act on the toy's own text encoder over toy captions; this run "
+                        "reads precomputed text features (real prompts are umT5's, which Ovi never trains)")
     if model_overrides.get("lora_rank", 0) and not tc.init_from:
         problems.append("--lora_rank adapts pretrained weights: give them with --init_from (Ovi's or a ckpt.pt)")
     try:

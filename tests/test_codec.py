@@ -60,8 +60,10 @@ def test_a_batch_moves_onto_the_latent_grid(quick_codec):
     assert lat["video"].shape == (2, 4, 16, 8, 8) and lat["audio"].shape == (2, 64, 16)
     assert lat["ref_images"].shape[-3:] == (16, 4, 4) and lat["ref_audio"].shape[-2:] == (32, 16)
     assert lat["source_mask"].shape == (2, 4, 1, 8, 8)
-    # boxes keep their place as fractions of the frame, so the box loss and motion conditions are unchanged
-    assert torch.allclose(relative_boxes(lat), relative_boxes(batch))
+    # boxes keep their place as fractions of the frame, one per latent frame (its first pixel frame's), so the box
+    # loss and the motion conditions line up with the latent video
+    assert torch.allclose(relative_boxes(lat), relative_boxes(batch)[:, :, ::4])
+    assert lat["boxes"].shape[2] == lat["trajectories"].shape[2] == lat["video"].shape[1]
     inpair = batch["ref_frame"] >= 0
     assert torch.equal(lat["ref_frame"][inpair], batch["ref_frame"][inpair] // 4)
     # a latent counts as masked for RV2AV if any of its pixels is
