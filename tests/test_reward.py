@@ -137,6 +137,18 @@ def test_the_paper_s_lirm_reads_latents_through_a_frozen_copy_and_lirefl_moves_i
     assert after > before
 
 
+def test_the_paper_s_lirm_scores_under_bf16_autocast():
+    """On a GPU LIReFL runs under bf16 autocast: the LatentLIRM's reward stays finite and near its fp32 value."""
+    import data
+    quick = quick_codec(data.WorldConfig())
+    judge = reward.LatentLIRM(tiny_mini()).requires_grad_(False)
+    video, ref = reward.latent_pool(quick, reward.reward_world(), 0, 7, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r16 = judge(video, ref)
+    r32 = judge(video, ref)
+    assert torch.isfinite(r16).all() and torch.allclose(r16.float(), r32, atol=0.05 + 0.05 * r32.abs().max().item())
+
+
 def test_the_latent_lirm_learns_identity_and_its_file_stands_alone(tmp_path):
     """Trained over a backbone's features, it ranks held-out people's own references first more often than chance,
     and its file rebuilds the same reward (backbone included) and refuses a damaged copy."""

@@ -57,3 +57,19 @@ def test_an_encoder_of_other_sizes_is_refused_in_one_line(tmp_path):
         text.load_text_encoder(path, TINY, TINY_WORLD.tokenizer)
     with pytest.raises(checkpoint.CheckpointError, match="not a text encoder"):
         text.load_text_encoder(str(tmp_path / "run"), TINY, TINY_WORLD.tokenizer)
+
+
+def test_a_frozen_pretrained_encoder_runs_under_bf16(tmp_path):
+    """The GPU regime rehearsed: with --precision bf16 the frozen encoder is held in bf16 (like LoRA's frozen base);
+    the run trains to finite losses and keeps the pretrained weights up to bf16 rounding."""
+    encoder, accuracy = text.pretrain_text_encoder(TINY, TINY_WORLD, steps=2, batch=4, pool=8, log=lambda *_: None)
+    path = str(tmp_path / "text_encoder.pt")
+    text.save_text_encoder(encoder, path, TINY_WORLD.tokenizer, accuracy)
+    tc = train.TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, log_every=1, progress_every=0,
+                           text_init=path, freeze_text=True, precision="bf16", interleave_audio=0)
+    train.train(tc, TINY_OVERRIDES, TINY_WORLD_OVERRIDES)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "log.jsonl")]
+    assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
+    saved = checkpoint.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["model"]["prompt.text_encoder.embed.weight"]
+    assert saved.dtype == torch.bfloat16
+    assert torch.allclose(saved.float(), encoder.embed.weight, rtol=1e-2, atol=1e-3)
