@@ -160,10 +160,11 @@ def load_text_encoder(path: str, cfg, tokenizer: str) -> dict:
     import checkpoint
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        assert ckpt.get("kind") == "text_encoder"
-    except Exception as e:  # a truncated file, another kind of checkpoint: one line, not a traceback
-        raise checkpoint.CheckpointError(f"--text_init {path}: not a text encoder written by text.py "
-                                         f"({type(e).__name__})") from None
+    except Exception as e:  # a missing or truncated file: one line, not a traceback
+        ckpt = {"kind": type(e).__name__}
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "text_encoder":  # or another kind of checkpoint
+        what = ckpt.get("kind", "another kind of file") if isinstance(ckpt, dict) else "another kind of file"
+        raise checkpoint.CheckpointError(f"--text_init {path}: not a text encoder written by text.py ({what})")
     checkpoint.verify_checksums(ckpt, path)
     want = dict(vocab=cfg.text_vocab, dim=cfg.text_dim, layers=cfg.text_layers, heads=cfg.text_heads)
     if ckpt["sizes"] != want or ckpt["tokenizer"] != tokenizer:
@@ -172,14 +173,19 @@ def load_text_encoder(path: str, cfg, tokenizer: str) -> dict:
     return ckpt["model"]
 
 
-def load_or_pretrain(path: str, cfg, world, log=print) -> dict:
-    """The encoder cached at `path` (checked to fit), or one pretrained on `world`'s captions and saved there."""
+def caption_world(world):
+    """The captions an encoder is pretrained on: the whole world's (1-3 people), whatever scene a run reads."""
+    import dataclasses
+    return dataclasses.replace(world, scene="mixed", min_subjects=1, max_subjects=3)
+
+
+def ensure_pretrained(path: str, cfg, world, log=print):
+    """Pretrain an encoder on `world`'s captions and save it at `path`, unless one is cached there already."""
     if not os.path.exists(path):
         log(f"pretraining the toy text encoder on captions alone (masked tokens), cached at {path}")
-        encoder, accuracy = pretrain_text_encoder(cfg, world, log=log)
+        encoder, accuracy = pretrain_text_encoder(cfg, caption_world(world), log=log)
         log(f"held-out masked-token accuracy {accuracy:.3f}")
         save_text_encoder(encoder, path, world.tokenizer, accuracy)
-    return load_text_encoder(path, cfg, world.tokenizer)
 
 
 def main():
@@ -193,7 +199,7 @@ def main():
     args = parser.parse_args()
     if args.steps < 1:
         parser.exit(2, f"error: --steps must be at least 1, got {args.steps}\n")
-    cfg, world = build.PRESETS[args.config], data.WorldConfig(scene="mixed")
+    cfg, world = build.PRESETS[args.config], caption_world(data.WorldConfig())
     encoder, accuracy = pretrain_text_encoder(cfg, world, steps=args.steps)
     save_text_encoder(encoder, args.out, world.tokenizer, accuracy)
     print(f"held-out masked-token accuracy {accuracy:.3f}; wrote {args.out}")

@@ -73,7 +73,7 @@ class TrainConfig:
     data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
     codec: str = "out/codec.pt"        # a latent model (--config mini) on the toy world reads it through this codec
     text_init: str = ""                # a fresh run's toy text encoder starts from this file, pretrained on captions
-                                       # alone (text.py, like umT5); made there first (~3 minutes) if missing
+                                       # alone (text.py, like umT5); made there first (~4 minutes) if missing
     freeze_text: bool = False          # the toy text encoder does not train (Ovi never trains umT5)
                                        # (codec.py): loaded from the file, or trained there first (~2.5 minutes)
     max_steps: int = 100000            # optimizer steps (joint and audio-only alike)
@@ -435,8 +435,7 @@ def build_model(mcfg, tc: TrainConfig, world: int, device) -> model_lib.TwinTowe
 def load_text_init(net, tc: TrainConfig, mcfg, wcfg, rank: int, world: int):
     """--text_init: the toy text encoder pretrained on the world's captions (text.py), made by rank 0 if missing."""
     if rank == 0:
-        text_lib.load_or_pretrain(tc.text_init, mcfg, dataclasses.replace(wcfg, scene="mixed", min_subjects=1,
-                                                                            max_subjects=3))
+        text_lib.ensure_pretrained(tc.text_init, mcfg, wcfg)
     if world > 1:
         dist.barrier()
     state = text_lib.load_text_encoder(tc.text_init, mcfg, wcfg.tokenizer)
