@@ -12,6 +12,9 @@
                                           interval) per metric on the same cases, and the model's fraction of the
                                           way from floor to ceiling; --ground_truth: floor and ceiling only;
                                           last line JSON, one key per subset/metric
+    python bench.py --curve out/mini --subsets single      the learning curve: the toy benchmark at every
+                                          ckpt_minute{M}.pt a run kept (train.py --keep_snapshots true), as
+                                          fractions of the way, plotted in out/mini/curve.png (and curve.json)
     python bench.py --validate_metrics --cases 8    the metrics' check: the world's clips vs corrupted ones
     python bench.py --ablate omni-customizer   a paper's ablation table in miniature (ablations.py): every row
                                           trained with 3 seeds, scored, and each claim's verdict computed from
@@ -30,8 +33,11 @@ a device missing from PEAK_FLOPS shows MFU as unknown rather than a guess.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
+import os
+import re
 import resource
 import statistics
 import time
@@ -46,6 +52,7 @@ import codec as codec_lib
 import data
 import metrics
 import precision as precision_lib
+import progress as progress_lib
 import sample as sample_lib
 import train
 from cli import OneLineParser, out_dir_problems
@@ -218,6 +225,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda", help="--gpu_check: cuda (default), or cpu to rehearse the checks")
     parser.add_argument("--quality", action="store_true", help="run the toy benchmark instead of the speed one")
     parser.add_argument("--ckpt", help="--quality: the checkpoint to benchmark")
+    parser.add_argument("--curve", metavar="RUN_DIR",
+                        help="score every ckpt_minute{M}.pt snapshot in RUN_DIR (train.py --keep_snapshots true): "
+                             "the run's learning curve, printed and plotted in RUN_DIR/curve.png")
     parser.add_argument("--ground_truth", action="store_true",
                         help="--quality: score only the world's own clips and noise (no checkpoint)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="--quality: comma-separated subsets to score")
@@ -256,6 +266,8 @@ def flag_problems(args) -> list[str]:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"--{name} scales training steps: a positive number, got {value}")
+    if args.curve and not snapshot_files(args.curve):
+        problems.append(f"--curve {args.curve} holds no ckpt_minute{{M}}.pt snapshots: train with --keep_snapshots true")
     if args.quality and not (args.ckpt or args.ground_truth):
         problems.append("--quality needs --ckpt (or --ground_truth for the world's own scores)")
     if not set(args.subsets.split(",")) <= set(SUBSETS + (MOTION,)):
@@ -282,6 +294,8 @@ def main():
                                       args.device.startswith("cuda")))
     if args.validate_metrics:
         return validate_main(args)
+    if args.curve:
+        return curve_main(args)
     if args.quality or args.ablate:
         return quality_main(args)
     return speed_main(args)
@@ -459,13 +473,9 @@ def quality_main(args):
             world, net, title = data.WorldConfig(), None, "ground truth and noise only"
         else:
             try:
-                ckpt = checkpoint.load_checkpoint(args.ckpt, need=("world_config",))
-                net = checkpoint.model_from_checkpoint(args.ckpt, device=device)  # the EMA weights
-                world = checkpoint.world_from_checkpoint(ckpt, args.ckpt)  # the world it was trained on
-                codec = checkpoint.codec_from_checkpoint(ckpt, args.ckpt)  # mini-Ovi: samples are latents
+                ckpt, net, world, codec, shift = load_for_quality(args.ckpt, device)
             except checkpoint.CheckpointError as e:
                 raise SystemExit(f"error: {e}") from None
-            shift = sample_lib.trained_shift(ckpt)             # sample at the noise levels it trained at
             title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"
         guidance = sample_lib.Guidance(mode=args.guidance)  # one guidance for every model compared: fair rows
         subsets = args.subsets.split(",")
@@ -474,6 +484,50 @@ def quality_main(args):
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))
+
+
+def load_for_quality(path: str, device):
+    """A checkpoint as the benchmark samples it: (checkpoint, EMA model, its world, its codec or None, its shift)."""
+    ckpt = checkpoint.load_checkpoint(path, need=("world_config",))
+    net = checkpoint.model_from_checkpoint(path, device=device)   # the EMA weights
+    world = checkpoint.world_from_checkpoint(ckpt, path)          # the world it was trained on
+    codec = checkpoint.codec_from_checkpoint(ckpt, path)          # mini-Ovi: samples are latents
+    return ckpt, net, world, codec, sample_lib.trained_shift(ckpt)  # sample at the noise levels it trained at
+
+
+def snapshot_files(run_dir: str) -> list[tuple[float, str]]:
+    """(minute, path) of every ckpt_minute{M}.pt a run kept, in time order."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "ckpt_minute*.pt")):
+        minute = re.fullmatch(r"ckpt_minute([0-9]+(?:\.[0-9]+)?)\.pt", os.path.basename(path))
+        if minute:
+            found.append((float(minute.group(1)), path))
+    return sorted(found)
+
+
+def curve_main(args):
+    """--curve: the toy benchmark at each snapshot of one run (same cases, same sampling noise), each metric's
+    fraction of the way from noise to truth against the minute it was kept; curve.json and curve.png."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    guidance, subsets, points = sample_lib.Guidance(mode=args.guidance), args.subsets.split(","), []
+    for minute, path in snapshot_files(args.curve):
+        try:
+            ckpt, net, world, codec, shift = load_for_quality(path, device)
+        except checkpoint.CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
+        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
+                         subsets=subsets, shift=shift, codec=codec)
+        flat = print_quality(scores, f"minute {minute:g}: {path} (step {ckpt['step']})")
+        points.append(dict(minute=minute, step=ckpt["step"], **flat))
+    with open(os.path.join(args.curve, "curve.json"), "w") as f:
+        json.dump(points, f)
+    for subset in subsets:  # one plot per subset; the first is curve.png
+        name = "curve.png" if subset == subsets[0] else f"curve_{subset}.png"
+        progress_lib.plot_curve(points, subset, CURVE_METRICS, os.path.join(args.curve, name))
+    print(f"wrote {os.path.join(args.curve, 'curve.json')} and the plot(s) beside it")
+
+
+CURVE_METRICS = ("face_sim", "t_sim", "sync_c", "per", "sharpness", "text_follow", "confusion")  # the README's
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ class WorldConfig:
     tokenizer: str = "pairs"      # caption tokens (caption.py): pairs (letter pairs, half the tokens) | chars
     nicknames: bool = False       # each descriptor adds "called <a word of language A>": a caption built to tempt
                                   # caption vocalization (the ablation tables' MTP-CA probe); pictures, sound unchanged
+    timing_spread: float = 1.0    # how much speech timing varies, as a multiple of the world's spreads: speaking
+                                  # rate 1 +- 0.15, a clip's first line starting 0.05-0.2 s in (0.05-0.25 alone),
+                                  # 0.08-0.2 s between lines; 0 = rate 1, first line at 0.05 s, 0.08 s between
+                                  # lines, so when each phoneme sounds follows from the script alone (issue 24's
+                                  # alignment experiment; docs/experiments.md)
 
     @property
     def frames(self) -> int:
@@ -129,6 +134,8 @@ def world_problems(cfg: WorldConfig) -> list[str]:
                  "camera_pan"):
         if not 0 <= getattr(cfg, name) <= 1:
             problems.append(f"--{name} is a probability, in [0, 1]; got {getattr(cfg, name)}")
+    if not 0 <= cfg.timing_spread <= 3:  # past 3 a speaking rate could reach zero or below (1 - 0.15 x 6.7)
+        problems.append(f"--timing_spread scales the world's speech-timing spreads, in [0, 3]; got {cfg.timing_spread}")
     if cfg.scene not in SCENES:
         problems.append(f"--scene must be one of {', '.join(SCENES)}, got {cfg.scene!r}")
     if cfg.tokenizer not in VOCABS:
@@ -491,9 +498,10 @@ def speak_script(rng, cfg: WorldConfig, roles, idents, room, language):
     voiced = [k for k, r in enumerate(roles) if r != "silent"]
     n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))  # one turn each, or 1-2 lines alone
     order = [voiced[i % len(voiced)] for i in range(n_lines)]                # speakers take turns
-    rates = [rng.uniform(0.85, 1.15) for _ in roles]          # each subject's speaking rate
+    spread = cfg.timing_spread  # 1: the world's timing; 0: fixed (the same draws, so the stream stays aligned)
+    rates = [rng.uniform(1 - 0.15 * spread, 1 + 0.15 * spread) for _ in roles]  # each subject's speaking rate
     budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12  # seconds of speech per line, leaving pauses
-    segments, lines, t = [], [], rng.uniform(0.05, 0.2)
+    segments, lines, t = [], [], rng.uniform(0.05, 0.05 + 0.15 * spread)
     for who in order:
         text = speech.make_words(rng, language, budget / rates[who])
         seg, end = speech.schedule_line(text, who, t, rates[who])
@@ -501,7 +509,7 @@ def speak_script(rng, cfg: WorldConfig, roles, idents, room, language):
             break
         segments += seg
         lines.append((who, text, t, end))
-        t = end + rng.uniform(0.08, 0.2)
+        t = end + rng.uniform(0.08, 0.08 + 0.12 * spread)
     wav, mouth_energy = speech.synthesize(segments, idents, cfg.samples, cfg, rng, ambient=room)
     return wav, mouth_energy, lines, rates
 
@@ -606,8 +614,8 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     """One sample of the audio-only corpus (speaker + utterance, no video; Omni-Customizer 4.3)."""
     ident = Identity.sample(rng)
     language = "B" if rng.random() < cfg.lang_b_audio_only else "A"
-    rate = rng.uniform(0.85, 1.15)
-    start = rng.uniform(0.05, 0.25)
+    rate = rng.uniform(1 - 0.15 * cfg.timing_spread, 1 + 0.15 * cfg.timing_spread)  # as in speak_script
+    start = rng.uniform(0.05, 0.05 + 0.2 * cfg.timing_spread)
     text = speech.make_words(rng, language, (cfg.clip_seconds - start - 0.2) / rate)
     seg, _ = speech.schedule_line(text, 0, start, rate)
     wav, energy = speech.synthesize(seg, [ident], cfg.samples, cfg, rng)

@@ -195,6 +195,45 @@ def plot_losses(log_path: str, png_path: str, size=(720, 400)):
     img.save(png_path)
 
 
+CURVE_COLOURS = ("blue", "red", "green", "black", "orange", "purple", "brown", "teal")
+
+
+def plot_curve(points: list[dict], subset: str, metric_names, png_path: str, size=(720, 400)):
+    """A learning curve (bench.py --curve): minutes on x, each metric's fraction of the way from noise (0) to
+    truth (1) on y, one line per metric with a fraction; values beyond [-0.5, 1.5] drawn at the edge."""
+    from PIL import Image, ImageDraw
+    keys = [m for m in metric_names if all(math.isfinite(p.get(f"{subset}/{m}_fraction", math.nan)) for p in points)]
+    if len(points) < 2 or not keys:  # a line needs two points
+        return
+    W, H = size
+    left, right, top, bottom = 56, 150, 24, 48
+    lo, hi = -0.5, 1.5
+    minutes = [p["minute"] for p in points]
+    x_of = lambda m: left + (m - minutes[0]) / max(1e-9, minutes[-1] - minutes[0]) * (W - left - right)  # noqa: E731
+    y_of = lambda f: H - bottom - (min(hi, max(lo, f)) - lo) / (hi - lo) * (H - top - bottom)           # noqa: E731
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([left, top, W - right, H - bottom], outline="grey")
+    for m in nice_ticks(minutes[0], minutes[-1]):                                 # x axis: minutes of training
+        draw.line([(x_of(m), H - bottom), (x_of(m), H - bottom + 4)], fill="black")
+        draw.text((x_of(m) - 8, H - bottom + 6), f"{m:g}", fill="black")
+    draw.text(((W - right) // 2 - 20, H - 18), "minutes of training", fill="black")
+    for f in (-0.5, 0.0, 0.5, 1.0, 1.5):                                           # y axis: fraction of the way
+        draw.line([(left + 1, y_of(f)), (W - right - 1, y_of(f))], fill=(200, 200, 200) if f in (0, 1) else (235, 235, 235))
+        draw.text((4, y_of(f) - 6), {0.0: "noise", 1.0: "truth"}.get(f, f"{f:g}"), fill="black")
+    for key, colour in zip(keys, CURVE_COLOURS):
+        xy = [(x_of(p["minute"]), y_of(p[f"{subset}/{key}_fraction"])) for p in points]
+        draw.line(xy, fill=colour, width=2)
+        for x, y in xy:  # a dot per snapshot: the line between two is not a measurement
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    for i, (key, colour) in enumerate(zip(keys, CURVE_COLOURS)):                  # legend, right of the plot
+        y = top + 8 + 14 * i
+        draw.line([(W - right + 10, y + 6), (W - right + 30, y + 6)], fill=colour, width=3)
+        draw.text((W - right + 36, y), key, fill="black")
+    draw.text((left, 6), f"{subset} cases: fraction of the way from noise to truth", fill="black")
+    img.save(png_path)
+
+
 # ------------------------------------------------------------------------------------------------
 # train.py's log: log.jsonl records from device-side windows, the progress strip's timing, the bar
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import dataclasses
 Run: .venv/bin/python -m pytest tests/test_data.py -q
 """
 import numpy as np
+import pytest
 import torch
 
 import data
@@ -117,3 +118,17 @@ def test_collate_pads_with_masks():
     assert batch["text_mask"].sum(1).tolist() == [len(s) for s in (clip(0, scene="single")["text_ids"],
                                                                      clip(1, scene="dialogue")["text_ids"])]
     assert batch["ref_images"].shape[:2] == (2, 2) and batch["ref_images"][0, 1].abs().sum() == 0
+
+
+def test_timing_spread_zero_makes_when_each_phoneme_sounds_follow_from_the_script():
+    starts, fixed = [], []
+    for i in range(6):
+        starts.append(clip(i, scene="single")["line_times"][0][1])
+        c = clip(i, scene="single", timing_spread=0.0)
+        fixed.append(c["line_times"][0][1])
+        text = c["caption"].split("<S>")[1].split("<E>")[0].strip()   # the first line's words
+        _, length = speech.schedule_line(text, 0, 0.0, 1.0)          # at rate 1 from time 0
+        assert c["line_times"][0][2] - c["line_times"][0][1] == pytest.approx(length)
+    assert fixed == [0.05] * 6                                        # every first line at 0.05 s
+    assert len(set(starts)) == 6 and all(0.05 <= s <= 0.2 for s in starts)   # the world's own: jittered
+    assert data.world_problems(WorldConfig(timing_spread=4.0))       # a rate could reach zero: refused

@@ -39,3 +39,35 @@ def test_ticks_are_round_numbers_covering_the_range():
 def test_log_axis_ticks_are_round_losses_inside_the_range():
     assert progress.log_ticks(-0.9, 0.5) == [0.2, 0.5, 1, 2]      # loss 0.126 .. 3.16
     assert len(progress.log_ticks(-0.2, 0.1)) >= 3                   # a narrow range falls back to every digit
+
+
+def test_the_learning_curve_draws_each_fraction_between_the_noise_and_truth_lines(tmp_path):
+    points = [{"minute": m, "single/face_sim_fraction": 1.0, "single/per_fraction": 0.0} for m in (1, 2, 3)]
+    progress.plot_curve(points, "single", ("face_sim", "per", "sync_c"), str(tmp_path / "c.png"))
+    img = Image.open(tmp_path / "c.png").convert("RGB")
+    column = [img.getpixel((313, y)) for y in range(img.height)]   # the middle of the plot's x range
+    # y = 352 - (f + 0.5) / 2 x 328: truth (1.0) at 106, noise (0.0) at 270; a metric without fractions is left out
+    assert (0, 0, 255) in column[104:109] and (255, 0, 0) in column[268:273]
+    assert (0, 128, 0) not in column
+
+
+def test_bench_curve_scores_every_snapshot_in_time_order(tmp_path, monkeypatch, capsys):
+    import shutil
+    import sys
+
+    import bench
+    tiny_run(tmp_path, 0)
+    for minute in ("10.0", "2.5"):   # 10 sorts after 2.5 by minute, not by name
+        shutil.copy(tmp_path / "ckpt.pt", tmp_path / f"ckpt_minute{minute}.pt")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--curve", str(tmp_path), "--cases", "1", "--sample_steps", "2",
+                                      "--subsets", "single"])
+    bench.main()
+    import json
+    points = json.load(open(tmp_path / "curve.json"))
+    assert [p["minute"] for p in points] == [2.5, 10.0] and all("single/face_sim_fraction" in p for p in points)
+    assert points[0]["single/face_sim"] == points[1]["single/face_sim"]  # same weights, cases and noise: same score
+    assert os.path.exists(tmp_path / "curve.png")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--curve", str(tmp_path / "none")])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "holds no ckpt_minute{M}.pt snapshots" in capsys.readouterr().err
