@@ -52,6 +52,7 @@ import codec as codec_lib
 import data
 import metrics
 import precision as precision_lib
+import probes
 import progress as progress_lib
 import sample as sample_lib
 import train
@@ -482,6 +483,8 @@ def quality_main(args):
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
                          subsets=subsets, shift=shift, codec=codec)
         flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
+        if net is not None:
+            flat.update(print_script_reading(net, world, args.cases, codec, device))
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))
 
@@ -493,6 +496,15 @@ def load_for_quality(path: str, device):
     world = checkpoint.world_from_checkpoint(ckpt, path)          # the world it was trained on
     codec = checkpoint.codec_from_checkpoint(ckpt, path)          # mini-Ovi: samples are latents
     return ckpt, net, world, codec, sample_lib.trained_shift(ckpt)  # sample at the noise levels it trained at
+
+
+def print_script_reading(net, world, cases: int, codec, device) -> dict:
+    """One line under the table: how the audio tower reads the caption's lines while it says them
+    (probes.script_reading on the held-out single cases; attention only, no sampling)."""
+    reading = probes.script_reading(net, world, cases, codec, device)
+    print(f"the audio tower reading its lines: {reading['read_mass']:.3f} of its text attention on the line's words "
+          f"(uniform: {reading['read_uniform']:.3f}), in order {reading['read_order']:.2f} (1: word after word)")
+    return {f"single/{name}": value for name, value in reading.items()}
 
 
 def snapshot_files(run_dir: str) -> list[tuple[float, str]]:
@@ -518,6 +530,7 @@ def curve_main(args):
         scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
                          subsets=subsets, shift=shift, codec=codec)
         flat = print_quality(scores, f"minute {minute:g}: {path} (step {ckpt['step']})")
+        flat.update(print_script_reading(net, world, args.cases, codec, device))
         points.append(dict(minute=minute, step=ckpt["step"], **flat))
     with open(os.path.join(args.curve, "curve.json"), "w") as f:
         json.dump(points, f)

@@ -22,6 +22,11 @@ them under each table). Each is measured on the same held-out cases the claims a
                     Omni-Customizer).
   reward            DreamVideo-Omni's LIRM reward of the sample against its reference (a probability), next to
                     Face-Sim and sharpness: a reward that climbs while they do not is reward hacking.
+  read_*            the audio tower reading its script (bench.py --quality prints it under every table): while a
+                    line is spoken, read_mass is the share of the tower's text attention on that line's words,
+                    read_uniform what uniform attention would put there, read_order the correlation of time with
+                    the position read inside the line (1: word after word, as a TTS model aligned to its script).
+                    It tells a model that has not yet learned where it is in its lines from one that has (PER).
 
 The attention probes read the model at three noise levels of the case's own latents (one forward each, no
 sampling); the others read the sampled clips bench.quality scores.
@@ -92,13 +97,14 @@ def lirm_reward(lirm, video: torch.Tensor, case: dict) -> float:
 
 
 @contextlib.contextmanager
-def recording_attention(net, record: list):
-    """Inside the block, every video block's self-attention and text attention appends (kind, q, k, key_mask)
+def recording_attention(net, record: list, tower: str = "video"):
+    """Inside the block, every `tower` block's self-attention and text attention appends (kind, q, k, key_mask)
     to `record` (kind "self" or "text"); the fusion keys of the same cross sublayer are not recorded."""
     patched = []
     for layer in net.layers:
-        for kind, module in (("self", getattr(layer.video, "self_attn", None)),
-                             ("text", getattr(layer.video, "cross_attn", None))):
+        block = getattr(layer, tower)
+        for kind, module in (("self", getattr(block, "self_attn", None)),
+                             ("text", getattr(block, "cross_attn", None))):
             if module is None:
                 continue
             original = module.attend
@@ -202,3 +208,57 @@ def attention_binding(net, world: data.WorldConfig, cases: int, codec=None, devi
                 values[name].append(v)
     return {name: float(np.nanmean(v)) if v and not all(math.isnan(x) for x in v) else float("nan")
             for name, v in values.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The audio tower reading its script (issue 24: why the words do not come)
+# ------------------------------------------------------------------------------------------------
+
+
+def line_reading(probs: torch.Tensor, rows: torch.Tensor, span: tuple, n_keys: int) -> tuple[float, float, float]:
+    """For the audio tokens `rows` (in time order) said during one line and the line's caption tokens `span`
+    ([<S>, <E>] inclusive) among `n_keys` unmasked caption tokens: (mass on the line's words, the mass they
+    would get if attention were uniform, the
+    correlation of time with the attention-weighted position read within the line). A TTS model aligned to its
+    script reads the line's words in order: mass well above uniform, correlation near 1."""
+    words = torch.arange(span[0] + 1, span[1] - 1)                                # the tokens between <S> and <E>
+    if len(rows) < 3 or len(words) < 2:
+        return float("nan"), float("nan"), float("nan")
+    on_line = probs[rows][:, words]                                               # (q, words)
+    mass = on_line.sum(-1).mean().item()
+    uniform = len(words) / n_keys
+    where = (on_line / on_line.sum(-1, keepdim=True).clamp_min(1e-12)) @ torch.arange(len(words)).float()  # (q,)
+    order = torch.corrcoef(torch.stack([torch.arange(len(rows)).float(), where]))[0, 1].item()
+    return mass, uniform, order
+
+
+def script_reading(net, world: data.WorldConfig, cases: int, codec=None, device="cpu", seed: int = 0,
+                   subset: str = "single") -> dict:
+    """The audio tower's text attention while each line is spoken, over held-out `subset` cases at the probe's
+    noise levels, averaged over layers, lines, levels and cases: read_mass (on the line's own words),
+    read_uniform (what uniform attention would give) and read_order (see line_reading)."""
+    values = {"read_mass": [], "read_uniform": [], "read_order": []}
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(cases):
+        case = data.held_out_case(world, subset, i)
+        batch = data.collate([case])
+        model_in = codec.encode_batch(batch) if codec is not None else batch     # mini-Ovi reads latents
+        cond = Conditioning.from_batch(model_in).to(device)
+        video, audio = model_in["video"].to(device), model_in["audio"].to(device)
+        n_audio = audio.shape[1] // net.cfg.audio_patch                           # content tokens, in time order
+        per_second = n_audio / world.clip_seconds
+        for t in PROBE_T:
+            noise_v, noise_a = (torch.randn(x.shape, generator=gen).to(device) for x in (video, audio))
+            record = []
+            with torch.no_grad(), recording_attention(net, record, tower="audio"):
+                net((1 - t) * video + t * noise_v, (1 - t) * audio + t * noise_a, torch.full((1,), t, device=device), cond)
+            for kind, q, k, key_mask in record:
+                if kind != "text":
+                    continue
+                probs = attention_probs(q, k, key_mask)                           # (S_q, S_k)
+                n_keys = k.shape[2] if key_mask is None else int(key_mask[0].sum())
+                for (_, start, end), span in zip(case["line_times"], case["speech_spans"].tolist()):
+                    rows = torch.arange(math.ceil(start * per_second), min(n_audio, math.floor(end * per_second)))
+                    for name, v in zip(values, line_reading(probs, rows, span, n_keys)):
+                        values[name].append(v)
+    return {name: float(np.nanmean(v)) if v else float("nan") for name, v in values.items()}

@@ -96,3 +96,24 @@ def test_per_b_reads_language_b_cases_only():
     out = probes.clip_probes(case, case["video"], case["audio"], dict(per=0.25), world)
     assert (out["per_b"] == 0.25) if case["language"] == "B" else math.isnan(out["per_b"])
     assert 0 < out["copy"] <= 1 and "reward" not in out
+
+
+def test_line_reading_tells_a_script_read_in_order_from_one_ignored_or_read_backwards():
+    # 12 audio tokens say a line whose 4 words sit at caption tokens 11..14 (<S> at 10, <E> at 15) of 20 keys
+    rows, span, keys = torch.arange(12), (10, 16), 20
+    in_order = torch.zeros(12, keys)
+    in_order[torch.arange(12), 11 + torch.arange(12) // 3] = 1.0                  # 3 audio tokens per word
+    mass, uniform, order = probes.line_reading(in_order, rows, span, keys)
+    assert mass == 1.0 and uniform == 4 / 20 and order > 0.9
+    assert probes.line_reading(in_order.flip(0), rows, span, keys)[2] < -0.9          # words said back to front
+    ignored = torch.full((12, keys), 1 / keys)
+    ignored[:, 11:15] += 1e-3 * torch.arange(4)                                 # a hair of order, no preference
+    mass, uniform, _ = probes.line_reading(ignored / ignored.sum(-1, keepdim=True), rows, span, keys)
+    assert abs(mass - uniform) < 0.01
+
+
+def test_script_reading_records_the_audio_tower_and_restores_it():
+    net = perturbed(TwinTower(dataclasses.replace(TINY, ocf=False, mtp_ca=False)).eval())
+    out = probes.script_reading(net, TINY_WORLD, cases=2)
+    assert 0 < out["read_uniform"] < 1 and 0 <= out["read_mass"] <= 1 and -1 <= out["read_order"] <= 1, out
+    assert not any("attend" in vars(m) for m in net.modules())
