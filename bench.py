@@ -104,16 +104,19 @@ def peak_memory_mb(device) -> float:
 
 
 def bench_train_step(cfg, batch, device, steps, warmup, backend="sdpa", compile_layers=False, precision="",
-                     towers="both"):
+                     towers="both", freeze_text=False):
     """Median seconds of one full training step (forward, backward, AdamW) of a fresh model, under --precision
     `precision` ("": the device's default, so bf16 on CUDA and fp32 on the CPU, as in training). towers:
-    both (a joint step), video or audio (that tower alone, as in unimodal pretraining)."""
+    both (a joint step), video or audio (that tower alone, as in unimodal pretraining). freeze_text: the toy
+    text encoder gets no gradient and no optimizer state (train.py --freeze_text true)."""
     torch.manual_seed(0)
     net = build.build_model(cfg).to(device)
     if compile_layers:
         for layer in net.layers:
             layer.compile()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    if freeze_text and cfg.text_layers > 0:
+        net.prompt.text_encoder.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     tc = train.TrainConfig()  # train.py's defaults: flow matching on both towers, logit-normal t
     regime = precision_lib.resolve(precision, device)
     attention.BACKEND = backend  # every attention of the project (model and prompt side) switches
@@ -373,6 +376,10 @@ def bench_training(args, cfg, world, device, variants, codec=None) -> dict:
     for towers in ("video", "audio"):  # unimodal pretraining's steps, each tower alone (recipes.py's ovi)
         sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, towers=towers)
         out[f"{towers}_tower_alone"] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec)
+    if cfg.text_layers > 0:  # the same three steps with the toy's umT5 frozen (the README's main job)
+        for towers, name in (("both", "joint"), ("video", "video_tower_alone"), ("audio", "audio_tower_alone")):
+            sec = bench_train_step(cfg, batch, device, args.steps, args.warmup, towers=towers, freeze_text=True)
+            out[f"{name}_frozen_text"] = dict(ms_per_step=1000 * sec, samples_per_s=args.batch_size / sec)
     out["train_flops_per_sample"] = flops
     out["peak_memory_mb"] = peak_memory_mb(device)  # after every variant: the largest of them
     return out
@@ -430,6 +437,11 @@ def print_speed(results: dict, args, variants):
     for towers in ("video", "audio"):
         r = results[f"{towers}_tower_alone"]
         print(f"train {towers} tower alone {r['ms_per_step']:6.1f} ms/step  {r['samples_per_s']:7.2f} samples/s")
+    for name in ("joint", "video_tower_alone", "audio_tower_alone"):
+        if f"{name}_frozen_text" in results:
+            r = results[f"{name}_frozen_text"]
+            print(f"train {name.replace('_', ' ')}, text encoder frozen {r['ms_per_step']:6.1f} ms/step  "
+                  f"{r['samples_per_s']:7.2f} samples/s")
     if "codec_encode_ms" in results:
         print(f"codec encode         {results['codec_encode_ms']:8.1f} ms/batch")
     print(f"math / sdpa          {results['math_over_sdpa']:.2f}x step time")
