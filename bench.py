@@ -480,23 +480,11 @@ def quality_main(args):
                                     device, base_budget=args.base_budget, base_ckpt=args.base_ckpt)
         except checkpoint.CheckpointError as e:  # a run folder from another plan, or a damaged checkpoint
             raise SystemExit(f"error: {e}") from None
+    elif args.ground_truth:  # no model: the floor and the ceiling alone
+        scores = quality(None, data.WorldConfig(), args.cases, subsets=args.subsets.split(","))
+        flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: ground truth and noise only")
     else:
-        shift, codec = 3.0, None  # read only when a model samples; a checkpoint replaces them with its own
-        if args.ground_truth:
-            world, net, title = data.WorldConfig(), None, "ground truth and noise only"
-        else:
-            try:
-                ckpt, net, world, codec, shift = load_for_quality(args.ckpt, device)
-            except checkpoint.CheckpointError as e:
-                raise SystemExit(f"error: {e}") from None
-            title = f"{args.ckpt} (step {ckpt['step']}, {args.sample_steps} sampling steps, shift {shift:g}, {args.guidance} guidance)"
-        guidance = sample_lib.Guidance(mode=args.guidance)  # one guidance for every model compared: fair rows
-        subsets = args.subsets.split(",")
-        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
-                         subsets=subsets, shift=shift, codec=codec)
-        flat = print_quality(scores, f"toy benchmark, {args.cases} cases per subset: {title}")
-        if net is not None:
-            flat.update(print_script_reading(net, world, args.cases, codec, device))
+        _, flat = score_checkpoint(args.ckpt, args, device, f"toy benchmark, {args.cases} cases per subset: ")
     flat["seconds"] = time.time() - start
     print(json.dumps(flat))
 
@@ -508,6 +496,22 @@ def load_for_quality(path: str, device):
     world = checkpoint.world_from_checkpoint(ckpt, path)          # the world it was trained on
     codec = checkpoint.codec_from_checkpoint(ckpt, path)          # mini-Ovi: samples are latents
     return ckpt, net, world, codec, sample_lib.trained_shift(ckpt)  # sample at the noise levels it trained at
+
+
+def score_checkpoint(path: str, args, device, label: str) -> tuple[dict, dict]:
+    """--quality's table of one checkpoint (titled `label` + what was sampled how) and the script-reading line
+    under it: (the checkpoint, the JSON fields). A checkpoint that cannot be read stops with one line."""
+    try:
+        ckpt, net, world, codec, shift = load_for_quality(path, device)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    guidance = sample_lib.Guidance(mode=args.guidance)  # one guidance for every model compared: fair rows
+    scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
+                     subsets=args.subsets.split(","), shift=shift, codec=codec)
+    flat = print_quality(scores, f"{label}{path} (step {ckpt['step']}, {args.sample_steps} sampling steps, "
+                                 f"shift {shift:g}, {args.guidance} guidance)")
+    flat.update(print_script_reading(net, world, args.cases, codec, device))
+    return ckpt, flat
 
 
 def print_script_reading(net, world, cases: int, codec, device) -> dict:
@@ -533,19 +537,13 @@ def curve_main(args):
     """--curve: the toy benchmark at each snapshot of one run (same cases, same sampling noise), each metric's
     fraction of the way from noise to truth against the minute it was kept; curve.json and curve.png."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    guidance, subsets, points = sample_lib.Guidance(mode=args.guidance), args.subsets.split(","), []
+    points = []
     for minute, path in snapshot_files(args.curve):
-        try:
-            ckpt, net, world, codec, shift = load_for_quality(path, device)
-        except checkpoint.CheckpointError as e:
-            raise SystemExit(f"error: {e}") from None
-        scores = quality(net, world, args.cases, steps=args.sample_steps, guidance=guidance, device=device,
-                         subsets=subsets, shift=shift, codec=codec)
-        flat = print_quality(scores, f"minute {minute:g}: {path} (step {ckpt['step']})")
-        flat.update(print_script_reading(net, world, args.cases, codec, device))
+        ckpt, flat = score_checkpoint(path, args, device, f"minute {minute:g}: ")
         points.append(dict(minute=minute, step=ckpt["step"], **flat))
     with open(os.path.join(args.curve, "curve.json"), "w") as f:
         json.dump(points, f)
+    subsets = args.subsets.split(",")
     for subset in subsets:  # one plot per subset; the first is curve.png
         name = "curve.png" if subset == subsets[0] else f"curve_{subset}.png"
         progress_lib.plot_curve(points, subset, CURVE_METRICS, os.path.join(args.curve, name))

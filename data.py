@@ -492,6 +492,12 @@ def make_clip(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     return sample
 
 
+def speaking_rate(rng, cfg: WorldConfig) -> float:
+    """A speaker's rate, 1 +- 0.15 x --timing_spread (0: always 1; the draw is made either way, so the stream of
+    every later draw is the same in both worlds)."""
+    return rng.uniform(1 - 0.15 * cfg.timing_spread, 1 + 0.15 * cfg.timing_spread)
+
+
 def speak_script(rng, cfg: WorldConfig, roles, idents, room, language):
     """The script and its sound: dialogue turns among the voiced subjects, in time order, no overlap.
     Returns (wav, per-subject mouth energy, lines [(who, text, start, end)], speaking rates)."""
@@ -499,7 +505,7 @@ def speak_script(rng, cfg: WorldConfig, roles, idents, room, language):
     n_lines = len(voiced) if len(voiced) > 1 else int(rng.integers(1, 3))  # one turn each, or 1-2 lines alone
     order = [voiced[i % len(voiced)] for i in range(n_lines)]                # speakers take turns
     spread = cfg.timing_spread  # 1: the world's timing; 0: fixed (the same draws, so the stream stays aligned)
-    rates = [rng.uniform(1 - 0.15 * spread, 1 + 0.15 * spread) for _ in roles]  # each subject's speaking rate
+    rates = [speaking_rate(rng, cfg) for _ in roles]     # each subject's
     budget = (cfg.clip_seconds - 0.25) / n_lines - 0.12  # seconds of speech per line, leaving pauses
     segments, lines, t = [], [], rng.uniform(0.05, 0.05 + 0.15 * spread)
     for who in order:
@@ -614,8 +620,8 @@ def make_audio_only(rng: np.random.Generator, cfg: WorldConfig) -> dict:
     """One sample of the audio-only corpus (speaker + utterance, no video; Omni-Customizer 4.3)."""
     ident = Identity.sample(rng)
     language = "B" if rng.random() < cfg.lang_b_audio_only else "A"
-    rate = rng.uniform(1 - 0.15 * cfg.timing_spread, 1 + 0.15 * cfg.timing_spread)  # as in speak_script
-    start = rng.uniform(0.05, 0.05 + 0.2 * cfg.timing_spread)
+    rate = speaking_rate(rng, cfg)
+    start = rng.uniform(0.05, 0.05 + 0.2 * cfg.timing_spread)  # alone, a line may start a little later
     text = speech.make_words(rng, language, (cfg.clip_seconds - start - 0.2) / rate)
     seg, _ = speech.schedule_line(text, 0, start, rate)
     wav, energy = speech.synthesize(seg, [ident], cfg.samples, cfg, rng)

@@ -181,33 +181,47 @@ def binding_of_record(record: list, n_content: int, subjects: int, spans: list, 
             for name, v in values.items()}
 
 
-def attention_binding(net, world: data.WorldConfig, cases: int, codec=None, device="cpu", seed: int = 0,
-                      subset: str = "dialogue") -> dict:
-    """{bind_*: the mean over cases and noise levels} of the held-out `subset` cases (two or more people)."""
-    values = {name: [] for name in BINDING}
+def recorded_forwards(net, world: data.WorldConfig, subset: str, cases: int, codec=None, device="cpu", seed: int = 0,
+                      tower: str = "video", min_subjects: int = 1):
+    """Per held-out `subset` case with at least `min_subjects` people and per probe noise level: one forward of
+    the case's own clip noised to that level, recording `tower`'s attention. Yields (case, batch, model_in,
+    record): the world's case, its collated batch, what the model read (latents for mini-Ovi) and the record."""
     gen = torch.Generator().manual_seed(seed)
     for i in range(cases):
-        batch = data.collate([data.held_out_case(world, subset, i)])
+        case = data.held_out_case(world, subset, i)
+        batch = data.collate([case])
         model_in = codec.encode_batch(batch) if codec is not None else batch     # mini-Ovi reads latents
         cond = Conditioning.from_batch(model_in).to(device)
-        video, audio = model_in["video"].to(device), model_in["audio"].to(device)
-        grid = net.video_grid(video.shape)
-        K = cond.subjects
-        if K < 2:
+        if cond.subjects < min_subjects:  # skipped before any noise is drawn: the others' noise stays the same
             continue
-        spans = descriptor_spans(batch["text_ids"][0], K)
-        boxes = box_tokens(batch, grid)
+        video, audio = model_in["video"].to(device), model_in["audio"].to(device)
         for t in PROBE_T:
             noise_v = torch.randn(video.shape, generator=gen).to(device)
             noise_a = torch.randn(audio.shape, generator=gen).to(device)
             record = []
-            with torch.no_grad(), recording_attention(net, record):
+            with torch.no_grad(), recording_attention(net, record, tower):
                 tt = torch.full((1,), t, device=device)
                 net((1 - t) * video + t * noise_v, (1 - t) * audio + t * noise_a, tt, cond)
-            for name, v in binding_of_record(record, math.prod(grid), K, spans, boxes).items():
-                values[name].append(v)
+            yield case, batch, model_in, record
+
+
+def mean_values(values: dict) -> dict:
+    """{name: the mean of its values, NaNs left out (NaN when there is nothing else)}."""
     return {name: float(np.nanmean(v)) if v and not all(math.isnan(x) for x in v) else float("nan")
             for name, v in values.items()}
+
+
+def attention_binding(net, world: data.WorldConfig, cases: int, codec=None, device="cpu", seed: int = 0,
+                      subset: str = "dialogue") -> dict:
+    """{bind_*: the mean over cases and noise levels} of the held-out `subset` cases (two or more people)."""
+    values = {name: [] for name in BINDING}
+    for _, batch, model_in, record in recorded_forwards(net, world, subset, cases, codec, device, seed, min_subjects=2):
+        K = batch["ref_images"].shape[1]
+        grid = net.video_grid(model_in["video"].shape)
+        spans = descriptor_spans(batch["text_ids"][0], K)
+        for name, v in binding_of_record(record, math.prod(grid), K, spans, box_tokens(batch, grid)).items():
+            values[name].append(v)
+    return mean_values(values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,9 +232,9 @@ def attention_binding(net, world: data.WorldConfig, cases: int, codec=None, devi
 def line_reading(probs: torch.Tensor, rows: torch.Tensor, span: tuple, n_keys: int) -> tuple[float, float, float]:
     """For the audio tokens `rows` (in time order) said during one line and the line's caption tokens `span`
     ([<S>, <E>] inclusive) among `n_keys` unmasked caption tokens: (mass on the line's words, the mass they
-    would get if attention were uniform, the
-    correlation of time with the attention-weighted position read within the line). A TTS model aligned to its
-    script reads the line's words in order: mass well above uniform, correlation near 1."""
+    would get if attention were uniform, the correlation of time with the attention-weighted position read
+    within the line). A TTS model aligned to its script reads the line's words in order: mass well above
+    uniform, correlation near 1."""
     words = torch.arange(span[0] + 1, span[1] - 1)                                # the tokens between <S> and <E>
     if len(rows) < 3 or len(words) < 2:
         return float("nan"), float("nan"), float("nan")
@@ -238,27 +252,16 @@ def script_reading(net, world: data.WorldConfig, cases: int, codec=None, device=
     noise levels, averaged over layers, lines, levels and cases: read_mass (on the line's own words),
     read_uniform (what uniform attention would give) and read_order (see line_reading)."""
     values = {"read_mass": [], "read_uniform": [], "read_order": []}
-    gen = torch.Generator().manual_seed(seed)
-    for i in range(cases):
-        case = data.held_out_case(world, subset, i)
-        batch = data.collate([case])
-        model_in = codec.encode_batch(batch) if codec is not None else batch     # mini-Ovi reads latents
-        cond = Conditioning.from_batch(model_in).to(device)
-        video, audio = model_in["video"].to(device), model_in["audio"].to(device)
-        n_audio = audio.shape[1] // net.cfg.audio_patch                           # content tokens, in time order
+    for case, _, model_in, record in recorded_forwards(net, world, subset, cases, codec, device, seed, tower="audio"):
+        n_audio = model_in["audio"].shape[1] // net.cfg.audio_patch              # content tokens, in time order
         per_second = n_audio / world.clip_seconds
-        for t in PROBE_T:
-            noise_v, noise_a = (torch.randn(x.shape, generator=gen).to(device) for x in (video, audio))
-            record = []
-            with torch.no_grad(), recording_attention(net, record, tower="audio"):
-                net((1 - t) * video + t * noise_v, (1 - t) * audio + t * noise_a, torch.full((1,), t, device=device), cond)
-            for kind, q, k, key_mask in record:
-                if kind != "text":
-                    continue
-                probs = attention_probs(q, k, key_mask)                           # (S_q, S_k)
-                n_keys = k.shape[2] if key_mask is None else int(key_mask[0].sum())
-                for (_, start, end), span in zip(case["line_times"], case["speech_spans"].tolist()):
-                    rows = torch.arange(math.ceil(start * per_second), min(n_audio, math.floor(end * per_second)))
-                    for name, v in zip(values, line_reading(probs, rows, span, n_keys)):
-                        values[name].append(v)
-    return {name: float(np.nanmean(v)) if v else float("nan") for name, v in values.items()}
+        for kind, q, k, key_mask in record:
+            if kind != "text":
+                continue
+            probs = attention_probs(q, k, key_mask)                               # (S_q, S_k)
+            n_keys = k.shape[2] if key_mask is None else int(key_mask[0].sum())
+            for (_, start, end), span in zip(case["line_times"], case["speech_spans"].tolist()):
+                rows = torch.arange(math.ceil(start * per_second), min(n_audio, math.floor(end * per_second)))
+                for name, v in zip(values, line_reading(probs, rows, span, n_keys)):
+                    values[name].append(v)
+    return mean_values(values)

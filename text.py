@@ -98,12 +98,9 @@ MASK_RATE = 0.15   # BERT's and T5's share of corrupted tokens
 def caption_pool(world, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """n captions of the world's clips as token ids (n, L) and their mask (stream 7: no training clip's)."""
     import data  # the toy world: this file otherwise depends on none of it
-    ids = [data.make_clip(data.sample_rng(seed, 7, 0, i), world)["text_ids"] for i in range(n)]
-    L = max(len(x) for x in ids)
-    out = torch.zeros(n, L, dtype=torch.long)                        # padding id 0 (caption.PAD_ID)
-    for i, x in enumerate(ids):
-        out[i, :len(x)] = x
-    return out, out != 0
+    ids = data.pad_stack([data.make_clip(data.sample_rng(seed, 7, 0, i), world)["text_ids"] for i in range(n)],
+                         0)                                          # padding id 0 (caption.PAD_ID)
+    return ids, ids != 0
 
 
 def corrupt(ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, rate: float = MASK_RATE) -> tuple:

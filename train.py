@@ -72,10 +72,10 @@ class TrainConfig:
     out_dir: str = "out/toy"           # the run's folder: ckpt.pt, log.jsonl, loss.png (a run there resumes)
     data: str = "toy"                  # "toy", or a glob of latent shards (shards.SHARD_FIELDS)
     codec: str = "out/codec.pt"        # a latent model (--config mini) on the toy world reads it through this codec
-    text_init: str = ""                # a fresh run's toy text encoder starts from this file, pretrained on captions
-                                       # alone (text.py, like umT5); made there first (~4 minutes) if missing
-    freeze_text: bool = False          # the toy text encoder does not train (Ovi never trains umT5)
                                        # (codec.py): loaded from the file, or trained there first (~2.5 minutes)
+    text_init: str = ""                # a fresh run's toy text encoder starts from this file, pretrained on captions
+                                       # alone (text.py, like umT5); made there first (~3 minutes) if missing
+    freeze_text: bool = False          # the toy text encoder does not train (Ovi never trains umT5)
     max_steps: int = 100000            # optimizer steps (joint and audio-only alike)
     max_minutes: float = 0.0           # stop (and save) after this much wall time; 0 = no limit
     batch_size: int = 8                # per rank, per micro-step
